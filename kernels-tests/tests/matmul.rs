@@ -1,0 +1,100 @@
+//! matmul_{naive,tiled,tiled_shared} against the f64 reference, and the reference backward
+//! against finite differences.
+//!
+//! Tolerance: f32 accumulation over K terms of products of values in [-1, 1] gives an
+//! absolute error growing like sqrt(K)·2⁻²⁴·K in the worst case; 1e-5·K is a safe bound
+//! for K ≤ 300 while still catching any indexing mistake (those give O(1) errors).
+
+mod common;
+use common::*;
+use sop::ops::matmul::{Matmul, MatmulVariant};
+use sop_reference::matmul::{matmul_backward, matmul_forward};
+
+fn check(gpu: &sop::Gpu, rng: &mut impl rand::Rng, batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, b_batched: bool, bias: bool, acc: bool) {
+    let a = randn(rng, batch * m * k);
+    let bn = if b_batched { batch } else { 1 };
+    let b = randn(rng, bn * k * n);
+    let bias_v = randn(rng, n);
+    let c0 = randn(rng, batch * m * n);
+    let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+    let mut b_shape = if tb { vec![n, k] } else { vec![k, n] };
+    if b_batched {
+        b_shape.insert(0, batch);
+    }
+    let ga = gpu.upload_f32(&a_shape, &a).unwrap();
+    let gb = gpu.upload_f32(&b_shape, &b).unwrap();
+    let gbias = gpu.upload_f32(&[n], &bias_v).unwrap();
+    let alpha = 0.75f32;
+    let mut want = matmul_forward(&f64s(&a), &f64s(&b), bias.then_some(&f64s(&bias_v)[..]), batch, m, n, k, ta, tb, b_batched, alpha as f64);
+    if acc {
+        for (w, c) in want.iter_mut().zip(&c0) {
+            *w += *c as f64;
+        }
+    }
+    for v in MatmulVariant::ALL {
+        let out = gpu.upload_f32(&[batch, m, n], &c0).unwrap();
+        if !acc {
+            gpu.fill_f32(&out, f32::NAN).unwrap(); // poison
+        }
+        let mut mm = Matmul::new(&ga, &gb).alpha(alpha).variant(v);
+        mm.trans_a = ta;
+        mm.trans_b = tb;
+        if bias {
+            mm = mm.bias(&gbias);
+        }
+        mm.run_into(gpu, &out, acc).unwrap();
+        let got = gpu.read_f32(&out).unwrap();
+        let what = format!("matmul {} batch {batch} M {m} N {n} K {k} ta {ta} tb {tb} bias {bias} acc {acc}", v.name());
+        assert_close(&what, &got, &want, 1e-5 * k as f64 + 1e-6, 1e-5);
+    }
+}
+
+#[test]
+fn matmul_forward_awkward_shapes() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (63, 65, 17), (65, 63, 64), (1, 257, 3), (130, 67, 257)] {
+        check(&gpu, &mut rng, 1, m, n, k, false, false, false, false, false);
+    }
+}
+
+#[test]
+fn matmul_forward_transposes_bias_accumulate_batch() {
+    let gpu = gpu();
+    let mut rng = rng();
+    for &(ta, tb) in &[(true, false), (false, true), (true, true)] {
+        check(&gpu, &mut rng, 1, 33, 65, 19, ta, tb, false, false, false);
+    }
+    check(&gpu, &mut rng, 3, 17, 9, 65, false, true, true, false, false);
+    check(&gpu, &mut rng, 2, 65, 3, 5, false, false, false, true, false);
+    check(&gpu, &mut rng, 2, 9, 70, 33, true, false, true, true, true);
+}
+
+#[test]
+fn matmul_backward_reference_matches_finite_differences() {
+    let mut rng = rng();
+    let (m, n, k) = (3, 4, 5);
+    let a = f64s(&randn(&mut rng, m * k));
+    let b = f64s(&randn(&mut rng, k * n));
+    let bias = f64s(&randn(&mut rng, n));
+    let dc = f64s(&randn(&mut rng, m * n));
+    let (da, db, dbias) = matmul_backward(&a, &b, &dc, m, n, k);
+    let loss = |a: &[f64], b: &[f64], bias: &[f64]| {
+        sop_reference::dot(&matmul_forward(a, b, Some(bias), 1, m, n, k, false, false, false, 1.0), &dc)
+    };
+    let fa = sop_reference::finite_difference(&a, |x| loss(x, &b, &bias));
+    let fb = sop_reference::finite_difference(&b, |x| loss(&a, x, &bias));
+    let fbias = sop_reference::finite_difference(&bias, |x| loss(&a, &b, x));
+    assert_close_f64("dA", &da, &fa, 1e-7, 1e-6);
+    assert_close_f64("dB", &db, &fb, 1e-7, 1e-6);
+    assert_close_f64("dbias", &dbias, &fbias, 1e-7, 1e-6);
+}
+
+#[test]
+fn matmul_rejects_mismatched_shapes() {
+    let gpu = gpu();
+    let a = gpu.zeros(&[4, 5], sop::gpu::DType::F32).unwrap();
+    let b = gpu.zeros(&[6, 7], sop::gpu::DType::F32).unwrap();
+    let err = Matmul::new(&a, &b).run(&gpu).unwrap_err().to_string();
+    assert!(err.contains("inner dimensions differ"), "{err}");
+}

@@ -1,0 +1,140 @@
+// matmul.wgsl: batched C = alpha * op(A) · op(B) [+ bias] [+ C]
+//
+// Bindings: 0 params (uniform), 1 A (read), 2 B (read), 3 bias (read, length N; bound to
+// any buffer when unused), 4 C (read_write, (batch, M, N) row-major).
+// Transposes are strides: A[b, i, k] = a[b*a_bs + i*a_rs + k*a_cs], likewise B[b, k, j],
+// so A·B, Aᵀ·B and A·Bᵀ are one kernel. C[b, i, j] = c[b*c_bs + i*N + j].
+// flags: bit 0 adds bias[j], bit 1 accumulates into C (C += ..., used for gradients).
+// Numerics: f32 accumulation in k order; no atomics, so results are deterministic.
+//
+// Entry points (variants share the math, differ in how work is tiled):
+//   matmul_naive        one output per invocation; workgroup WG_X x WG_Y; dispatch
+//                       (ceil(N/WG_X), ceil(M/WG_Y), batch).
+//   matmul_tiled        register tiling, no barriers: each invocation computes a 4x4 block,
+//                       a workgroup 16x16 covers 64x64 of C; dispatch (ceil(N/64),
+//                       ceil(M/64), batch). Best on CPU adapters (lavapipe), where
+//                       workgroup barriers are very slow.
+//   matmul_tiled_shared 64x64 tile staged through workgroup memory in K-steps of 16, each
+//                       invocation a 4x4 block; same dispatch as matmul_tiled. The usual
+//                       winner on real GPUs.
+// Backward of C = A·B (derivation): dA = dC · Bᵀ, dB = Aᵀ · dC, dbias[j] = Σ_i dC[i, j];
+// the Rust op issues those as further matmul dispatches with swapped strides.
+
+struct Params {
+    M: u32, N: u32, K: u32, batch: u32,
+    a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
+    b_cs: u32, b_bs: u32, c_bs: u32, flags: u32,
+    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+override WG_X: u32 = 16u;
+override WG_Y: u32 = 16u;
+
+fn finish(bi: u32, i: u32, j: u32, acc: f32) {
+    var v = p.alpha * acc;
+    if ((p.flags & 1u) != 0u) { v += bias[j]; }
+    let idx = bi * p.c_bs + i * p.N + j;
+    if ((p.flags & 2u) != 0u) { v += c[idx]; }
+    c[idx] = v;
+}
+
+@compute @workgroup_size(WG_X, WG_Y, 1)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    let bi = gid.z;
+    if (i >= p.M || j >= p.N) { return; }
+    var acc = 0.0;
+    let a0 = bi * p.a_bs + i * p.a_rs;
+    let b0 = bi * p.b_bs + j * p.b_cs;
+    for (var k = 0u; k < p.K; k++) {
+        acc += a[a0 + k * p.a_cs] * b[b0 + k * p.b_rs];
+    }
+    finish(bi, i, j, acc);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bi = wid.z;
+    // This invocation's 4x4 block: rows i0 + 16*r, columns j0 + 16*c (strided so that
+    // neighbouring invocations read neighbouring addresses).
+    let i0 = wid.y * 64u + lid.y;
+    let j0 = wid.x * 64u + lid.x;
+    var rows: array<u32, 4>;
+    var cols: array<u32, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        rows[r] = bi * p.a_bs + min(i0 + 16u * r, p.M - 1u) * p.a_rs;
+        cols[r] = bi * p.b_bs + min(j0 + 16u * r, p.N - 1u) * p.b_cs;
+    }
+    var acc: array<vec4<f32>, 4>;
+    for (var k = 0u; k < p.K; k++) {
+        let ka = k * p.a_cs;
+        let kb = k * p.b_rs;
+        let bv = vec4<f32>(b[cols[0] + kb], b[cols[1] + kb], b[cols[2] + kb], b[cols[3] + kb]);
+        acc[0] += a[rows[0] + ka] * bv;
+        acc[1] += a[rows[1] + ka] * bv;
+        acc[2] += a[rows[2] + ka] * bv;
+        acc[3] += a[rows[3] + ka] * bv;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let i = i0 + 16u * r;
+        if (i >= p.M) { continue; }
+        for (var q = 0u; q < 4u; q++) {
+            let j = j0 + 16u * q;
+            if (j < p.N) { finish(bi, i, j, acc[r][q]); }
+        }
+    }
+}
+
+const TK: u32 = 16u;
+var<workgroup> tile_a: array<array<f32, 64>, TK>; // [k][i]
+var<workgroup> tile_b: array<array<f32, 64>, TK>; // [k][j]
+
+@compute @workgroup_size(16, 16, 1)
+fn matmul_tiled_shared(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let bi = wid.z;
+    let t = lid.y * 16u + lid.x; // 0..255
+    let ib = wid.y * 64u;
+    let jb = wid.x * 64u;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < p.K; k0 += TK) {
+        // 256 invocations load 64x16 elements of A and 16x64 of B: 4 each.
+        for (var e = 0u; e < 4u; e++) {
+            let idx = t + 256u * e;     // 0..1023
+            let kk = idx / 64u;
+            let mn = idx % 64u;
+            let k = k0 + kk;
+            let i = ib + mn;
+            let j = jb + mn;
+            var va = 0.0;
+            var vb = 0.0;
+            if (k < p.K && i < p.M) { va = a[bi * p.a_bs + i * p.a_rs + k * p.a_cs]; }
+            if (k < p.K && j < p.N) { vb = b[bi * p.b_bs + k * p.b_rs + j * p.b_cs]; }
+            tile_a[kk][mn] = va;
+            tile_b[kk][mn] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let bv = vec4<f32>(tile_b[kk][lid.x], tile_b[kk][lid.x + 16u], tile_b[kk][lid.x + 32u], tile_b[kk][lid.x + 48u]);
+            acc[0] += tile_a[kk][lid.y] * bv;
+            acc[1] += tile_a[kk][lid.y + 16u] * bv;
+            acc[2] += tile_a[kk][lid.y + 32u] * bv;
+            acc[3] += tile_a[kk][lid.y + 48u] * bv;
+        }
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let i = ib + lid.y + 16u * r;
+        if (i >= p.M) { continue; }
+        for (var q = 0u; q < 4u; q++) {
+            let j = jb + lid.x + 16u * q;
+            if (j < p.N) { finish(bi, i, j, acc[r][q]); }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The benchmark harness behind `sop bench` and `cargo bench`: every case is validated
+//! against its CPU reference, warmed up, then timed with the device synchronised before the
+//! clock stops; the median of the repetitions is reported with GFLOP/s or GB/s.
+//! Each op family contributes its cases from its own file here.
+
+use std::time::Instant;
+
+use crate::error::{Result, SopError};
+use crate::gpu::Gpu;
+
+pub mod matmul;
+
+/// What a case does per run, for the throughput column.
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    Flops(f64),
+    Bytes(f64),
+}
+
+/// One timed configuration: a kernel variant on one shape.
+pub struct Case {
+    pub kernel: &'static str,
+    pub variant: String,
+    pub shape: String,
+    pub work: Work,
+    /// Records one run of the kernel (no sync).
+    pub run: Box<dyn Fn(&Gpu) -> Result<()>>,
+    /// Runs the kernel once and compares with the CPU reference; Err says how it differs.
+    pub validate: Box<dyn Fn(&Gpu) -> Result<()>>,
+}
+
+/// A family of cases, built only when the filter selects it.
+pub struct Family {
+    pub kernel: &'static str,
+    pub cases: fn(&Gpu) -> Result<Vec<Case>>,
+}
+
+pub fn families() -> Vec<Family> {
+    vec![Family { kernel: "matmul", cases: matmul::cases }]
+}
+
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub kernel: &'static str,
+    pub variant: String,
+    pub shape: String,
+    pub ms: f64,
+    pub work: Work,
+    pub reps: usize,
+}
+
+impl Measurement {
+    pub fn gflops(&self) -> Option<f64> {
+        match self.work {
+            Work::Flops(f) => Some(f / (self.ms * 1e-3) / 1e9),
+            Work::Bytes(_) => None,
+        }
+    }
+    pub fn gbps(&self) -> Option<f64> {
+        match self.work {
+            Work::Bytes(b) => Some(b / (self.ms * 1e-3) / 1e9),
+            Work::Flops(_) => None,
+        }
+    }
+    pub fn json(&self, adapter: &str) -> String {
+        let mut v = serde_json::json!({
+            "kernel": self.kernel, "variant": self.variant, "shape": self.shape,
+            "ms": self.ms, "reps": self.reps, "adapter": adapter, "validated": true,
+        });
+        if let Some(g) = self.gflops() {
+            v["gflops"] = g.into();
+        }
+        if let Some(g) = self.gbps() {
+            v["gbps"] = g.into();
+        }
+        v.to_string()
+    }
+}
+
+pub struct Options {
+    pub filter: Option<String>,
+    pub reps: usize,
+    /// Each repetition runs the kernel enough times to last at least this long.
+    pub min_rep_ms: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { filter: None, reps: 5, min_rep_ms: 20.0 }
+    }
+}
+
+fn selected(filter: &Option<String>, kernel: &str, variant: &str) -> bool {
+    match filter {
+        None => true,
+        Some(f) => f.split(',').any(|f| {
+            let f = f.trim();
+            kernel.contains(f) || format!("{kernel}/{variant}").contains(f)
+        }),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        0.5 * (xs[n / 2 - 1] + xs[n / 2])
+    }
+}
+
+/// Time one validated case: the median over `reps` of (wall time of `iters` runs + sync) / iters.
+pub fn time_case(gpu: &Gpu, case: &Case, opts: &Options) -> Result<Measurement> {
+    (case.validate)(gpu).map_err(|e| {
+        SopError::Invalid(format!("{}/{} {} failed validation, not timed: {e}", case.kernel, case.variant, case.shape))
+    })?;
+    // Warm-up (pipelines compiled, caches filled), and a first estimate of one run's time.
+    (case.run)(gpu)?;
+    gpu.sync()?;
+    let t = Instant::now();
+    (case.run)(gpu)?;
+    gpu.sync()?;
+    let once_ms = t.elapsed().as_secs_f64() * 1e3;
+    let iters = ((opts.min_rep_ms / once_ms.max(1e-3)).ceil() as usize).clamp(1, 1000);
+    let mut samples = Vec::with_capacity(opts.reps);
+    for _ in 0..opts.reps.max(1) {
+        let t = Instant::now();
+        for _ in 0..iters {
+            (case.run)(gpu)?;
+        }
+        gpu.sync()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3 / iters as f64);
+    }
+    Ok(Measurement {
+        kernel: case.kernel,
+        variant: case.variant.clone(),
+        shape: case.shape.clone(),
+        ms: median(samples),
+        work: case.work,
+        reps: opts.reps.max(1),
+    })
+}
+
+/// Run every selected case; `report` sees each measurement as soon as it exists.
+pub fn run(gpu: &Gpu, opts: &Options, mut report: impl FnMut(&Measurement)) -> Result<Vec<Measurement>> {
+    let mut out = Vec::new();
+    for fam in families() {
+        if !selected(&opts.filter, fam.kernel, "") && !opts.filter.as_deref().is_some_and(|f| f.contains('/')) {
+            continue;
+        }
+        for case in (fam.cases)(gpu)? {
+            if !selected(&opts.filter, case.kernel, &case.variant) {
+                continue;
+            }
+            let m = time_case(gpu, &case, opts)?;
+            report(&m);
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// One table row (the header is `TABLE_HEADER`).
+pub fn table_row(m: &Measurement) -> String {
+    let rate = match (m.gflops(), m.gbps()) {
+        (Some(g), _) => format!("{g:>9.2} GFLOP/s"),
+        (_, Some(g)) => format!("{g:>9.2} GB/s   "),
+        _ => String::new(),
+    };
+    format!("{:<14} {:<14} {:<28} {:>10.3} ms {}", m.kernel, m.variant, m.shape, m.ms, rate)
+}
+
+pub const TABLE_HEADER: &str = "kernel         variant        shape                        median time   throughput";
+
+/// For every (kernel, shape) measured with a `naive` variant: each other variant's speed-up.
+pub fn ratios(ms: &[Measurement]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for base in ms.iter().filter(|m| m.variant == "naive") {
+        for m in ms.iter().filter(|m| m.kernel == base.kernel && m.shape == base.shape && m.variant != "naive") {
+            lines.push(format!("{} {} {}: {:.2}x the naive kernel", m.kernel, m.shape, m.variant, base.ms / m.ms));
+        }
+    }
+    lines
+}

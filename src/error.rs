@@ -1,0 +1,49 @@
+//! The engine's error type: structured variants that say which op, file or tensor failed.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = SopError> = std::result::Result<T, E>;
+
+/// How to get a Vulkan (or Metal/DX12) adapter when none is found.
+pub const ADAPTER_HINT: &str = "install your GPU's driver, or the software Vulkan driver: \
+    on Debian/Ubuntu `apt-get install mesa-vulkan-drivers` (Mesa 25 from bookworm-backports is \
+    about 3x faster than Mesa 22), then check with `vulkaninfo --summary`";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SopError {
+    #[error("no GPU adapter found: {hint}")]
+    NoAdapter { hint: String },
+
+    #[error("adapter {wanted:?} not found; available adapters:\n{available}")]
+    AdapterNotFound { wanted: String, available: String },
+
+    #[error("could not create a device on adapter {adapter}: {message}")]
+    Device { adapter: String, message: String },
+
+    #[error("shader shaders/{file}: {message}")]
+    Shader { file: String, message: String },
+
+    #[error("{op}: bad shapes: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{op}: {detail} exceeds the adapter limit {limit}")]
+    Limit { op: &'static str, detail: String, limit: u64 },
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl SopError {
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        SopError::Shape { op, detail: detail.into() }
+    }
+    pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        SopError::File { path: path.into(), message: message.to_string() }
+    }
+}

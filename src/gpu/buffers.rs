@@ -1,0 +1,227 @@
+//! GPU tensors: a shape, an element type and a pooled storage buffer.
+//!
+//! Buffers come from a pool keyed by byte size and go back to it when the last `Tensor`
+//! holding them drops, so a training loop that allocates the same shapes every step creates
+//! no new buffers after the first (`Gpu::buffers_created` counts them).
+//!
+//! Ordering: ops are recorded into one pending command encoder. An upload first submits
+//! whatever is pending, because `queue.write_buffer` lands before the next submit's commands
+//! and the target may be a recycled buffer that pending commands still read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{Result, SopError};
+use crate::gpu::context::Gpu;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    U32,
+    I32,
+}
+
+#[derive(Default)]
+pub(crate) struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    pub created: usize,
+}
+
+pub(crate) struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    size: u64,
+    pool: Weak<Mutex<BufferPool>>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let (Some(pool), Some(buf)) = (self.pool.upgrade(), self.buffer.take()) {
+            pool.lock().unwrap().free.entry(self.size).or_default().push(buf);
+        }
+    }
+}
+
+/// A GPU array of 4-byte elements, row-major, with its shape.
+#[derive(Clone)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    buf: Arc<PooledBuffer>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+impl Tensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buf.buffer.as_ref().expect("live tensor has a buffer")
+    }
+    /// Bytes of payload (the buffer may be padded beyond it).
+    pub fn bytes(&self) -> u64 {
+        4 * self.numel() as u64
+    }
+    /// The same buffer seen with another shape of the same element count.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(SopError::shape("reshape", format!("{:?} -> {:?}", self.shape, shape)));
+        }
+        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone() })
+    }
+    /// True when both tensors share one buffer.
+    pub fn same_buffer(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+}
+
+/// Pool bucket: byte size rounded up to 256 (min 256) so near sizes share buffers.
+fn bucket(bytes: u64) -> u64 {
+    bytes.max(1).div_ceil(256) * 256
+}
+
+impl Gpu {
+    /// A tensor with undefined contents (possibly a recycled buffer's old data).
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        let size = bucket(4 * numel as u64);
+        if size > self.limits.max_buffer_size {
+            return Err(SopError::Limit {
+                op: "alloc",
+                detail: format!("tensor {shape:?} of {size} bytes"),
+                limit: self.limits.max_buffer_size,
+            });
+        }
+        let reused = self.pool.lock().unwrap().free.get_mut(&size).and_then(|v| v.pop());
+        let buffer = match reused {
+            Some(b) => b,
+            None => {
+                self.pool.lock().unwrap().created += 1;
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("sop tensor"),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        let buf = Arc::new(PooledBuffer { buffer: Some(buffer), size, pool: Arc::downgrade(&self.pool) });
+        Ok(Tensor { shape: shape.to_vec(), dtype, buf })
+    }
+
+    /// A tensor of zeros (cleared in command order, so recycled buffers are safe).
+    pub fn zeros(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let t = self.empty(shape, dtype)?;
+        self.with_encoder(|enc| enc.clear_buffer(t.buffer(), 0, None))?;
+        Ok(t)
+    }
+
+    fn upload_bytes(&self, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if bytes.len() != 4 * numel {
+            return Err(SopError::shape("upload", format!("{} elements for shape {shape:?}", bytes.len() / 4)));
+        }
+        let t = self.empty(shape, dtype)?;
+        self.write_bytes(&t, bytes)?;
+        Ok(t)
+    }
+
+    fn write_bytes(&self, t: &Tensor, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != t.bytes() {
+            return Err(SopError::shape("write", format!("{} bytes into {:?}", bytes.len(), t.shape)));
+        }
+        self.flush()?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(t.buffer(), 0, bytes);
+        }
+        Ok(())
+    }
+
+    pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::F32, bytemuck::cast_slice(data))
+    }
+    pub fn upload_u32(&self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::U32, bytemuck::cast_slice(data))
+    }
+    pub fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor> {
+        self.upload_bytes(shape, DType::I32, bytemuck::cast_slice(data))
+    }
+    /// Overwrite a tensor's contents from the host.
+    pub fn write_f32(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        self.write_bytes(t, bytemuck::cast_slice(data))
+    }
+    pub fn write_u32(&self, t: &Tensor, data: &[u32]) -> Result<()> {
+        self.write_bytes(t, bytemuck::cast_slice(data))
+    }
+
+    /// Fill with one f32 value (tests poison outputs with NaN this way).
+    pub fn fill_f32(&self, t: &Tensor, value: f32) -> Result<()> {
+        self.write_f32(t, &vec![value; t.numel()])
+    }
+
+    /// Copy `src` into `dst` (same element count), in command order.
+    pub fn copy(&self, src: &Tensor, dst: &Tensor) -> Result<()> {
+        if src.numel() != dst.numel() {
+            return Err(SopError::shape("copy", format!("{:?} into {:?}", src.shape, dst.shape)));
+        }
+        if src.numel() > 0 {
+            self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, Some(src.bytes())))?;
+        }
+        Ok(())
+    }
+
+    /// A new tensor holding a copy of `src`.
+    pub fn duplicate(&self, src: &Tensor) -> Result<Tensor> {
+        let t = self.empty(&src.shape, src.dtype)?;
+        self.copy(src, &t)?;
+        Ok(t)
+    }
+
+    fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>> {
+        let size = t.bytes();
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("sop readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)))?;
+        self.flush()?;
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
+        rx.recv()
+            .map_err(|e| SopError::Gpu(format!("readback: {e}")))?
+            .map_err(|e| SopError::Gpu(format!("readback map: {e}")))?;
+        let bytes = slice
+            .get_mapped_range()
+            .map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
+    }
+    pub fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
+    }
+    pub fn read_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
+    }
+}

@@ -1,0 +1,220 @@
+//! Adapter choice and the device: the one `Gpu` every op dispatches through.
+//!
+//! The best hardware adapter is chosen by default (discrete > integrated > virtual > CPU);
+//! `--adapter NAME|INDEX` or `SOP_ADAPTER` picks another. The device is created with the
+//! adapter's own limits, so large storage buffers and workgroups are available where the
+//! hardware has them. Validation errors raised outside an error scope are caught by an
+//! uncaptured-error handler and returned by the next `flush`, never a panic.
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Result, SopError, ADAPTER_HINT};
+use crate::gpu::buffers::BufferPool;
+use crate::gpu::pipelines::PipelineCache;
+
+/// One adapter as `sop info` lists it.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub limits: wgpu::Limits,
+}
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub(crate) pool: Arc<Mutex<BufferPool>>,
+    pub(crate) pipelines: Mutex<PipelineCache>,
+    pub(crate) pending: Mutex<Pending>,
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+/// Commands recorded since the last submit.
+pub(crate) struct Pending {
+    pub encoder: Option<wgpu::CommandEncoder>,
+    pub dispatches: usize,
+}
+
+/// Submit after this many dispatches so one encoder never grows without bound.
+const MAX_PENDING_DISPATCHES: usize = 512;
+
+fn instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    wgpu::Instance::new(desc)
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// All adapters, best first (the order `--adapter INDEX` refers to).
+fn sorted_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    adapters.sort_by_key(|a| {
+        let info = a.get_info();
+        // Vulkan first among equals: it is the backend the kernels are tested on.
+        (type_rank(info.device_type), info.backend != wgpu::Backend::Vulkan)
+    });
+    adapters
+}
+
+fn summary(index: usize, a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    AdapterSummary {
+        index,
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend),
+        device_type: format!("{:?}", info.device_type),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        limits: a.limits(),
+    }
+}
+
+/// Every adapter wgpu can see, best first.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    sorted_adapters(&instance()).iter().enumerate().map(|(i, a)| summary(i, a)).collect()
+}
+
+fn pick(adapters: Vec<wgpu::Adapter>, wanted: Option<&str>) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        return Err(SopError::NoAdapter { hint: ADAPTER_HINT.to_string() });
+    }
+    let Some(wanted) = wanted.map(str::trim).filter(|w| !w.is_empty()) else {
+        return Ok(adapters.into_iter().next().unwrap());
+    };
+    let available = adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let s = summary(i, a);
+            format!("  [{i}] {} ({}, {})", s.name, s.backend, s.device_type)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let found = if let Ok(index) = wanted.parse::<usize>() {
+        adapters.into_iter().nth(index)
+    } else {
+        let lower = wanted.to_lowercase();
+        adapters.into_iter().find(|a| a.get_info().name.to_lowercase().contains(&lower))
+    };
+    found.ok_or(SopError::AdapterNotFound { wanted: wanted.to_string(), available })
+}
+
+impl Gpu {
+    /// The adapter named by `wanted` (index or name substring), else `SOP_ADAPTER`, else the best.
+    pub fn new(wanted: Option<&str>) -> Result<Gpu> {
+        let env = std::env::var("SOP_ADAPTER").ok();
+        let wanted = wanted.or(env.as_deref());
+        let adapter = pick(sorted_adapters(&instance()), wanted)?;
+        Gpu::from_adapter(adapter)
+    }
+
+    fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("sop device"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+            .map_err(|e| SopError::Device { adapter: info.name.clone(), message: e.to_string() })?;
+        let uncaptured = Arc::new(Mutex::new(None::<String>));
+        let slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            log::error!("wgpu: {e}");
+            let mut s = slot.lock().unwrap();
+            if s.is_none() {
+                *s = Some(e.to_string());
+            }
+        }));
+        log::info!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            pool: Arc::new(Mutex::new(BufferPool::default())),
+            pipelines: Mutex::new(PipelineCache::default()),
+            pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
+            uncaptured,
+        })
+    }
+
+    /// "name (backend, type)" for logs and benchmark tables.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+    }
+
+    pub fn is_cpu(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Run `f` with the pending command encoder (created on demand).
+    pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> Result<R> {
+        let (r, full) = {
+            let mut p = self.pending.lock().unwrap();
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
+            });
+            let r = f(enc);
+            p.dispatches += 1;
+            (r, p.dispatches >= MAX_PENDING_DISPATCHES)
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(r)
+    }
+
+    /// Submit everything recorded so far (does not wait for it to finish).
+    pub fn flush(&self) -> Result<()> {
+        let enc = {
+            let mut p = self.pending.lock().unwrap();
+            p.dispatches = 0;
+            p.encoder.take()
+        };
+        if let Some(enc) = enc {
+            self.queue.submit([enc.finish()]);
+        }
+        self.check_errors()
+    }
+
+    /// Submit and wait until the device is idle.
+    pub fn sync(&self) -> Result<()> {
+        self.flush()?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
+        self.check_errors()
+    }
+
+    fn check_errors(&self) -> Result<()> {
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(SopError::Gpu(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Buffers created so far (the pool reuses freed ones; steady-state training adds none).
+    pub fn buffers_created(&self) -> usize {
+        self.pool.lock().unwrap().created
+    }
+}

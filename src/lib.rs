@@ -1,0 +1,19 @@
+//! sop: Self-Organizing Visual Prototypes (SOP) pre-training of Vision Transformers on any
+//! GPU through hand-written WGSL compute shaders on wgpu.
+//!
+//! A short tour:
+//! - `gpu`: adapter and device, pooled tensors, the shader/pipeline cache, `dispatch`.
+//! - `ops`: one op family per file, each dispatching one `shaders/<op>.wgsl`.
+//! - `bench`: validate-then-time harness behind `sop bench` and `cargo bench`.
+//!
+//! Shape legend used in comments: B batch, T tokens, D width, H heads, Dh head width,
+//! M rows of a matrix product, N columns, K inner dimension.
+
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+
+pub use error::{Result, SopError};
+pub use gpu::{Gpu, Tensor};

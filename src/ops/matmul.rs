@@ -1,0 +1,214 @@
+//! Batched matmul `C = alpha · op(A) · op(B) [+ bias] [+ C]` (shaders/matmul.wgsl): every
+//! Linear layer and its gradients.
+//!
+//! Shapes: A (…, M, K) or, transposed, (…, K, M); B (K, N) or (N, K), optionally with the
+//! same leading batch dims as A (a B without them is shared by every batch); C (…, M, N).
+//! Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, dbias = Σ_rows dC (see `sum_rows`).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+
+pub static MATMUL: Shader = shader!("matmul.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_rs: u32,
+    a_cs: u32,
+    a_bs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    b_bs: u32,
+    c_bs: u32,
+    flags: u32,
+    alpha: f32,
+    _pad: [u32; 3],
+}
+
+/// How the kernel tiles the work (see the header of shaders/matmul.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulVariant {
+    Naive,
+    Tiled,
+    TiledShared,
+}
+
+impl MatmulVariant {
+    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared];
+
+    /// Register tiling on CPU adapters (barriers are very slow on lavapipe), workgroup-memory
+    /// tiling on real GPUs. `SOP_MATMUL=naive|tiled|tiled_shared` overrides.
+    pub fn for_adapter(gpu: &Gpu) -> MatmulVariant {
+        if let Some(v) = std::env::var("SOP_MATMUL").ok().and_then(|s| MatmulVariant::parse(&s)) {
+            return v;
+        }
+        if gpu.is_cpu() {
+            MatmulVariant::Tiled
+        } else {
+            MatmulVariant::TiledShared
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulVariant::Naive => "naive",
+            MatmulVariant::Tiled => "tiled",
+            MatmulVariant::TiledShared => "tiled_shared",
+        }
+    }
+    pub fn parse(s: &str) -> Option<MatmulVariant> {
+        MatmulVariant::ALL.into_iter().find(|v| v.name() == s)
+    }
+}
+
+/// One matmul call; build with `Matmul::new(a, b)` and the modifiers, then `run` or `run_into`.
+#[derive(Clone, Copy)]
+pub struct Matmul<'a> {
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub bias: Option<&'a Tensor>,
+    pub alpha: f32,
+    pub variant: Option<MatmulVariant>,
+}
+
+struct Dims {
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    out_shape: Vec<usize>,
+    b_batched: bool,
+}
+
+impl<'a> Matmul<'a> {
+    pub fn new(a: &'a Tensor, b: &'a Tensor) -> Self {
+        Matmul { a, b, trans_a: false, trans_b: false, bias: None, alpha: 1.0, variant: None }
+    }
+    pub fn trans_a(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+    pub fn trans_b(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+    pub fn bias(mut self, bias: &'a Tensor) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    pub fn variant(mut self, v: MatmulVariant) -> Self {
+        self.variant = Some(v);
+        self
+    }
+
+    fn dims(&self) -> Result<Dims> {
+        let (a, b) = (&self.a.shape, &self.b.shape);
+        let err = |d: &str| SopError::shape("matmul", format!("A {a:?}{} · B {b:?}{}: {d}", t(self.trans_a), t(self.trans_b)));
+        if a.len() < 2 || b.len() < 2 {
+            return Err(err("both operands need at least 2 dims"));
+        }
+        let (ar, ac) = (a[a.len() - 2], a[a.len() - 1]);
+        let (br, bc) = (b[b.len() - 2], b[b.len() - 1]);
+        let (m, k) = if self.trans_a { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if self.trans_b { (bc, br) } else { (br, bc) };
+        if k != kb {
+            return Err(err("inner dimensions differ"));
+        }
+        let batch_dims = &a[..a.len() - 2];
+        let b_batched = b.len() > 2;
+        if b_batched && &b[..b.len() - 2] != batch_dims {
+            return Err(err("batch dimensions differ"));
+        }
+        if let Some(bias) = self.bias {
+            if bias.numel() != n {
+                return Err(err(&format!("bias has {} elements, N = {n}", bias.numel())));
+            }
+        }
+        for x in [self.a, self.b].into_iter().chain(self.bias) {
+            if x.dtype != DType::F32 {
+                return Err(err("operands must be f32"));
+            }
+        }
+        let mut out_shape = batch_dims.to_vec();
+        out_shape.extend([m, n]);
+        Ok(Dims { batch: batch_dims.iter().product(), m, n, k, out_shape, b_batched })
+    }
+
+    /// A new output tensor.
+    pub fn run(&self, gpu: &Gpu) -> Result<Tensor> {
+        let d = self.dims()?;
+        let out = gpu.empty(&d.out_shape, DType::F32)?;
+        self.encode(gpu, &d, &out, false)?;
+        Ok(out)
+    }
+
+    /// Into `out` (shape (…, M, N)); `accumulate` adds to what `out` holds.
+    pub fn run_into(&self, gpu: &Gpu, out: &Tensor, accumulate: bool) -> Result<()> {
+        let d = self.dims()?;
+        if out.numel() != d.out_shape.iter().product::<usize>() {
+            return Err(SopError::shape("matmul", format!("output {:?}, expected {:?}", out.shape, d.out_shape)));
+        }
+        self.encode(gpu, &d, out, accumulate)
+    }
+
+    fn encode(&self, gpu: &Gpu, d: &Dims, out: &Tensor, accumulate: bool) -> Result<()> {
+        let (m, n, k) = (d.m as u32, d.n as u32, d.k as u32);
+        let (a_rs, a_cs) = if self.trans_a { (1, m) } else { (k, 1) };
+        let (b_rs, b_cs) = if self.trans_b { (1, k) } else { (n, 1) };
+        let params = Params {
+            m,
+            n,
+            k,
+            batch: d.batch as u32,
+            a_rs,
+            a_cs,
+            a_bs: m * k,
+            b_rs,
+            b_cs,
+            b_bs: if d.b_batched { k * n } else { 0 },
+            c_bs: m * n,
+            flags: self.bias.is_some() as u32 | (accumulate as u32) << 1,
+            alpha: self.alpha,
+            _pad: [0; 3],
+        };
+        if d.m == 0 || d.n == 0 || d.batch == 0 {
+            return Ok(());
+        }
+        let variant = self.variant.unwrap_or_else(|| MatmulVariant::for_adapter(gpu));
+        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
+        let (entry, groups) = match variant {
+            MatmulVariant::Naive => ("matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
+            MatmulVariant::Tiled => ("matmul_tiled", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
+            MatmulVariant::TiledShared => ("matmul_tiled_shared", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
+        };
+        gpu.dispatch(&MATMUL, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
+    }
+}
+
+fn t(trans: bool) -> &'static str {
+    if trans {
+        "ᵀ"
+    } else {
+        ""
+    }
+}
+
+/// `C = op(A)·op(B)` with the adapter's variant.
+pub fn matmul(gpu: &Gpu, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -> Result<Tensor> {
+    let mut mm = Matmul::new(a, b);
+    mm.trans_a = trans_a;
+    mm.trans_b = trans_b;
+    mm.run(gpu)
+}

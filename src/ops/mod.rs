@@ -1,0 +1,3 @@
+//! One op family per file: shape checks, dispatch, and the backward with its derivation.
+
+pub mod matmul;
