@@ -12,8 +12,11 @@
 pub mod bench;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod ops;
+pub mod tape;
+pub mod train;
 
 pub use error::{Result, SopError};
 pub use gpu::{Gpu, Tensor};

@@ -3,7 +3,12 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod embed;
+pub mod eval;
 pub mod info;
+pub mod objective;
+pub mod train;
+pub mod weights;
 
 #[derive(Parser, Debug)]
 #[command(name = "sop", version, about = "Self-Organizing Visual Prototypes: ViT pre-training in WGSL on any GPU")]
@@ -33,11 +38,24 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Time every kernel on the chosen adapter (validated against the CPU reference first).
     Bench(bench::BenchArgs),
+    /// Pre-train a ViT with SOP (no arguments: the small default run on the bundled data).
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint's frozen backbone.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
+    /// Write the final-norm [CLS] features of every image of a folder to safetensors.
+    Embed(embed::EmbedArgs),
+    /// Replay the SOP objective on embeddings, banks and draws from a file.
+    Objective(objective::ObjectiveArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Eval(c) => eval::run(c),
+        Command::Embed(a) => embed::run(a),
+        Command::Objective(a) => objective::run(a),
     }
 }

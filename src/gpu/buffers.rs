@@ -176,6 +176,54 @@ impl Gpu {
         Ok(())
     }
 
+    /// Copy `len` elements from `src[src_at..]` to `dst[dst_at..]`, in command order
+    /// (concatenating and splitting along the first dimension).
+    pub fn copy_region(&self, src: &Tensor, src_at: usize, dst: &Tensor, dst_at: usize, len: usize) -> Result<()> {
+        if src_at + len > src.numel() || dst_at + len > dst.numel() {
+            return Err(SopError::shape(
+                "copy_region",
+                format!("{len} elements from {src_at} of {:?} to {dst_at} of {:?}", src.shape, dst.shape),
+            ));
+        }
+        if len > 0 {
+            self.with_encoder(|enc| {
+                enc.copy_buffer_to_buffer(src.buffer(), 4 * src_at as u64, dst.buffer(), 4 * dst_at as u64, Some(4 * len as u64))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Rows stacked along the first dimension: (Σ R_i, …).
+    pub fn concat_rows(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let first = parts.first().ok_or_else(|| SopError::shape("concat_rows", "no parts"))?;
+        let tail = &first.shape[1..];
+        let mut shape = first.shape.clone();
+        shape[0] = 0;
+        for p in parts {
+            if &p.shape[1..] != tail {
+                return Err(SopError::shape("concat_rows", format!("{:?} with {:?}", first.shape, p.shape)));
+            }
+            shape[0] += p.shape[0];
+        }
+        let out = self.empty(&shape, first.dtype)?;
+        let mut at = 0;
+        for p in parts {
+            self.copy_region(p, 0, &out, at, p.numel())?;
+            at += p.numel();
+        }
+        Ok(out)
+    }
+
+    /// Rows `start..start+count` of `src` as a new tensor.
+    pub fn slice_rows(&self, src: &Tensor, start: usize, count: usize) -> Result<Tensor> {
+        let row: usize = src.shape[1..].iter().product();
+        let mut shape = src.shape.clone();
+        shape[0] = count;
+        let out = self.empty(&shape, src.dtype)?;
+        self.copy_region(src, start * row, &out, 0, count * row)?;
+        Ok(out)
+    }
+
     /// A new tensor holding a copy of `src`.
     pub fn duplicate(&self, src: &Tensor) -> Result<Tensor> {
         let t = self.empty(&src.shape, src.dtype)?;

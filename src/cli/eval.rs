@@ -1,0 +1,104 @@
+//! `sop eval knn|linear`: frozen-feature evaluations of a checkpoint's backbone.
+
+use std::path::PathBuf;
+
+use super::weights::WeightsArgs;
+use super::AdapterArg;
+use crate::data::{Dataset, Split};
+use crate::eval::features::{extract, Features};
+use crate::eval::knn::knn_classify;
+use crate::eval::linear::linear_probe;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Weighted k-NN on L2-normalised [CLS] features (top-1, top-5).
+    Knn(KnnArgs),
+    /// A linear classifier trained on frozen [CLS] features.
+    Linear(LinearArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Splits {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// Labelled training images (image folder with class subfolders, or IDX).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Labelled validation images (default: --train's test split).
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KnnArgs {
+    #[command(flatten)]
+    pub splits: Splits,
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LinearArgs {
+    #[command(flatten)]
+    pub splits: Splits,
+    #[arg(long, default_value_t = 300)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+}
+
+/// Labelled features of both splits: (train, train labels, val, val labels, dim).
+type Labelled = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize);
+
+fn features(s: &Splits, gpu: &crate::gpu::Gpu) -> anyhow::Result<Labelled> {
+    let (vit, weights) = s.weights.load_backbone(gpu)?;
+    let train = Dataset::open(&s.train, Split::Train)?;
+    let val = match &s.val {
+        Some(v) => Dataset::open(v, Split::Test)?,
+        None => Dataset::open(&s.train, Split::Test)?,
+    };
+    let labels = |d: &Dataset, f: &Features| -> anyhow::Result<Vec<u32>> {
+        let l = d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
+        Ok(f.indices.iter().map(|&i| l[i]).collect())
+    };
+    let ft = extract(gpu, &vit, &weights, train.clone(), s.batch)?;
+    let fv = extract(gpu, &vit, &weights, val.clone(), s.batch)?;
+    Ok((ft.normalized(), labels(&train, &ft)?, fv.normalized(), labels(&val, &fv)?, ft.dim))
+}
+
+pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
+    match cmd {
+        EvalCommand::Knn(a) => {
+            let gpu = a.splits.adapter.gpu()?;
+            let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;
+            let r = knn_classify(&gpu, &t, &tl, &v, &vl, dim, a.k, a.temperature)?;
+            if a.splits.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("k-NN (k = {}, T = {}): top-1 {:.2}%  top-5 {:.2}%  ({} train, {} val) on {}", r.k, a.temperature, r.top1, r.top5, r.n_train, r.n_val, gpu.adapter_name());
+            }
+        }
+        EvalCommand::Linear(a) => {
+            let gpu = a.splits.adapter.gpu()?;
+            let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;
+            let r = linear_probe(&t, &tl, &v, &vl, dim, a.epochs, a.lr, a.weight_decay)?;
+            if a.splits.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("linear probe: top-1 {:.2}% (train {:.2}%, {} epochs, {} train, {} val)", r.top1, r.train_top1, r.epochs, r.n_train, r.n_val);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! `sop train`: SOP pre-training. With no arguments it trains the small default model on the
+//! bundled Fashion-MNIST subset and prints the k-NN accuracy before and after.
+
+use std::path::PathBuf;
+
+use super::AdapterArg;
+use crate::train::{self, config::TrainConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    /// A TOML file with any of the hyper-parameters (see the run folder's config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Training images: an image folder (one subfolder per class, or flat) or an IDX directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Labelled folder for the k-NN training features (default: --data's train split).
+    #[arg(long)]
+    pub knn_train: Option<PathBuf>,
+    /// Labelled folder for the k-NN validation features (default: --data's test split).
+    #[arg(long)]
+    pub knn_val: Option<PathBuf>,
+    /// Run folder for the config, metrics and checkpoints.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this folder (its saved configuration is used).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// vit_tiny, vit_small, vit_base (the width/depth/heads of a preset).
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[arg(long)]
+    pub dim: Option<usize>,
+    #[arg(long)]
+    pub depth: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub patch_size: Option<usize>,
+    /// Input size of the model (the global crop size too).
+    #[arg(long)]
+    pub img_size: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimiser steps (0 writes the initial weights).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Peak learning rate for a batch of 256.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub local_crops: Option<usize>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    pub accumulate: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// k-NN evaluation every N epochs.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Skip the k-NN evaluations.
+    #[arg(long)]
+    pub no_eval: bool,
+    /// No progress bar (logs only).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let mut cfg = match &args.config {
+        Some(p) => TrainConfig::load(p)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(a) = &args.arch {
+        let preset = crate::model::config::VitConfig::from_arch(a)?;
+        cfg.model.dim = preset.dim;
+        cfg.model.depth = preset.depth;
+        cfg.model.heads = preset.heads;
+    }
+    macro_rules! set {
+        ($field:expr, $arg:expr) => {
+            if let Some(v) = $arg.clone() {
+                $field = v;
+            }
+        };
+    }
+    set!(cfg.data.path, args.data);
+    if args.knn_train.is_some() {
+        cfg.data.knn_train = args.knn_train.clone();
+    }
+    if args.knn_val.is_some() {
+        cfg.data.knn_val = args.knn_val.clone();
+    }
+    set!(cfg.run.out, args.out);
+    set!(cfg.model.dim, args.dim);
+    set!(cfg.model.depth, args.depth);
+    set!(cfg.model.heads, args.heads);
+    if let Some(p) = args.patch_size {
+        cfg.model.patch_size = p;
+        cfg.augment.mask.patch_size = p;
+    }
+    if let Some(s) = args.img_size {
+        cfg.model.img_size = s;
+        cfg.augment.global_size = s;
+    }
+    set!(cfg.data.batch_size, args.batch_size);
+    set!(cfg.optim.epochs, args.epochs);
+    if args.steps.is_some() {
+        cfg.optim.steps = args.steps;
+    }
+    set!(cfg.optim.lr, args.lr);
+    set!(cfg.augment.local_crops, args.local_crops);
+    set!(cfg.optim.accumulate, args.accumulate);
+    set!(cfg.run.seed, args.seed);
+    set!(cfg.run.checkpoint_every, args.checkpoint_every);
+    set!(cfg.run.eval_every, args.eval_every);
+    cfg.run.no_eval |= args.no_eval;
+    Ok(cfg)
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg = resolve(&args)?;
+    let gpu = args.adapter.gpu()?;
+    eprintln!("adapter: {}", gpu.adapter_name());
+    eprintln!("data: {}; run folder: {}", cfg.data.path.display(), cfg.run.out.display());
+    let summary = train::train(&gpu, cfg, args.resume.as_deref(), !args.quiet)?;
+    println!("trained {} steps in {:.1} s on {}; run folder {}", summary.steps, summary.seconds, gpu.adapter_name(), summary.out.display());
+    if let Some(l) = summary.final_loss {
+        println!("final loss {l:.4}");
+    }
+    if let Some(k) = summary.knn_before {
+        println!("k-NN before: top-1 {:.2}%  top-5 {:.2}%", k.top1, k.top5);
+    }
+    if let Some(k) = summary.knn_after {
+        println!("k-NN after:  top-1 {:.2}%  top-5 {:.2}%  (k = {}, {} train / {} val images)", k.top1, k.top5, k.k, k.n_train, k.n_val);
+    }
+    Ok(())
+}

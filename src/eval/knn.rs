@@ -1,0 +1,89 @@
+//! Weighted k-NN classification (SOP.md "Evaluation", DINO's protocol): cosine similarity of
+//! L2-normalised features, the k most similar training images vote for their label with
+//! weight exp(sim / T); top-1 and top-5 accuracy. Similarities are one GPU matmul per chunk
+//! of queries; the k largest per row are selected on the host (k may exceed the top-k
+//! kernel's 16).
+
+use crate::error::{Result, SopError};
+use crate::gpu::Gpu;
+use crate::ops::matmul::Matmul;
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct KnnResult {
+    pub top1: f64,
+    pub top5: f64,
+    pub k: usize,
+    pub n_train: usize,
+    pub n_val: usize,
+}
+
+/// Queries per similarity matmul (bounds the host copy to chunk × n_train floats).
+const CHUNK: usize = 256;
+
+/// train (n_train, D) and val (n_val, D) must already be L2-normalised.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_classify(
+    gpu: &Gpu,
+    train: &[f32],
+    train_labels: &[u32],
+    val: &[f32],
+    val_labels: &[u32],
+    dim: usize,
+    k: usize,
+    temperature: f32,
+) -> Result<KnnResult> {
+    let (nt, nv) = (train_labels.len(), val_labels.len());
+    if nt == 0 || nv == 0 || train.len() != nt * dim || val.len() != nv * dim {
+        return Err(SopError::Invalid(format!("k-NN needs labelled features: {nt} train, {nv} val rows of width {dim}")));
+    }
+    let k = k.clamp(1, nt);
+    let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
+    let gtrain = gpu.upload_f32(&[nt, dim], train)?;
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for start in (0..nv).step_by(CHUNK) {
+        let n = CHUNK.min(nv - start);
+        let q = gpu.upload_f32(&[n, dim], &val[start * dim..(start + n) * dim])?;
+        let sims = gpu.read_f32(&Matmul::new(&q, &gtrain).trans_b().run(gpu)?)?;
+        for r in 0..n {
+            let row = &sims[r * nt..(r + 1) * nt];
+            let mut order: Vec<usize> = (0..nt).collect();
+            // k largest, ties to the lower index.
+            order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let mut votes = vec![0f64; classes];
+            for &i in &order[..k] {
+                votes[train_labels[i] as usize] += (row[i] as f64 / temperature as f64).exp();
+            }
+            let mut ranked: Vec<usize> = (0..classes).collect();
+            ranked.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
+            let truth = val_labels[start + r] as usize;
+            top1 += (ranked[0] == truth) as usize;
+            top5 += ranked.iter().take(5).any(|&c| c == truth) as usize;
+        }
+    }
+    Ok(KnnResult { top1: 100.0 * top1 as f64 / nv as f64, top5: 100.0 * top5 as f64 / nv as f64, k, n_train: nt, n_val: nv })
+}
+
+/// The same protocol on the host in f64: the reference for tests and raw-pixel baselines.
+pub fn knn_classify_cpu(train: &[f32], train_labels: &[u32], val: &[f32], val_labels: &[u32], dim: usize, k: usize, temperature: f32) -> KnnResult {
+    let (nt, nv) = (train_labels.len(), val_labels.len());
+    let k = k.clamp(1, nt.max(1));
+    let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for r in 0..nv {
+        let q = &val[r * dim..(r + 1) * dim];
+        let row: Vec<f64> = (0..nt)
+            .map(|i| q.iter().zip(&train[i * dim..(i + 1) * dim]).map(|(a, b)| *a as f64 * *b as f64).sum())
+            .collect();
+        let mut order: Vec<usize> = (0..nt).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let mut votes = vec![0f64; classes];
+        for &i in &order[..k] {
+            votes[train_labels[i] as usize] += (row[i] / temperature as f64).exp();
+        }
+        let mut ranked: Vec<usize> = (0..classes).collect();
+        ranked.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
+        top1 += (ranked[0] == val_labels[r] as usize) as usize;
+        top5 += ranked.iter().take(5).any(|&c| c == val_labels[r] as usize) as usize;
+    }
+    KnnResult { top1: 100.0 * top1 as f64 / nv.max(1) as f64, top5: 100.0 * top5 as f64 / nv.max(1) as f64, k, n_train: nt, n_val: nv }
+}

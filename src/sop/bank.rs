@@ -1,0 +1,82 @@
+//! Memory banks (SOP.md "Memory banks"): GPU-resident FIFO rings of unit vectors.
+//!
+//! vectors (N, W) start as random normal rows, L2-normalised. `push` writes R rows at the
+//! ring pointer, wrapping around (N need not be a multiple of R). Each entry remembers the
+//! dataset index of the image it came from (−1 for the random initial rows), so
+//! `sop prototypes` can show what a prototype is made of. The objective reads the bank
+//! before the step's push.
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Result, SopError};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::gather::scatter_rows_ring;
+
+pub struct Bank {
+    /// (N, W) unit rows.
+    pub vectors: Tensor,
+    /// Next row to overwrite.
+    pub ptr: usize,
+    /// Dataset index of each row's image; −1 for initial random rows.
+    pub sources: Vec<i64>,
+}
+
+impl Bank {
+    /// N random unit vectors of width W, from `seed`.
+    pub fn random(gpu: &Gpu, n: usize, width: usize, seed: u64) -> Result<Bank> {
+        if n == 0 || width == 0 {
+            return Err(SopError::Invalid(format!("memory bank of {n} x {width}: both must be positive")));
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut host = vec![0f32; n * width];
+        for row in host.chunks_mut(width) {
+            for v in row.iter_mut() {
+                *v = StandardNormal.sample(&mut rng);
+            }
+            let norm = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+        }
+        Ok(Bank { vectors: gpu.upload_f32(&[n, width], &host)?, ptr: 0, sources: vec![-1; n] })
+    }
+
+    pub fn len(&self) -> usize {
+        self.vectors.shape[0]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn width(&self) -> usize {
+        self.vectors.shape[1]
+    }
+
+    /// Append rows (R, W) in FIFO order; `sources[i]` is row i's image index.
+    pub fn push(&mut self, gpu: &Gpu, rows: &Tensor, sources: &[i64]) -> Result<()> {
+        let r = rows.shape[0];
+        if rows.shape.len() != 2 || rows.shape[1] != self.width() || sources.len() != r {
+            return Err(SopError::shape("bank push", format!("rows {:?} with {} sources into bank {:?}", rows.shape, sources.len(), self.vectors.shape)));
+        }
+        if r > self.len() {
+            return Err(SopError::shape("bank push", format!("{r} rows exceed the bank size {}", self.len())));
+        }
+        scatter_rows_ring(gpu, &self.vectors, rows, self.ptr)?;
+        for (i, &s) in sources.iter().enumerate() {
+            let at = (self.ptr + i) % self.len();
+            self.sources[at] = s;
+        }
+        self.ptr = (self.ptr + r) % self.len();
+        Ok(())
+    }
+
+    /// Restore from saved parts (a checkpoint).
+    pub fn from_parts(gpu: &Gpu, n: usize, width: usize, data: &[f32], ptr: usize, sources: Vec<i64>) -> Result<Bank> {
+        if data.len() != n * width || sources.len() != n || ptr >= n {
+            return Err(SopError::Invalid(format!(
+                "saved bank is inconsistent: {} values for {n} x {width}, {} sources, pointer {ptr}",
+                data.len(),
+                sources.len()
+            )));
+        }
+        Ok(Bank { vectors: gpu.upload_f32(&[n, width], data)?, ptr, sources })
+    }
+}

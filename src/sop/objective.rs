@@ -1,0 +1,223 @@
+//! The SOP objective on the GPU (SOP.md "Losses"): [CLS] loss across views and the SOP-MIM
+//! patch loss, averaged over tasks, with gradients for the student embeddings only.
+//!
+//! Per task, with prototypes (D (M, W), Y (M, P')):
+//!   P(u) = softmax(u·Dᵀ/τ)·Y                       (matmul + soft_assign)
+//!   [CLS]: student rows ((2+L)·B) vs teacher rows (2B). Since H(q, p) is linear in q, the
+//!     sum over teacher views j ≠ i of H(q_j, p_i) is H(Σ_{j≠i} q_j, p_i): the targets are
+//!     Q = Sel·q_t with a 0/1 selection matrix Sel ((2+L)B, 2B), and the weights
+//!     1/(B · pairs · tasks), pairs = 2 + 2L.
+//!   MIM: student patch rows of masked view i vs teacher rows of the same view, weight
+//!     mask / max(1, masked count of that image) / (2B · tasks).
+//! Backward: dp = −w·q/p (cross_entropy), dlogits = soft_assign_backward, du = dlogits·D.
+
+use crate::error::{Result, SopError};
+use crate::gpu::{Gpu, Tensor};
+use crate::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
+use crate::ops::elementwise::add;
+use crate::ops::matmul::Matmul;
+use crate::ops::soft_assign::{soft_assign_backward, soft_assign_forward};
+use crate::ops::topk::topk_forward;
+use crate::sop::bank::Bank;
+use crate::sop::prototypes::{build, PrototypeConfig, Prototypes};
+
+/// Hyper-parameters of the objective.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectiveConfig {
+    pub cls: PrototypeConfig,
+    pub patch: PrototypeConfig,
+    pub smoothing: f32,
+    pub student_temp: f32,
+    pub teacher_temp: f32,
+}
+
+impl Default for ObjectiveConfig {
+    fn default() -> Self {
+        ObjectiveConfig {
+            cls: PrototypeConfig { anchors: 64, experts: 9, tasks: 4 },
+            patch: PrototypeConfig { anchors: 512, experts: 1, tasks: 1 },
+            smoothing: 0.1,
+            student_temp: 0.1,
+            teacher_temp: 0.04,
+        }
+    }
+}
+
+/// The random draws of one step: per task a bank permutation and (E > 1) the kept anchors.
+/// `keep` entries may be None, in which case `choose` draws them once the SEs are known.
+pub struct TaskDraw {
+    pub perm: Vec<u32>,
+    pub keep: Option<Vec<u32>>,
+}
+
+/// Embeddings of one step. Rows are view-major: view v of image b is row v·B + b.
+pub struct Embeddings<'a> {
+    /// ((2+L)·B, W), the 2 global views first.
+    pub student_cls: &'a Tensor,
+    /// (2B, W).
+    pub teacher_cls: &'a Tensor,
+    /// (2B, T, W): masked global views.
+    pub student_patch: &'a Tensor,
+    /// (2B, T, W): unmasked global views.
+    pub teacher_patch: &'a Tensor,
+    /// (2B·T) host masks, 1 = masked.
+    pub masks: &'a [u8],
+    pub batch: usize,
+    pub local_views: usize,
+}
+
+pub struct ObjectiveOutput {
+    pub loss_cls: f32,
+    pub loss_mim: f32,
+    pub loss: f32,
+    /// Same shapes as the student inputs.
+    pub dstudent_cls: Tensor,
+    pub dstudent_patch: Tensor,
+    /// Fraction of [CLS] student rows whose most likely prototype is the target's (first task).
+    pub agreement_cls: f32,
+}
+
+/// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P').
+fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<(Tensor, Tensor)> {
+    let logits = Matmul::new(u, &proto.members).trans_b().run(gpu)?;
+    let p = soft_assign_forward(gpu, &logits, &proto.votes, tau)?;
+    Ok((logits, p))
+}
+
+/// One cross-entropy term: loss, and du (R, W) of the student rows.
+fn term(gpu: &Gpu, u_s: &Tensor, target: &Tensor, w: &Tensor, proto: &Prototypes, tau_s: f32) -> Result<(f32, Tensor, Tensor)> {
+    let (logits, p_s) = assign(gpu, u_s, proto, tau_s)?;
+    let loss = gpu.read_f32(&cross_entropy_forward(gpu, target, &p_s, w)?)?[0];
+    let dp = cross_entropy_backward(gpu, target, &p_s, w, 1.0)?;
+    let dlogits = soft_assign_backward(gpu, &logits, &proto.votes, tau_s, &dp)?;
+    let du = Matmul::new(&dlogits, &proto.members).run(gpu)?;
+    Ok((loss, du, p_s))
+}
+
+fn check(e: &Embeddings) -> Result<usize> {
+    let (b, l) = (e.batch, e.local_views);
+    let w = e.teacher_cls.shape.get(1).copied().unwrap_or(0);
+    let bad = |what: &str, t: &Tensor, want: &[usize]| {
+        Err(SopError::shape("sop_objective", format!("{what} {:?}, expected {want:?}", t.shape)))
+    };
+    if e.student_cls.shape != [(2 + l) * b, w] {
+        return bad("student_cls", e.student_cls, &[(2 + l) * b, w]);
+    }
+    if e.teacher_cls.shape != [2 * b, w] {
+        return bad("teacher_cls", e.teacher_cls, &[2 * b, w]);
+    }
+    let t = e.student_patch.shape.get(1).copied().unwrap_or(0);
+    if e.student_patch.shape != [2 * b, t, w] {
+        return bad("student_patch", e.student_patch, &[2 * b, t, w]);
+    }
+    if e.teacher_patch.shape != [2 * b, t, w] {
+        return bad("teacher_patch", e.teacher_patch, &[2 * b, t, w]);
+    }
+    if e.masks.len() != 2 * b * t {
+        return Err(SopError::shape("sop_objective", format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t)));
+    }
+    Ok(t)
+}
+
+/// The whole objective. `cls_draws` / `patch_draws` have one entry per task; a draw whose
+/// `keep` is None gets it from `choose_keep(task, neighbours)`.
+pub fn sop_objective(
+    gpu: &Gpu,
+    cfg: &ObjectiveConfig,
+    e: &Embeddings,
+    cls_bank: &Bank,
+    patch_bank: &Bank,
+    cls_draws: &[TaskDraw],
+    patch_draws: &[TaskDraw],
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+) -> Result<ObjectiveOutput> {
+    let t = check(e)?;
+    let (b, l, w) = (e.batch, e.local_views, e.teacher_cls.shape[1]);
+    if cls_draws.len() != cfg.cls.tasks || patch_draws.len() != cfg.patch.tasks || cfg.cls.tasks == 0 || cfg.patch.tasks == 0 {
+        return Err(SopError::Invalid(format!(
+            "sop_objective: {} [CLS] and {} patch draws for {} and {} tasks",
+            cls_draws.len(),
+            patch_draws.len(),
+            cfg.cls.tasks,
+            cfg.patch.tasks
+        )));
+    }
+
+    // [CLS]: selection matrix Sel ((2+L)B, 2B) and uniform weights.
+    let rows_s = (2 + l) * b;
+    let pairs = (2 + 2 * l) as f32;
+    let mut sel = vec![0f32; rows_s * 2 * b];
+    for v in 0..2 + l {
+        for j in 0..2 {
+            if j != v {
+                for i in 0..b {
+                    sel[(v * b + i) * 2 * b + j * b + i] = 1.0;
+                }
+            }
+        }
+    }
+    let sel = gpu.upload_f32(&[rows_s, 2 * b], &sel)?;
+    let w_cls = gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?;
+    let mut loss_cls = 0.0;
+    let mut dcls: Option<Tensor> = None;
+    let mut agreement_cls = 0.0;
+    for (task, draw) in cls_draws.iter().enumerate() {
+        let proto = build(gpu, cls_bank, &draw.perm, &cfg.cls, cfg.smoothing, |nb| match &draw.keep {
+            Some(k) => k.clone(),
+            None => choose_keep(nb, task),
+        })?;
+        let (_, q) = assign(gpu, e.teacher_cls, &proto, cfg.teacher_temp)?;
+        let target = Matmul::new(&sel, &q).run(gpu)?;
+        let (loss, du, p_s) = term(gpu, e.student_cls, &target, &w_cls, &proto, cfg.student_temp)?;
+        loss_cls += loss;
+        dcls = Some(match dcls {
+            Some(acc) => add(gpu, &acc, &du)?,
+            None => du,
+        });
+        if task == 0 {
+            agreement_cls = agreement(gpu, &p_s, &target)?;
+        }
+    }
+
+    // SOP-MIM: per-row weights from the masks.
+    let mut w_mim = vec![0f32; 2 * b * t];
+    for img in 0..2 * b {
+        let m = &e.masks[img * t..(img + 1) * t];
+        let count = m.iter().filter(|&&x| x != 0).count().max(1) as f32;
+        for (k, &x) in m.iter().enumerate() {
+            if x != 0 {
+                w_mim[img * t + k] = 1.0 / (count * 2.0 * b as f32 * cfg.patch.tasks as f32);
+            }
+        }
+    }
+    let w_mim = gpu.upload_f32(&[2 * b * t], &w_mim)?;
+    let s_rows = e.student_patch.reshape(&[2 * b * t, w])?;
+    let t_rows = e.teacher_patch.reshape(&[2 * b * t, w])?;
+    let mut loss_mim = 0.0;
+    let mut dpatch: Option<Tensor> = None;
+    for (task, draw) in patch_draws.iter().enumerate() {
+        let proto = build(gpu, patch_bank, &draw.perm, &cfg.patch, cfg.smoothing, |nb| match &draw.keep {
+            Some(k) => k.clone(),
+            None => choose_keep(nb, cfg.cls.tasks + task),
+        })?;
+        let (_, q) = assign(gpu, &t_rows, &proto, cfg.teacher_temp)?;
+        let (loss, du, _) = term(gpu, &s_rows, &q, &w_mim, &proto, cfg.student_temp)?;
+        loss_mim += loss;
+        dpatch = Some(match dpatch {
+            Some(acc) => add(gpu, &acc, &du)?,
+            None => du,
+        });
+    }
+    let dstudent_cls = dcls.expect("at least one task").reshape(&e.student_cls.shape)?;
+    let dstudent_patch = dpatch.expect("at least one task").reshape(&e.student_patch.shape)?;
+    Ok(ObjectiveOutput { loss_cls, loss_mim, loss: loss_cls + loss_mim, dstudent_cls, dstudent_patch, agreement_cls })
+}
+
+/// Fraction of rows whose arg-max agrees between two (R, K) distributions.
+fn agreement(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<f32> {
+    let (_, ip) = topk_forward(gpu, p, 1)?;
+    let (_, iq) = topk_forward(gpu, q, 1)?;
+    let (ip, iq) = (gpu.read_u32(&ip)?, gpu.read_u32(&iq)?);
+    let same = ip.iter().zip(&iq).filter(|(a, b)| a == b).count();
+    Ok(same as f32 / ip.len().max(1) as f32)
+}

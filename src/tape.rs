@@ -1,0 +1,404 @@
+//! The autograd tape: a thin reverse-mode recorder over the GPU ops (micrograd's idea, the
+//! candle layout: one `Op` enum, one reverse loop, each arm with its derivative).
+//!
+//! A `Var` is a tensor plus its place on the tape. Each op records the ids of its inputs and
+//! exactly the tensors its backward needs (llm.c style: layernorm saves mean and rstd).
+//! `backward` walks the records once in reverse, accumulating (`+=`) into input gradients,
+//! and drops every record's saved tensors as soon as its backward ran, so their buffers go
+//! back to the pool. With `grad_enabled = false` (the teacher) nothing is recorded and
+//! activations are freed as soon as the caller drops them.
+
+use std::collections::HashMap;
+
+use crate::error::{Result, SopError};
+use crate::gpu::{DType, Gpu, Tensor};
+use crate::ops::matmul::Matmul;
+use crate::ops::{attention, elementwise, gelu, l2norm, layernorm, mask_tokens, reduce, tokens};
+
+/// A value on the tape. `id` is `None` for values that carry no gradient.
+#[derive(Clone, Debug)]
+pub struct Var {
+    pub id: Option<usize>,
+    pub value: Tensor,
+}
+
+impl Var {
+    pub fn shape(&self) -> &[usize] {
+        &self.value.shape
+    }
+}
+
+enum Op {
+    /// y = x·Wᵀ + b, x (R, in), W (out, in), b (out).
+    Linear { x: Tensor, w: Tensor, ids: [Option<usize>; 3] },
+    /// y = A·x with a constant A (M, K) and x (K, N) (position-embedding interpolation).
+    ConstMatmul { a: Tensor, id: Option<usize> },
+    LayerNorm { x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, ids: [Option<usize>; 3] },
+    Gelu { x: Tensor, id: Option<usize> },
+    Attention { qkv: Tensor, out: Tensor, lse: Tensor, heads: usize, id: Option<usize> },
+    Add { ids: [Option<usize>; 2] },
+    /// y = x + b with b repeated along leading dims.
+    AddBroadcast { b_shape: Vec<usize>, ids: [Option<usize>; 2] },
+    /// y[b, …] = s[b]·x[b, …] (drop path).
+    ScaleSamples { s: Tensor, id: Option<usize> },
+    MaskTokens { mask: Tensor, ids: [Option<usize>; 2] },
+    Patchify { image_shape: Vec<usize>, patch: usize, id: Option<usize> },
+    /// out = [cls; x]; `cls_shape` tells a shared (D) cls from a per-sample (B, D) one.
+    TokensJoin { cls_shape: Vec<usize>, ids: [Option<usize>; 2] },
+    /// (cls, rest) = split(x); outputs are `outs[0]` and `outs[1]`.
+    TokensSplit { outs: [usize; 2], id: Option<usize> },
+    L2Norm { x: Tensor, norm: Tensor, eps: f32, id: Option<usize> },
+    Reshape { from: Vec<usize>, id: Option<usize> },
+}
+
+struct Node {
+    out: usize,
+    out_shape: Vec<usize>,
+    op: Op,
+}
+
+pub struct Tape<'g> {
+    pub gpu: &'g Gpu,
+    /// When false, ops compute values only (no records, no saved tensors).
+    pub grad_enabled: bool,
+    nodes: Vec<Node>,
+    next_id: usize,
+    /// (id, shape) of every leaf that takes a gradient.
+    leaves: Vec<(usize, Vec<usize>)>,
+}
+
+/// Gradients of the leaves, by leaf id.
+pub struct Grads {
+    map: HashMap<usize, Tensor>,
+}
+
+impl Grads {
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        v.id.and_then(|id| self.map.get(&id))
+    }
+    pub fn take(&mut self, v: &Var) -> Option<Tensor> {
+        v.id.and_then(|id| self.map.remove(&id))
+    }
+}
+
+impl<'g> Tape<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Tape { gpu, grad_enabled: true, nodes: Vec::new(), next_id: 0, leaves: Vec::new() }
+    }
+    pub fn no_grad(gpu: &'g Gpu) -> Self {
+        Tape { grad_enabled: false, ..Tape::new(gpu) }
+    }
+
+    /// A leaf (parameter or input). It gets a gradient when `requires_grad` and grads are on.
+    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        if !(requires_grad && self.grad_enabled) {
+            return Var { id: None, value };
+        }
+        let id = self.fresh();
+        self.leaves.push((id, value.shape.clone()));
+        Var { id: Some(id), value }
+    }
+
+    /// A constant input.
+    pub fn constant(&self, value: Tensor) -> Var {
+        Var { id: None, value }
+    }
+
+    fn fresh(&mut self) -> usize {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Record `op` producing `value` if any input carries a gradient.
+    fn record(&mut self, value: Tensor, any_grad: bool, op: impl FnOnce() -> Op) -> Var {
+        if !(self.grad_enabled && any_grad) {
+            return Var { id: None, value };
+        }
+        let out = self.fresh();
+        self.nodes.push(Node { out, out_shape: value.shape.clone(), op: op() });
+        Var { id: Some(out), value }
+    }
+
+    /// Number of records waiting for `backward` (their saved tensors are alive).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    // ---- ops -------------------------------------------------------------------------------
+
+    /// y (…, out) = x (…, in) · Wᵀ + b.
+    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let in_dim = *x.shape().last().unwrap_or(&0);
+        let rows = x.value.numel() / in_dim.max(1);
+        let x2 = x.value.reshape(&[rows, in_dim])?;
+        let mut mm = Matmul::new(&x2, &w.value).trans_b();
+        if let Some(b) = b {
+            mm = mm.bias(&b.value);
+        }
+        let y = mm.run(self.gpu)?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = w.shape()[0];
+        let y = y.reshape(&shape)?;
+        let ids = [x.id, w.id, b.and_then(|b| b.id)];
+        let (xv, wv) = (x2, w.value.clone());
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::Linear { x: xv, w: wv, ids }))
+    }
+
+    /// y = A·x for a constant A (M, K), x (K, N).
+    pub fn const_matmul(&mut self, a: &Tensor, x: &Var) -> Result<Var> {
+        let y = Matmul::new(a, &x.value).run(self.gpu)?;
+        let a = a.clone();
+        Ok(self.record(y, x.id.is_some(), || Op::ConstMatmul { a, id: x.id }))
+    }
+
+    pub fn layernorm(&mut self, x: &Var, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let d = *x.shape().last().unwrap_or(&0);
+        let x2 = x.value.reshape(&[x.value.numel() / d.max(1), d])?;
+        let (y, mean, rstd) = layernorm::layernorm_forward(self.gpu, &x2, &gamma.value, &beta.value, eps)?;
+        let y = y.reshape(x.shape())?;
+        let ids = [x.id, gamma.id, beta.id];
+        let g = gamma.value.clone();
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::LayerNorm { x: x2, gamma: g, mean, rstd, ids }))
+    }
+
+    pub fn gelu(&mut self, x: &Var) -> Result<Var> {
+        let y = gelu::gelu_forward(self.gpu, &x.value)?;
+        let xv = x.value.clone();
+        Ok(self.record(y, x.id.is_some(), || Op::Gelu { x: xv, id: x.id }))
+    }
+
+    /// Multi-head self-attention core: qkv (B, T, 3D) -> (B, T, D).
+    pub fn attention(&mut self, qkv: &Var, heads: usize) -> Result<Var> {
+        let (out, lse) = attention::attention_forward(self.gpu, &qkv.value, heads)?;
+        let (q, o) = (qkv.value.clone(), out.clone());
+        Ok(self.record(out, qkv.id.is_some(), || Op::Attention { qkv: q, out: o, lse, heads, id: qkv.id }))
+    }
+
+    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let y = elementwise::add(self.gpu, &a.value, &b.value)?;
+        let ids = [a.id, b.id];
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::Add { ids }))
+    }
+
+    /// y = x + b, b repeated along x's leading dims (b's element count divides x's).
+    pub fn add_broadcast(&mut self, x: &Var, b: &Var) -> Result<Var> {
+        let y = elementwise::add_broadcast(self.gpu, &x.value, &b.value)?;
+        let ids = [x.id, b.id];
+        let b_shape = b.shape().to_vec();
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::AddBroadcast { b_shape, ids }))
+    }
+
+    /// y[b, …] = s[b]·x[b, …] with a constant s (B).
+    pub fn scale_samples(&mut self, x: &Var, s: &Tensor) -> Result<Var> {
+        let y = elementwise::scale_samples(self.gpu, &x.value, s)?;
+        let s = s.clone();
+        Ok(self.record(y, x.id.is_some(), || Op::ScaleSamples { s, id: x.id }))
+    }
+
+    /// Replace masked patch embeddings (mask (B, N) u32, 1 = masked) by `token` (D).
+    pub fn mask_tokens(&mut self, x: &Var, mask: &Tensor, token: &Var) -> Result<Var> {
+        let y = mask_tokens::mask_tokens_forward(self.gpu, &x.value, mask, &token.value)?;
+        let ids = [x.id, token.id];
+        let mask = mask.clone();
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::MaskTokens { mask, ids }))
+    }
+
+    /// images (B, C, S, S) -> patches (B·N, C·P·P).
+    pub fn patchify(&mut self, images: &Var, patch: usize) -> Result<Var> {
+        let y = tokens::patchify_forward(self.gpu, &images.value, patch)?;
+        let image_shape = images.shape().to_vec();
+        Ok(self.record(y, images.id.is_some(), || Op::Patchify { image_shape, patch, id: images.id }))
+    }
+
+    pub fn tokens_join(&mut self, cls: &Var, x: &Var) -> Result<Var> {
+        let y = tokens::tokens_join(self.gpu, &cls.value, &x.value)?;
+        let ids = [cls.id, x.id];
+        let cls_shape = cls.shape().to_vec();
+        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::TokensJoin { cls_shape, ids }))
+    }
+
+    /// x (B, 1+N, D) -> (cls (B, D), rest (B, N, D)).
+    pub fn tokens_split(&mut self, x: &Var) -> Result<(Var, Var)> {
+        let (cls, rest) = tokens::tokens_split(self.gpu, &x.value)?;
+        if !(self.grad_enabled && x.id.is_some()) {
+            return Ok((Var { id: None, value: cls }, Var { id: None, value: rest }));
+        }
+        let (a, b) = (self.fresh(), self.fresh());
+        // One record, keyed on the second output; it reads both output gradients.
+        self.nodes.push(Node { out: b, out_shape: rest.shape.clone(), op: Op::TokensSplit { outs: [a, b], id: x.id } });
+        Ok((Var { id: Some(a), value: cls }, Var { id: Some(b), value: rest }))
+    }
+
+    /// y = x / max(‖x‖₂, eps) over the last dim.
+    pub fn l2norm(&mut self, x: &Var, eps: f32) -> Result<Var> {
+        let d = *x.shape().last().unwrap_or(&0);
+        let x2 = x.value.reshape(&[x.value.numel() / d.max(1), d])?;
+        let (y, norm) = l2norm::l2norm_forward(self.gpu, &x2, eps)?;
+        let y = y.reshape(x.shape())?;
+        Ok(self.record(y, x.id.is_some(), || Op::L2Norm { x: x2, norm, eps, id: x.id }))
+    }
+
+    pub fn reshape(&mut self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let y = x.value.reshape(shape)?;
+        let from = x.shape().to_vec();
+        Ok(self.record(y, x.id.is_some(), || Op::Reshape { from, id: x.id }))
+    }
+
+    // ---- backward --------------------------------------------------------------------------
+
+    /// Reverse pass from the given output gradients (`seeds`: (output, dL/doutput)).
+    /// Returns the gradients of the leaves; the tape is empty afterwards.
+    pub fn backward(&mut self, seeds: Vec<(&Var, Tensor)>) -> Result<Grads> {
+        let gpu = self.gpu;
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        for (v, g) in seeds {
+            let Some(id) = v.id else { continue };
+            if g.shape.iter().product::<usize>() != v.value.numel() {
+                return Err(SopError::shape("backward", format!("seed {:?} for output {:?}", g.shape, v.shape())));
+            }
+            accumulate(gpu, &mut grads, Some(id), g)?;
+        }
+        while let Some(node) = self.nodes.pop() {
+            let dy = match &node.op {
+                Op::TokensSplit { outs, .. } => {
+                    // Needs both output gradients; a missing one is zero.
+                    let (dc, dr) = (grads.remove(&outs[0]), grads.remove(&outs[1]));
+                    if dc.is_none() && dr.is_none() {
+                        continue;
+                    }
+                    let b = node.out_shape[0];
+                    let d = node.out_shape[2];
+                    let dc = match dc {
+                        Some(t) => t,
+                        None => gpu.zeros(&[b, d], DType::F32)?,
+                    };
+                    let dr = match dr {
+                        Some(t) => t.reshape(&node.out_shape)?,
+                        None => gpu.zeros(&node.out_shape, DType::F32)?,
+                    };
+                    // d/dx of split is join: dx = [dcls; drest].
+                    let dx = tokens::tokens_join(gpu, &dc.reshape(&[b, d])?, &dr)?;
+                    if let Op::TokensSplit { id, .. } = node.op {
+                        accumulate(gpu, &mut grads, id, dx)?;
+                    }
+                    continue;
+                }
+                _ => match grads.remove(&node.out) {
+                    Some(g) => g.reshape(&node.out_shape)?,
+                    None => continue,
+                },
+            };
+            match node.op {
+                Op::Linear { x, w, ids: [xid, wid, bid] } => {
+                    // y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy.
+                    let out = w.shape[0];
+                    let dy2 = dy.reshape(&[dy.numel() / out, out])?;
+                    if xid.is_some() {
+                        accumulate(gpu, &mut grads, xid, Matmul::new(&dy2, &w).run(gpu)?)?;
+                    }
+                    if wid.is_some() {
+                        accumulate(gpu, &mut grads, wid, Matmul::new(&dy2, &x).trans_a().run(gpu)?)?;
+                    }
+                    if bid.is_some() {
+                        accumulate(gpu, &mut grads, bid, reduce::sum_rows(gpu, &dy2)?)?;
+                    }
+                }
+                Op::ConstMatmul { a, id } => {
+                    // y = A·x: dx = Aᵀ·dy.
+                    accumulate(gpu, &mut grads, id, Matmul::new(&a, &dy).trans_a().run(gpu)?)?;
+                }
+                Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] } => {
+                    // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) with ĝ = dy⊙γ; dγ = Σ dy⊙x̂; dβ = Σ dy.
+                    let dy2 = dy.reshape(&x.shape)?;
+                    let (dx, dg, db) = layernorm::layernorm_backward(gpu, &dy2, &x, &gamma, &mean, &rstd)?;
+                    accumulate(gpu, &mut grads, xid, dx)?;
+                    accumulate(gpu, &mut grads, gid, dg)?;
+                    accumulate(gpu, &mut grads, bid, db)?;
+                }
+                Op::Gelu { x, id } => {
+                    // dx = dy·(Φ(x) + x·φ(x)).
+                    accumulate(gpu, &mut grads, id, gelu::gelu_backward(gpu, &x, &dy)?)?;
+                }
+                Op::Attention { qkv, out, lse, heads, id } => {
+                    // Flash-attention backward (derivation in shaders/attention.wgsl).
+                    accumulate(gpu, &mut grads, id, attention::attention_backward(gpu, &qkv, &out, &lse, &dy, heads)?)?;
+                }
+                Op::Add { ids: [a, b] } => {
+                    // y = a + b: da = db = dy.
+                    if b.is_some() {
+                        accumulate(gpu, &mut grads, b, dy.clone())?;
+                    }
+                    accumulate(gpu, &mut grads, a, dy)?;
+                }
+                Op::AddBroadcast { b_shape, ids: [x, b] } => {
+                    // y = x + repeat(b): dx = dy, db = Σ over the repeats.
+                    if b.is_some() {
+                        let n: usize = b_shape.iter().product();
+                        let db = reduce::sum_rows(gpu, &dy.reshape(&[dy.numel() / n, n])?)?;
+                        accumulate(gpu, &mut grads, b, db.reshape(&b_shape)?)?;
+                    }
+                    accumulate(gpu, &mut grads, x, dy)?;
+                }
+                Op::ScaleSamples { s, id } => {
+                    // y = s·x per sample: dx = s·dy.
+                    accumulate(gpu, &mut grads, id, elementwise::scale_samples(gpu, &dy, &s)?)?;
+                }
+                Op::MaskTokens { mask, ids: [x, token] } => {
+                    // dx = dy off the mask, 0 on it; dtoken = Σ_masked dy.
+                    let (dx, dtoken) = mask_tokens::mask_tokens_backward(gpu, &dy, &mask)?;
+                    accumulate(gpu, &mut grads, x, dx)?;
+                    accumulate(gpu, &mut grads, token, dtoken)?;
+                }
+                Op::Patchify { image_shape, patch, id } => {
+                    // A permutation of pixels: the backward copies each entry back.
+                    accumulate(gpu, &mut grads, id, tokens::patchify_backward(gpu, &dy, &image_shape, patch)?)?;
+                }
+                Op::TokensJoin { cls_shape, ids: [cls, x] } => {
+                    // out = [cls; x]: (dcls_b, dx) = split(dy); a shared cls sums dcls_b over b.
+                    let (dc, dx) = tokens::tokens_split(gpu, &dy)?;
+                    if cls.is_some() {
+                        let d = dc.shape[1];
+                        let dc = if cls_shape.iter().product::<usize>() == d && dc.shape[0] != 1 {
+                            reduce::sum_rows(gpu, &dc)?
+                        } else {
+                            dc
+                        };
+                        accumulate(gpu, &mut grads, cls, dc.reshape(&cls_shape)?)?;
+                    }
+                    accumulate(gpu, &mut grads, x, dx)?;
+                }
+                Op::TokensSplit { .. } => unreachable!("handled above"),
+                Op::L2Norm { x, norm, eps, id } => {
+                    // y = x/n, n = max(‖x‖, eps): dx = (dy − y(y·dy))/n when ‖x‖ > eps, else dy/eps.
+                    let dy2 = dy.reshape(&x.shape)?;
+                    accumulate(gpu, &mut grads, id, l2norm::l2norm_backward(gpu, &dy2, &x, &norm, eps)?)?;
+                }
+                Op::Reshape { from, id } => {
+                    accumulate(gpu, &mut grads, id, dy.reshape(&from)?)?;
+                }
+            }
+        }
+        let leaves = std::mem::take(&mut self.leaves);
+        let mut map = HashMap::new();
+        for (id, shape) in leaves {
+            if let Some(g) = grads.remove(&id) {
+                map.insert(id, g.reshape(&shape)?);
+            }
+        }
+        Ok(Grads { map })
+    }
+}
+
+/// grads[id] += g (or = g when absent). The sum is a new tensor: `g` may alias another grad.
+fn accumulate(gpu: &Gpu, grads: &mut HashMap<usize, Tensor>, id: Option<usize>, g: Tensor) -> Result<()> {
+    let Some(id) = id else { return Ok(()) };
+    let g = match grads.remove(&id) {
+        Some(prev) => elementwise::add(gpu, &prev, &g.reshape(&prev.shape)?)?,
+        None => g,
+    };
+    grads.insert(id, g);
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! Every hyper-parameter of `sop train`, as one TOML-(de)serialisable structure. Defaults
+//! are the bundled quick run (a small ViT on the bundled Fashion-MNIST subset, sized for a
+//! CPU software adapter); SOP.md's reference values are given in the comments.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::AugmentConfig;
+use crate::error::{Result, SopError};
+use crate::model::config::VitConfig;
+use crate::sop::objective::ObjectiveConfig;
+use crate::sop::prototypes::{AnchorSampling, PrototypeConfig};
+use crate::train::optimizer::ClipMode;
+
+/// The bundled training set (the Fashion-MNIST subset in assets/).
+pub const BUNDLED_DATA: &str = "assets/fashion-mnist";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: VitConfig,
+    pub data: DataConfig,
+    pub augment: AugmentConfig,
+    pub sop: SopConfig,
+    pub optim: OptimConfig,
+    pub run: RunConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Training images: an image folder or an IDX directory.
+    pub path: PathBuf,
+    /// Labelled training split for k-NN evaluation (default: `path`'s train split).
+    pub knn_train: Option<PathBuf>,
+    /// Labelled validation split for k-NN evaluation (default: `path`'s test split if any).
+    pub knn_val: Option<PathBuf>,
+    /// Images per optimiser step (B; times `optim.accumulate` micro-batches).
+    pub batch_size: usize,
+    /// Decoding threads (0 = one per core).
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SopConfig {
+    /// N_C (65,536 in SOP.md).
+    pub cls_bank_size: usize,
+    /// N_P (8,192 in SOP.md).
+    pub patch_bank_size: usize,
+    /// [CLS] prototypes: P 64, E 9, T 4 in SOP.md.
+    pub cls: PrototypeConfig,
+    /// Patch prototypes: P 512, E 1, T 1 in SOP.md.
+    pub patch: PrototypeConfig,
+    pub smoothing: f32,
+    pub student_temp: f32,
+    pub teacher_temp: f32,
+    pub warmup_teacher_temp: f32,
+    pub warmup_teacher_temp_epochs: usize,
+    pub anchor_sampling: AnchorSampling,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    pub epochs: usize,
+    /// Stop after this many optimiser steps instead (schedules still span `epochs`).
+    pub steps: Option<usize>,
+    /// Peak learning rate for a batch of 256 (scaled by batch/256): 5e-4.
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: usize,
+    pub weight_decay: f64,
+    pub weight_decay_end: f64,
+    /// Gradient clipping threshold (0 = off).
+    pub clip_grad: f32,
+    pub clip_mode: ClipMode,
+    pub momentum_teacher: f64,
+    pub momentum_teacher_end: f64,
+    /// Micro-batches per optimiser step.
+    pub accumulate: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Run folder: config, metrics, checkpoints.
+    pub out: PathBuf,
+    pub seed: u64,
+    /// Checkpoint every N optimiser steps (0 = only at the end).
+    pub checkpoint_every: usize,
+    /// k-NN evaluation every N epochs (0 = only before and after).
+    pub eval_every: usize,
+    pub knn_k: usize,
+    pub knn_temperature: f32,
+    /// Skip the k-NN evaluations before and after training.
+    pub no_eval: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        let model = VitConfig {
+            dim: 64,
+            depth: 3,
+            heads: 2,
+            patch_size: 7,
+            img_size: 28,
+            head_hidden: 256,
+            head_bottleneck: 256,
+            drop_path: 0.0,
+            ..VitConfig::vit_tiny()
+        };
+        let mut augment = AugmentConfig { global_size: 28, local_size: 14, local_crops: 2, global_scale: (0.25, 1.0), ..AugmentConfig::default() };
+        augment.mask.patch_size = 7;
+        TrainConfig {
+            model,
+            data: DataConfig::default(),
+            augment,
+            sop: SopConfig::default(),
+            optim: OptimConfig::default(),
+            run: RunConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { path: PathBuf::from(BUNDLED_DATA), knn_train: None, knn_val: None, batch_size: 64, threads: 0 }
+    }
+}
+
+impl Default for SopConfig {
+    fn default() -> Self {
+        SopConfig {
+            cls_bank_size: 2048,
+            patch_bank_size: 2048,
+            cls: PrototypeConfig { anchors: 32, experts: 5, tasks: 2 },
+            patch: PrototypeConfig { anchors: 128, experts: 1, tasks: 1 },
+            smoothing: 0.1,
+            student_temp: 0.1,
+            teacher_temp: 0.04,
+            warmup_teacher_temp: 0.04,
+            warmup_teacher_temp_epochs: 0,
+            anchor_sampling: AnchorSampling::Uniform,
+        }
+    }
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            epochs: 5,
+            steps: None,
+            lr: 1e-3,
+            min_lr: 1e-6,
+            warmup_epochs: 1,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad: 3.0,
+            clip_mode: ClipMode::PerTensor,
+            momentum_teacher: 0.99,
+            momentum_teacher_end: 1.0,
+            accumulate: 1,
+        }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { out: PathBuf::from("runs/default"), seed: 0, checkpoint_every: 100, eval_every: 0, knn_k: 20, knn_temperature: 0.07, no_eval: false }
+    }
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| SopError::file(path, e))?;
+        toml::from_str(&text).map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    pub fn objective(&self, step: usize, steps_per_epoch: usize) -> ObjectiveConfig {
+        let warm = self.sop.warmup_teacher_temp_epochs * steps_per_epoch;
+        let teacher_temp = crate::train::schedule::linear_then_constant(
+            step,
+            warm,
+            self.sop.warmup_teacher_temp as f64,
+            self.sop.teacher_temp as f64,
+        ) as f32;
+        ObjectiveConfig {
+            cls: self.sop.cls,
+            patch: self.sop.patch,
+            smoothing: self.sop.smoothing,
+            student_temp: self.sop.student_temp,
+            teacher_temp,
+        }
+    }
+
+    /// Everything that can be checked before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(SopError::Invalid(format!("training config: {m}")));
+        self.model.validate()?;
+        self.augment.validate()?;
+        let (m, a) = (&self.model, &self.augment);
+        if a.global_size % m.patch_size != 0 || a.local_size % m.patch_size != 0 {
+            return bad(format!("crop sizes {} and {} must be multiples of the patch size {}", a.global_size, a.local_size, m.patch_size));
+        }
+        if a.mask.patch_size != m.patch_size {
+            return bad(format!("augment.mask.patch_size {} differs from model.patch_size {}", a.mask.patch_size, m.patch_size));
+        }
+        if m.head_bottleneck == 0 {
+            return bad("model.head_bottleneck must be positive".into());
+        }
+        if self.data.batch_size == 0 || self.optim.accumulate == 0 {
+            return bad("batch_size and accumulate must be positive".into());
+        }
+        for (name, p, n) in [("cls", &self.sop.cls, self.sop.cls_bank_size), ("patch", &self.sop.patch, self.sop.patch_bank_size)] {
+            if p.anchors < 4 || p.experts == 0 || p.tasks == 0 {
+                return bad(format!("sop.{name}: anchors >= 4, experts >= 1, tasks >= 1 (got {p:?})"));
+            }
+            if n < p.anchors + p.experts {
+                return bad(format!("sop.{name}: a bank of {n} rows is too small for {} anchors with {} experts", p.anchors, p.experts));
+            }
+        }
+        let b = self.data.batch_size * self.optim.accumulate;
+        if b > self.sop.cls_bank_size || b > self.sop.patch_bank_size {
+            return bad(format!("a step writes {b} rows into each bank; the banks ({} and {}) must hold at least that", self.sop.cls_bank_size, self.sop.patch_bank_size));
+        }
+        if !(self.sop.student_temp > 0.0 && self.sop.teacher_temp > 0.0 && self.sop.warmup_teacher_temp > 0.0) {
+            return bad("temperatures must be positive".into());
+        }
+        if !(0.0..1.0).contains(&self.sop.smoothing) {
+            return bad(format!("sop.smoothing {} must be in [0, 1)", self.sop.smoothing));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,529 @@
+//! `sop train`: student and EMA teacher, the SOP objective, AdamW with the SOP.md schedules,
+//! memory-bank updates, checkpoints, metrics and k-NN evaluation.
+//!
+//! One optimiser step (see README "One training step"):
+//! 1. teacher (no grad): backbone + head on the 2 global crops → [CLS] (2B, W), patches (2B, N, W)
+//! 2. student: backbone (masked, drop path) + head on the global crops, backbone + head on the
+//!    [CLS] of the local crops
+//! 3. objective (reads the banks) → losses and d(student embeddings); tape backward → grads
+//! 4. AdamW (clipped), EMA teacher update, then the banks take the teacher's second-view
+//!    [CLS] rows and one random patch row per image.
+//! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
+//! the uninterrupted one exactly.
+
+pub mod config;
+pub mod optimizer;
+pub mod schedule;
+pub mod state;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+
+use crate::checkpoint::TensorMap;
+use crate::data::{Batch, Dataset, Loader, LoaderConfig, Split, Views};
+use crate::error::{Result, SopError};
+use crate::eval::features::extract;
+use crate::eval::knn::{knn_classify, KnnResult};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::params::{init_params, param_specs};
+use crate::model::vit::{ForwardOptions, Vit, Weights};
+use crate::ops::ema::ema_update;
+use crate::ops::gather::gather_rows;
+use crate::sop::bank::Bank;
+use crate::sop::objective::{sop_objective, Embeddings, TaskDraw};
+use crate::sop::prototypes::sample_keep;
+use crate::tape::Tape;
+use config::TrainConfig;
+use optimizer::AdamW;
+use state::Progress;
+
+/// Purposes of the per-step random streams.
+const RNG_DRAWS: u64 = 1;
+const RNG_DROP_PATH: u64 = 2;
+const RNG_BANK_PATCH: u64 = 3;
+const RNG_INIT: u64 = 4;
+
+/// splitmix64 of (seed, a, b, c): independent streams per step and purpose.
+pub fn stream_seed(seed: u64, a: u64, b: u64, c: u64) -> u64 {
+    let mut z = seed;
+    for v in [a, b, c] {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(v.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+    }
+    z
+}
+
+fn rng_for(seed: u64, step: usize, micro: usize, purpose: u64) -> rand::rngs::StdRng {
+    rand::rngs::StdRng::seed_from_u64(stream_seed(seed, step as u64, micro as u64, purpose))
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub final_loss: Option<f64>,
+    pub knn_before: Option<KnnResult>,
+    pub knn_after: Option<KnnResult>,
+    pub seconds: f64,
+    pub out: PathBuf,
+}
+
+struct Model {
+    vit: Vit,
+    student: Weights,
+    teacher: Weights,
+    decay: Vec<bool>,
+}
+
+fn weights_from_map(gpu: &Gpu, names: &[String], map: &TensorMap) -> Result<Weights> {
+    let host: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let t = &map[n];
+            (n.clone(), t.shape.clone(), t.data.clone())
+        })
+        .collect();
+    Weights::upload(gpu, &host)
+}
+
+/// Per-block drop-path scales for `rows` samples (None when the rate is 0 everywhere).
+fn drop_path_scales(gpu: &Gpu, vit: &Vit, rows: usize, rng: &mut impl Rng) -> Result<Option<Vec<[Tensor; 2]>>> {
+    let cfg = &vit.cfg;
+    if cfg.drop_path <= 0.0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(cfg.depth);
+    for blk in 0..cfg.depth {
+        let rate = cfg.drop_path_rate(blk);
+        let mut pair = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let s: Vec<f32> = (0..rows)
+                .map(|_| if rate > 0.0 && rng.random::<f64>() < rate { 0.0 } else { (1.0 / (1.0 - rate)) as f32 })
+                .collect();
+            pair.push(gpu.upload_f32(&[rows], &s)?);
+        }
+        let [a, b]: [Tensor; 2] = pair.try_into().map_err(|_| SopError::Invalid("drop path".into()))?;
+        out.push([a, b]);
+    }
+    Ok(Some(out))
+}
+
+fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    p.shuffle(rng);
+    p
+}
+
+/// The labelled splits for k-NN: (train, val), or None when there is no labelled test split.
+fn knn_datasets(cfg: &TrainConfig) -> Option<(Dataset, Dataset)> {
+    let train = match &cfg.data.knn_train {
+        Some(p) => Dataset::open(p, Split::Train).ok()?,
+        None => Dataset::open(&cfg.data.path, Split::Train).ok()?,
+    };
+    let val = match &cfg.data.knn_val {
+        Some(p) => Dataset::open(p, Split::Test).ok()?,
+        None => Dataset::open(&cfg.data.path, Split::Test).ok()?,
+    };
+    (train.labels().is_some() && val.labels().is_some()).then_some((train, val))
+}
+
+/// Weighted k-NN of the teacher backbone's [CLS] features.
+pub fn knn_eval(gpu: &Gpu, vit: &Vit, weights: &Weights, train: Dataset, val: Dataset, k: usize, temperature: f32) -> Result<KnnResult> {
+    let labels = |d: &Dataset, f: &crate::eval::features::Features| -> Vec<u32> {
+        let l = d.labels().expect("labelled");
+        f.indices.iter().map(|&i| l[i]).collect()
+    };
+    let ft = extract(gpu, vit, weights, train.clone(), 256)?;
+    let fv = extract(gpu, vit, weights, val.clone(), 256)?;
+    knn_classify(gpu, &ft.normalized(), &labels(&train, &ft), &fv.normalized(), &labels(&val, &fv), ft.dim, k, temperature)
+}
+
+/// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`.
+pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
+    let t0 = Instant::now();
+    let resumed = match resume {
+        Some(dir) => {
+            let specs = param_specs(&cfg.model);
+            let r = state::load_all(dir, &specs)?;
+            // The run's own configuration wins, except where the caller extends the run.
+            let saved: TrainConfig = toml::from_str(&r.config_toml)
+                .map_err(|e| SopError::file(dir.join(state::STATE), format!("saved config does not parse: {e}")))?;
+            let (epochs, steps, out) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.out.clone());
+            cfg = saved;
+            cfg.optim.epochs = epochs.max(cfg.optim.epochs);
+            cfg.optim.steps = steps.or(cfg.optim.steps);
+            cfg.run.out = out;
+            Some((dir.to_path_buf(), r))
+        }
+        None => None,
+    };
+    cfg.validate()?;
+    let out = cfg.run.out.clone();
+    std::fs::create_dir_all(&out).map_err(|e| SopError::file(&out, e))?;
+    let config_toml = cfg.to_toml();
+    crate::checkpoint::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
+
+    let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
+    let b = cfg.data.batch_size;
+    let accum = cfg.optim.accumulate;
+    let batches_per_epoch = dataset.len() / b;
+    let steps_per_epoch = batches_per_epoch / accum;
+    if steps_per_epoch == 0 {
+        return Err(SopError::Invalid(format!(
+            "{}: {} images are fewer than one step of {} (batch {b} x accumulate {accum})",
+            cfg.data.path.display(),
+            dataset.len(),
+            b * accum
+        )));
+    }
+    let schedule_steps = cfg.optim.epochs * steps_per_epoch;
+    let total_steps = cfg.optim.steps.unwrap_or(schedule_steps).min(schedule_steps.max(cfg.optim.steps.unwrap_or(0)));
+
+    // Model, optimiser, banks: fresh or restored.
+    let specs = param_specs(&cfg.model);
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
+    let width = cfg.model.head_bottleneck;
+    let seed = cfg.run.seed;
+    let (model, mut opt, mut cls_bank, mut patch_bank, start_step) = match &resumed {
+        Some((dir, r)) => {
+            let student = weights_from_map(gpu, &names, &r.student)?;
+            let teacher = weights_from_map(gpu, &names, &r.teacher)?;
+            let mut opt = AdamW::new(gpu, &student.tensors, decay.clone())?;
+            for (i, (n, t)) in names.iter().zip(&student.tensors).enumerate() {
+                opt.m[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data)?;
+                opt.v[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data)?;
+            }
+            opt.step = r.adamw_step;
+            let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
+            let pb = state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
+            let vit = Vit::new(cfg.model.clone());
+            (Model { vit, student, teacher, decay }, opt, cb, pb, r.progress.step)
+        }
+        None => {
+            let host = init_params(&cfg.model, stream_seed(seed, 0, 0, RNG_INIT));
+            let student = Weights::upload(gpu, &host)?;
+            let teacher = Weights::upload(gpu, &host)?;
+            let opt = AdamW::new(gpu, &student.tensors, decay.clone())?;
+            let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, RNG_INIT))?;
+            let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, RNG_INIT))?;
+            let vit = Vit::new(cfg.model.clone());
+            (Model { vit, student, teacher, decay }, opt, cb, pb, 0)
+        }
+    };
+
+    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg) };
+    let knn = |w: &Weights| -> Result<Option<KnnResult>> {
+        match &knn_sets {
+            Some((t, v)) => Ok(Some(knn_eval(gpu, &model.vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
+            None => Ok(None),
+        }
+    };
+    let knn_before = if start_step == 0 { knn(&model.teacher)? } else { None };
+    if let Some(k) = &knn_before {
+        eprintln!("k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)", k.top1, k.top5, k.k, k.n_train, k.n_val);
+    }
+
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
+    let save = |step: usize, model: &Model, opt: &AdamW, cb: &Bank, pb: &Bank| -> Result<()> {
+        state::save_all(gpu, &out, &cfg.model, &config_toml, &model.student, &model.teacher, opt, (cb, pb), &Progress { step, seed })
+    };
+    if total_steps == 0 || start_step >= total_steps {
+        save(start_step, &model, &opt, &cls_bank, &patch_bank)?;
+        return Ok(TrainSummary { steps: start_step, final_loss: None, knn_before, knn_after: None, seconds: t0.elapsed().as_secs_f64(), out });
+    }
+
+    let loader_cfg = LoaderConfig { batch_size: b, drop_last: true, shuffle: true, seed, prefetch: 3, threads: cfg.data.threads };
+    let mut loader = Loader::new(dataset, Views::Train(cfg.augment.clone()), loader_cfg)?;
+    let bar = progress_bar.then(|| {
+        let pb = indicatif::ProgressBar::new(total_steps as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        pb.set_position(start_step as u64);
+        pb
+    });
+
+    let mut trainer = Trainer { gpu, cfg: &cfg, model, opt, cls_bank, patch_bank, steps_per_epoch, schedule_steps };
+    let mut step = start_step;
+    let mut final_loss = None;
+    let mut pending: Vec<Batch> = Vec::with_capacity(accum);
+    let epochs = total_steps.div_ceil(steps_per_epoch);
+    'epochs: for epoch in step / steps_per_epoch..epochs {
+        // Batches of this epoch consumed before a resume are decoded again and skipped.
+        let skip = if epoch == step / steps_per_epoch { (step % steps_per_epoch) * accum } else { 0 };
+        let mut skipped_images = 0;
+        for (i, batch) in loader.epoch(epoch).enumerate() {
+            let batch = batch?;
+            if i < skip || i >= steps_per_epoch * accum {
+                continue;
+            }
+            skipped_images += batch.skipped;
+            pending.push(batch);
+            if pending.len() < accum {
+                continue;
+            }
+            let t_step = Instant::now();
+            let m = trainer.step(step, &std::mem::take(&mut pending))?;
+            step += 1;
+            let secs = t_step.elapsed().as_secs_f64();
+            final_loss = Some(m.loss);
+            let line = serde_json::json!({
+                "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
+                "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
+                "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
+                "images_per_sec": (b * accum) as f64 / secs, "skipped_images": skipped_images,
+            });
+            writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
+            if let Some(bar) = &bar {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} (cls {:.4}, mim {:.4}) lr {:.2e} τt {:.3} {:.1} img/s",
+                    m.loss, m.loss_cls, m.loss_mim, m.lr, m.teacher_temp, (b * accum) as f64 / secs
+                ));
+            }
+            if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps {
+                trainer.save(&out, &config_toml, step)?;
+            }
+            if step >= total_steps {
+                break 'epochs;
+            }
+        }
+        if skipped_images > 0 {
+            log::warn!("epoch {epoch}: {skipped_images} images could not be decoded and were skipped");
+        }
+        if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
+            if let Some(k) = knn(&trainer.model.teacher)? {
+                let line = serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5});
+                writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
+            }
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    trainer.save(&out, &config_toml, step)?;
+    let knn_after = knn(&trainer.model.teacher)?;
+    if let Some(k) = &knn_after {
+        let line = serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true});
+        writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
+    }
+    Ok(TrainSummary { steps: step, final_loss, knn_before, knn_after, seconds: t0.elapsed().as_secs_f64(), out })
+}
+
+/// The mutable state of a run.
+struct Trainer<'a> {
+    gpu: &'a Gpu,
+    cfg: &'a TrainConfig,
+    model: Model,
+    opt: AdamW,
+    cls_bank: Bank,
+    patch_bank: Bank,
+    steps_per_epoch: usize,
+    schedule_steps: usize,
+}
+
+/// What one optimiser step logs.
+pub struct StepMetrics {
+    pub loss: f64,
+    pub loss_cls: f64,
+    pub loss_mim: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub teacher_temp: f64,
+    pub momentum: f64,
+    pub grad_norm: f64,
+    pub agreement_cls: f64,
+}
+
+/// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
+struct BankRows {
+    cls: Tensor,
+    patch: Tensor,
+    sources: Vec<i64>,
+}
+
+impl Trainer<'_> {
+    fn save(&self, out: &Path, config_toml: &str, step: usize) -> Result<()> {
+        state::save_all(
+            self.gpu,
+            out,
+            &self.cfg.model,
+            config_toml,
+            &self.model.student,
+            &self.model.teacher,
+            &self.opt,
+            (&self.cls_bank, &self.patch_bank),
+            &Progress { step, seed: self.cfg.run.seed },
+        )
+    }
+
+    /// One optimiser step over `micro` batches (gradient accumulation); `step` counts from 0.
+    fn step(&mut self, step: usize, micro: &[Batch]) -> Result<StepMetrics> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
+        let o = &cfg.optim;
+        let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
+        let warmup = o.warmup_epochs * self.steps_per_epoch;
+        let total = self.schedule_steps;
+        let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
+        let wd = schedule::cosine(step, total, 0, o.weight_decay, o.weight_decay, o.weight_decay_end);
+        let momentum = schedule::cosine(step, total, 0, o.momentum_teacher, o.momentum_teacher, o.momentum_teacher_end);
+        let obj_cfg = cfg.objective(step, self.steps_per_epoch);
+
+        let n_params = self.model.student.tensors.len();
+        let mut grads: Vec<Option<Tensor>> = vec![None; n_params];
+        let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
+        let mut bank_rows = Vec::with_capacity(micro.len());
+        for (mi, batch) in micro.iter().enumerate() {
+            let (out, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            for (acc, g) in grads.iter_mut().zip(g) {
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
+                    (a, g) => a.or(g),
+                };
+            }
+            let n = micro.len() as f64;
+            loss += out.loss as f64 / n;
+            loss_cls += out.loss_cls as f64 / n;
+            loss_mim += out.loss_mim as f64 / n;
+            agreement += out.agreement_cls as f64 / n;
+            bank_rows.push(rows);
+        }
+        let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
+        let report = self.opt.step(gpu, &self.model.student.tensors, &grads, lr as f32, wd as f32, clip)?;
+        drop(grads);
+        for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
+            ema_update(gpu, t, s, momentum as f32)?;
+        }
+        // The banks were read by the objective above; now they take this step's rows.
+        for rows in bank_rows {
+            self.cls_bank.push(gpu, &rows.cls, &rows.sources)?;
+            self.patch_bank.push(gpu, &rows.patch, &rows.sources)?;
+        }
+        let _ = &self.model.decay;
+        Ok(StepMetrics {
+            loss,
+            loss_cls,
+            loss_mim,
+            lr,
+            weight_decay: wd,
+            teacher_temp: obj_cfg.teacher_temp as f64,
+            momentum,
+            grad_norm: report.grad_norm,
+            agreement_cls: agreement,
+        })
+    }
+
+    /// Forward, objective and backward of one micro-batch: its loss terms, the rows it leaves
+    /// for the banks, and the gradient of every student parameter (scaled by 1/n_micro).
+    fn micro_step(
+        &self,
+        step: usize,
+        mi: usize,
+        batch: &Batch,
+        obj_cfg: &crate::sop::objective::ObjectiveConfig,
+        n_micro: usize,
+    ) -> Result<(crate::sop::objective::ObjectiveOutput, BankRows, Vec<Option<Tensor>>)> {
+        let (gpu, cfg, vit) = (self.gpu, self.cfg, &self.model.vit);
+        let b = batch.batch_size;
+        let (s, l, ls) = (batch.global_size, batch.n_local, batch.local_size);
+        let n = batch.grid.0 * batch.grid.1;
+        let seed = cfg.run.seed;
+        let globals = gpu.upload_f32(&[2 * b, 3, s, s], &batch.globals)?;
+        let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
+        let masks = gpu.upload_u32(&[2 * b, n], &batch.masks)?;
+
+        // 1. Teacher: no grad, unmasked global crops.
+        let (t_cls, t_patch) = {
+            let mut tape = Tape::no_grad(gpu);
+            let p = self.model.teacher.leaves(&mut tape, false);
+            let x = tape.constant(globals.clone());
+            let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
+            let h = vit.head(&mut tape, &p, &tokens)?;
+            let (c, r) = tape.tokens_split(&h)?;
+            (c.value, r.value)
+        };
+
+        // 2. Student on the masked global crops (all tokens) and the local crops ([CLS] only).
+        let mut tape = Tape::new(gpu);
+        let p = self.model.student.leaves(&mut tape, true);
+        let mut rng = rng_for(seed, step, mi, RNG_DROP_PATH);
+        let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
+        let x = tape.constant(globals);
+        let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&masks), drop_path: dp_g.as_deref() })?;
+        let h = vit.head(&mut tape, &p, &tokens)?;
+        let (s_cls_g, s_patch) = tape.tokens_split(&h)?;
+        let s_cls_l = if l > 0 {
+            let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
+            let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
+            let tokens = vit.backbone(&mut tape, &p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
+            let (cls, _) = tape.tokens_split(&tokens)?;
+            Some(vit.head(&mut tape, &p, &cls)?)
+        } else {
+            None
+        };
+        let student_cls = match &s_cls_l {
+            Some(sl) => gpu.concat_rows(&[&s_cls_g.value, &sl.value])?,
+            None => s_cls_g.value.clone(),
+        };
+
+        // 3. Objective, then backward from its embedding gradients.
+        let mut rng = rng_for(seed, step, mi, RNG_DRAWS);
+        let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks).map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None }).collect();
+        let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks).map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None }).collect();
+        let emb = Embeddings {
+            student_cls: &student_cls,
+            teacher_cls: &t_cls,
+            student_patch: &s_patch.value,
+            teacher_patch: &t_patch,
+            masks: &masks_host,
+            batch: b,
+            local_views: l,
+        };
+        let sampling = cfg.sop.anchor_sampling;
+        let mut keep_rng = rng_for(seed, step, mi, RNG_DRAWS + 100);
+        let out = sop_objective(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
+            let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
+            sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
+        })?;
+        if !out.loss.is_finite() {
+            return Err(SopError::Invalid(format!(
+                "step {}: the loss is not finite (cls {}, mim {}); training stopped, the last checkpoint in the run folder is kept as it was",
+                step + 1,
+                out.loss_cls,
+                out.loss_mim
+            )));
+        }
+        let inv = 1.0 / n_micro as f32;
+        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
+        let w = cfg.model.head_bottleneck;
+        let mut seeds = vec![
+            (&s_cls_g, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
+            (&s_patch, scale(&out.dstudent_patch)?),
+        ];
+        if let Some(sl) = &s_cls_l {
+            seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l * b)?)?));
+        }
+        let mut g = tape.backward(seeds)?;
+        let grads = p.vars.iter().map(|v| g.take(v)).collect();
+
+        // 4. What the banks take after the step: the second view's teacher rows.
+        let cls_rows = gpu.slice_rows(&t_cls, b, b)?;
+        let mut rng = rng_for(seed, step, mi, RNG_BANK_PATCH);
+        let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
+        let patch_rows = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
+        let sources = batch.indices.iter().map(|&i| i as i64).collect();
+        Ok((out, BankRows { cls: cls_rows, patch: patch_rows, sources }, grads))
+    }
+}

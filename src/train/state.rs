@@ -1,0 +1,152 @@
+//! The run folder's checkpoints: `student.safetensors` and `teacher.safetensors` (the model
+//! format of `checkpoint`, what `sop embed` and `sop eval` read) and `train_state.safetensors`
+//! (AdamW moments, both banks with the image index of every row, and in its metadata the
+//! step, the bank pointers and the resolved configuration). Every file is written to a
+//! temporary name and renamed; each carries the step, and a resume refuses files whose steps
+//! disagree (a crash between two renames), so nothing half-written is ever trained on.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, tensor_map, HostTensor, TensorMap};
+use crate::error::{Result, SopError};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::config::VitConfig;
+use crate::model::vit::Weights;
+use crate::sop::bank::Bank;
+use crate::train::optimizer::AdamW;
+
+pub const STUDENT: &str = "student.safetensors";
+pub const TEACHER: &str = "teacher.safetensors";
+pub const STATE: &str = "train_state.safetensors";
+
+/// Bank sources are stored as f32, exact for dataset indices below 2^24.
+const MAX_EXACT_SOURCE: i64 = 1 << 24;
+
+/// Where training stands (the metadata of train_state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Optimiser steps done.
+    pub step: usize,
+    pub seed: u64,
+}
+
+fn step_meta(step: usize) -> BTreeMap<String, String> {
+    BTreeMap::from([("step".to_string(), step.to_string())])
+}
+
+pub fn save_weights(gpu: &Gpu, path: &Path, weights: &Weights, cfg: &VitConfig, step: usize) -> Result<()> {
+    let map = tensor_map(weights.download(gpu)?);
+    checkpoint::save_model(path, &map, cfg, &step_meta(step))?;
+    Ok(())
+}
+
+fn host(gpu: &Gpu, t: &Tensor) -> Result<HostTensor> {
+    Ok(HostTensor { shape: t.shape.clone(), data: gpu.read_f32(t)? })
+}
+
+fn bank_tensors(gpu: &Gpu, map: &mut TensorMap, name: &str, bank: &Bank) -> Result<()> {
+    map.insert(name.to_string(), host(gpu, &bank.vectors)?);
+    if bank.sources.iter().any(|&s| s >= MAX_EXACT_SOURCE) {
+        return Err(SopError::Invalid(format!("{name}: image indices beyond 2^24 cannot be saved exactly")));
+    }
+    let src = bank.sources.iter().map(|&s| s as f32).collect();
+    map.insert(format!("{name}_sources"), HostTensor { shape: vec![bank.len()], data: src });
+    Ok(())
+}
+
+/// Write all three files for `step`.
+#[allow(clippy::too_many_arguments)]
+pub fn save_all(
+    gpu: &Gpu,
+    dir: &Path,
+    cfg: &VitConfig,
+    config_toml: &str,
+    student: &Weights,
+    teacher: &Weights,
+    opt: &AdamW,
+    banks: (&Bank, &Bank),
+    progress: &Progress,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| SopError::file(dir, e))?;
+    let mut map = TensorMap::new();
+    for (i, name) in student.names.iter().enumerate() {
+        map.insert(format!("adamw.m.{name}"), host(gpu, &opt.m[i])?);
+        map.insert(format!("adamw.v.{name}"), host(gpu, &opt.v[i])?);
+    }
+    bank_tensors(gpu, &mut map, "cls_bank", banks.0)?;
+    bank_tensors(gpu, &mut map, "patch_bank", banks.1)?;
+    let mut meta = step_meta(progress.step);
+    meta.insert("seed".into(), progress.seed.to_string());
+    meta.insert("adamw_step".into(), opt.step.to_string());
+    meta.insert("cls_bank_ptr".into(), banks.0.ptr.to_string());
+    meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
+    meta.insert("config".into(), config_toml.to_string());
+    // State first: if we crash before the weights are renamed, the step check refuses it.
+    checkpoint::save(&dir.join(STATE), &map, &meta)?;
+    save_weights(gpu, &dir.join(STUDENT), student, cfg, progress.step)?;
+    save_weights(gpu, &dir.join(TEACHER), teacher, cfg, progress.step)?;
+    Ok(())
+}
+
+/// Everything `--resume DIR` restores, checked for consistency.
+pub struct Resumed {
+    pub progress: Progress,
+    pub config_toml: String,
+    pub student: TensorMap,
+    pub teacher: TensorMap,
+    pub state: TensorMap,
+    pub adamw_step: u32,
+    pub bank_ptrs: (usize, usize),
+}
+
+fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key: &str) -> Result<T> {
+    meta.get(key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| SopError::file(path, format!("metadata {key} is missing or not a number")))
+}
+
+pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result<Resumed> {
+    let paths: Vec<PathBuf> = [STATE, STUDENT, TEACHER].iter().map(|f| dir.join(f)).collect();
+    for p in &paths {
+        if !p.exists() {
+            return Err(SopError::file(p, "missing: --resume needs a run folder written by `sop train`"));
+        }
+    }
+    let state = checkpoint::read(&paths[0])?;
+    let student = checkpoint::load(&paths[1], specs)?;
+    let teacher = checkpoint::load(&paths[2], specs)?;
+    let step: usize = meta_num(&paths[0], &state.metadata, "step")?;
+    for (p, c) in [(&paths[1], &student), (&paths[2], &teacher)] {
+        let s: usize = meta_num(p, &c.metadata, "step")?;
+        if s != step {
+            return Err(SopError::file(p, format!("is from step {s} but train_state.safetensors is from step {step} (an interrupted save?)")));
+        }
+    }
+    let config_toml = state.metadata.get("config").cloned().ok_or_else(|| SopError::file(&paths[0], "metadata config is missing"))?;
+    Ok(Resumed {
+        progress: Progress { step, seed: meta_num(&paths[0], &state.metadata, "seed")? },
+        config_toml,
+        adamw_step: meta_num(&paths[0], &state.metadata, "adamw_step")?,
+        bank_ptrs: (meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?, meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?),
+        student: student.tensors,
+        teacher: teacher.tensors,
+        state: state.tensors,
+    })
+}
+
+/// A tensor of the train state, checked against the shape it must have.
+pub fn state_tensor<'a>(dir: &Path, map: &'a TensorMap, name: &str, shape: &[usize]) -> Result<&'a HostTensor> {
+    let t = map.get(name).ok_or_else(|| SopError::file(dir.join(STATE), format!("missing tensor {name}")))?;
+    if t.shape != shape {
+        return Err(SopError::file(dir.join(STATE), format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+    }
+    Ok(t)
+}
+
+/// Restore a bank from the train state.
+pub fn restore_bank(gpu: &Gpu, dir: &Path, map: &TensorMap, name: &str, n: usize, width: usize, ptr: usize) -> Result<Bank> {
+    let v = state_tensor(dir, map, name, &[n, width])?;
+    let s = state_tensor(dir, map, &format!("{name}_sources"), &[n])?;
+    Bank::from_parts(gpu, n, width, &v.data, ptr, s.data.iter().map(|&x| x as i64).collect())
+}
