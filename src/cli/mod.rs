@@ -7,6 +7,7 @@ pub mod embed;
 pub mod eval;
 pub mod info;
 pub mod objective;
+pub mod pictures;
 pub mod train;
 pub mod weights;
 
@@ -47,6 +48,10 @@ pub enum Command {
     Embed(embed::EmbedArgs),
     /// Replay the SOP objective on embeddings, banks and draws from a file.
     Objective(objective::ObjectiveArgs),
+    /// The last block's [CLS] attention per head over an image, as a PNG.
+    Attention(pictures::AttentionArgs),
+    /// A few prototypes of a run's [CLS] bank: the images behind the anchor and its SEs.
+    Prototypes(pictures::PrototypesArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -57,5 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(c) => eval::run(c),
         Command::Embed(a) => embed::run(a),
         Command::Objective(a) => objective::run(a),
+        Command::Attention(a) => pictures::attention(a),
+        Command::Prototypes(a) => pictures::prototypes(a),
     }
 }

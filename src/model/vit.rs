@@ -111,6 +111,11 @@ impl Vit {
 
     /// images (B, 3, S, S) → final-normed tokens (B, 1+N, D), N = (S/P)².
     pub fn backbone(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<Var> {
+        Ok(self.backbone_with_last_qkv(tape, p, images, opts)?.0)
+    }
+
+    /// `backbone`, also returning the last block's qkv (B, 1+N, 3D) for attention maps.
+    pub fn backbone_with_last_qkv(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<(Var, Option<Tensor>)> {
         let c = &self.cfg;
         let s = images.shape();
         if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] < c.patch_size {
@@ -136,6 +141,7 @@ impl Vit {
         let x = tape.tokens_join(&cls, &x)?;
         let pos = self.pos_embed(tape, p, grid)?;
         let mut x = tape.add_broadcast(&x, &pos)?;
+        let mut last_qkv = None;
 
         for i in 0..c.depth {
             let name = |s: &str| format!("backbone.blocks.{i}.{s}");
@@ -143,6 +149,9 @@ impl Vit {
             let h = tape.layernorm(&x, p.get(&name("norm1.weight"))?, p.get(&name("norm1.bias"))?, c.ln_eps as f32)?;
             let qkv = tape.linear(&h, p.get(&name("attn.qkv.weight"))?, Some(p.get(&name("attn.qkv.bias"))?))?;
             let a = tape.attention(&qkv, c.heads)?;
+            if i + 1 == c.depth {
+                last_qkv = Some(qkv.value.clone());
+            }
             let mut a = tape.linear(&a, p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?))?;
             if let Some(dp) = dp {
                 a = tape.scale_samples(&a, &dp[0])?;
