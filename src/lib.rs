@@ -10,9 +10,11 @@
 //! M rows of a matrix product, N columns, K inner dimension.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 
 pub use error::{Result, SopError};
