@@ -10,10 +10,12 @@
 //! M rows of a matrix product, N columns, K inner dimension.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod eval;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod tape;
 pub mod train;

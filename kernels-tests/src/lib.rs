@@ -5,6 +5,7 @@
 
 pub mod matmul;
 pub mod tokens;
+pub mod vit;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.
 /// Step h = 1e-6 scaled by |x|, error O(h²) in f64.
