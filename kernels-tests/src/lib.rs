@@ -4,6 +4,13 @@
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
 pub mod matmul;
+pub mod adamw;
+pub mod cross_entropy;
+pub mod ema;
+pub mod gather;
+pub mod mask_tokens;
+pub mod soft_assign;
+pub mod topk;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.
 /// Step h = 1e-6 scaled by |x|, error O(h²) in f64.
