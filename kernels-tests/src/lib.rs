@@ -4,7 +4,14 @@
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
 pub mod matmul;
+pub mod adamw;
+pub mod cross_entropy;
+pub mod ema;
+pub mod gather;
+pub mod mask_tokens;
+pub mod soft_assign;
 pub mod tokens;
+pub mod topk;
 pub mod vit;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.

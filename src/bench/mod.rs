@@ -9,6 +9,8 @@ use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
 pub mod matmul;
+pub mod soft_assign;
+pub mod topk;
 
 /// What a case does per run, for the throughput column.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +38,11 @@ pub struct Family {
 }
 
 pub fn families() -> Vec<Family> {
-    vec![Family { kernel: "matmul", cases: matmul::cases }]
+    vec![
+        Family { kernel: "matmul", cases: matmul::cases },
+        Family { kernel: "topk", cases: topk::cases },
+        Family { kernel: "soft_assign", cases: soft_assign::cases },
+    ]
 }
 
 #[derive(Clone, Debug)]

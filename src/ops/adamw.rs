@@ -1,0 +1,109 @@
+//! AdamW (shaders/adamw.wgsl): one in-place step on one parameter tensor with its moment
+//! buffers, PyTorch `torch.optim.AdamW` semantics (decoupled weight decay, bias-corrected
+//! moments, eps outside the square root). Gradient clipping enters as `grad_scale`
+//! (e.g. min(1, max_norm / ‖g‖), computed by the caller).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+
+pub static ADAMW: Shader = shader!("adamw.wgsl");
+
+const WG: u32 = 64;
+
+/// Hyper-parameters of one step. `step` counts from 1 (the first update), as PyTorch's.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub step: u32,
+    pub grad_scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    n: u32,
+    decay: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+    grad_scale: f32,
+    _pad: [u32; 2],
+}
+
+impl AdamWStep {
+    /// The shader's constants, each computed in f64 and rounded once:
+    /// step_size = lr / (1 − β1^t), inv_sqrt_bc2 = 1 / sqrt(1 − β2^t), decay = 1 − lr·wd.
+    fn params(&self, n: usize) -> Params {
+        let (lr, b1, b2) = (self.lr as f64, self.beta1 as f64, self.beta2 as f64);
+        let bc1 = 1.0 - b1.powi(self.step as i32);
+        let bc2 = 1.0 - b2.powi(self.step as i32);
+        Params {
+            n: n as u32,
+            decay: (1.0 - lr * self.weight_decay as f64) as f32,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            one_minus_beta1: (1.0 - b1) as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            step_size: (lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            eps: self.eps,
+            grad_scale: self.grad_scale,
+            _pad: [0; 2],
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.grad_scale].iter().all(|v| v.is_finite());
+        if !finite {
+            return Err("hyper-parameters must be finite".into());
+        }
+        if self.step == 0 || self.step > i32::MAX as u32 {
+            return Err("step counts from 1".into());
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err("betas must be in [0, 1)".into());
+        }
+        if self.eps <= 0.0 || self.lr < 0.0 || self.weight_decay < 0.0 {
+            return Err("eps must be positive, lr and weight_decay non-negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// One AdamW step, in place on `param`, `m` and `v` (all the shape of `param`, f32):
+///   g = grad·grad_scale; param ← param·(1 − lr·wd); m ← β1 m + (1−β1) g;
+///   v ← β2 v + (1−β2) g²; param ← param − lr·(m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps).
+pub fn adamw_step(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, hp: &AdamWStep) -> Result<()> {
+    let err = |d: String| {
+        SopError::shape("adamw", format!("param {:?}, grad {:?}, m {:?}, v {:?}: {d}", param.shape, grad.shape, m.shape, v.shape))
+    };
+    let all = [param, grad, m, v];
+    if all.iter().any(|t| t.shape != param.shape || t.dtype != DType::F32) {
+        return Err(err("param, grad, m and v must be f32 of one shape".into()));
+    }
+    for (i, a) in all.iter().enumerate() {
+        if all[i + 1..].iter().any(|b| a.same_buffer(b)) {
+            return Err(err("param, grad, m and v must be distinct buffers".into()));
+        }
+    }
+    hp.check().map_err(|d| err(format!("{d} ({hp:?})")))?;
+    let n = param.numel();
+    if n > u32::MAX as usize {
+        return Err(err("more than 2³² elements".into()));
+    }
+    let prm = hp.params(n);
+    let binds = [Bind::Read(grad), Bind::Write(param), Bind::Write(m), Bind::Write(v)];
+    let groups = gpu.grid((n as u32).div_ceil(WG));
+    gpu.dispatch(&ADAMW, "adamw_step", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+}

@@ -1,0 +1,43 @@
+//! The teacher's exponential moving average of the student (shaders/ema.wgsl), in place:
+//! teacher ← m·teacher + (1 − m)·student, one call per parameter tensor.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+
+pub static EMA: Shader = shader!("ema.wgsl");
+
+const WG: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    n: u32,
+    momentum: f32,
+    one_minus_momentum: f32,
+    _p0: u32,
+}
+
+/// teacher ← momentum·teacher + (1 − momentum)·student, momentum in [0, 1].
+pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) -> Result<()> {
+    let err = |d: &str| SopError::shape("ema", format!("teacher {:?}, student {:?}, momentum {momentum}: {d}", teacher.shape, student.shape));
+    if teacher.shape != student.shape || teacher.dtype != DType::F32 || student.dtype != DType::F32 {
+        return Err(err("teacher and student must be f32 of one shape"));
+    }
+    if teacher.same_buffer(student) {
+        return Err(err("teacher and student share a buffer"));
+    }
+    if !(0.0..=1.0).contains(&momentum) {
+        return Err(err("momentum must be in [0, 1]"));
+    }
+    let n = teacher.numel();
+    if n > u32::MAX as usize {
+        return Err(err("more than 2³² elements"));
+    }
+    let prm = Params { n: n as u32, momentum, one_minus_momentum: (1.0 - momentum as f64) as f32, _p0: 0 };
+    let binds = [Bind::Read(student), Bind::Write(teacher)];
+    let groups = gpu.grid((n as u32).div_ceil(WG));
+    gpu.dispatch(&EMA, "ema_update", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+}

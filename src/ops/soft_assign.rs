@@ -1,0 +1,105 @@
+//! SOP soft assignment (shaders/soft_assign.wgsl): p = softmax(logits / τ) · Y.
+//!
+//! logits (…, M): embeddings against the M support embeddings; Y (M, K): their votes for the
+//! K prototypes; p (…, K): each embedding's distribution over the prototypes (rows of Y sum
+//! to 1, so p does too). Leading dims of logits are rows R and carry over to p.
+//! The forward saves nothing: the backward recomputes the softmax from logits, which costs
+//! M exps per row and spares an (R, M) buffer.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+
+pub static SOFT_ASSIGN: Shader = shader!("soft_assign.wgsl");
+
+const WG: u32 = 64;
+/// Outputs per invocation in the tiled passes (`TILE` in the shader).
+const TILE: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    r: u32,
+    m: u32,
+    k: u32,
+    tiles: u32,
+    inv_tau: f32,
+    _pad: [u32; 3],
+}
+
+struct Dims {
+    r: usize,
+    m: usize,
+    k: usize,
+}
+
+fn check(logits: &Tensor, y: &Tensor, tau: f32, dp: Option<&Tensor>) -> Result<Dims> {
+    let err = |d: &str| {
+        let dp = dp.map(|t| format!(", dp {:?}", t.shape)).unwrap_or_default();
+        SopError::shape("soft_assign", format!("logits {:?}, Y {:?}{dp}, tau {tau}: {d}", logits.shape, y.shape))
+    };
+    if logits.shape.is_empty() || y.shape.len() != 2 {
+        return Err(err("logits must be (…, M) and Y (M, K)"));
+    }
+    let (m, k) = (y.shape[0], y.shape[1]);
+    if *logits.shape.last().unwrap_or(&0) != m {
+        return Err(err("logits' last dim differs from Y's rows"));
+    }
+    if m == 0 || k == 0 {
+        return Err(err("M and K must be at least 1"));
+    }
+    if !(tau > 0.0 && tau.is_finite()) {
+        return Err(err("tau must be positive and finite"));
+    }
+    if [Some(logits), Some(y), dp].into_iter().flatten().any(|t| t.dtype != DType::F32) {
+        return Err(err("all tensors must be f32"));
+    }
+    let r = logits.numel() / m;
+    if let Some(dp) = dp {
+        if dp.numel() != r * k || dp.shape.last() != Some(&k) {
+            return Err(err("dp must be (…, K) with logits' rows"));
+        }
+    }
+    if [r * m, r * k, m * k, r * m.max(k).div_ceil(TILE) * TILE].iter().any(|&n| n > u32::MAX as usize) {
+        return Err(err("more than 2³² elements"));
+    }
+    Ok(Dims { r, m, k })
+}
+
+fn params(d: &Dims, tiles: usize, tau: f32) -> Params {
+    Params { r: d.r as u32, m: d.m as u32, k: d.k as u32, tiles: tiles as u32, inv_tau: (1.0 / tau as f64) as f32, _pad: [0; 3] }
+}
+
+/// p (…, K) = softmax(logits / τ) · Y for logits (…, M), Y (M, K); τ > 0.
+pub fn soft_assign_forward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32) -> Result<Tensor> {
+    let d = check(logits, y, tau, None)?;
+    let mut shape = logits.shape.clone();
+    *shape.last_mut().expect("checked non-empty") = d.k;
+    let p = gpu.empty(&shape, DType::F32)?;
+    let tiles = d.k.div_ceil(TILE);
+    let prm = params(&d, tiles, tau);
+    let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(logits), Bind::Write(&p)];
+    let groups = gpu.grid(((d.r * tiles) as u32).div_ceil(WG));
+    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_forward", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
+    Ok(p)
+}
+
+/// dlogits (…, M) from dp (…, K). With a = softmax(logits / τ) and g_m = Σ_k dp_k Y[m, k]:
+/// dlogits_m = (1/τ) · a_m · (g_m − Σ_m' a_m' g_m')  (the softmax Jacobian a_m(δ − a_m')
+/// applied to g, times the 1/τ of the scaling). Returns a new tensor; nothing accumulates.
+pub fn soft_assign_backward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32, dp: &Tensor) -> Result<Tensor> {
+    let d = check(logits, y, tau, Some(dp))?;
+    let dlogits = gpu.empty(&logits.shape, DType::F32)?;
+    let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(dp), Bind::Write(&dlogits)];
+    let wg = [("WG", WG as f64)];
+    let tiles = d.m.div_ceil(TILE);
+    let prm = params(&d, tiles, tau);
+    let groups = gpu.grid(((d.r * tiles) as u32).div_ceil(WG));
+    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_backward_g", &wg, bytemuck::bytes_of(&prm), &binds, groups)?;
+    let prm = params(&d, 1, tau);
+    let groups = gpu.grid((d.r as u32).div_ceil(WG));
+    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_backward", &wg, bytemuck::bytes_of(&prm), &binds, groups)?;
+    Ok(dlogits)
+}
