@@ -3,7 +3,13 @@
 //! here is itself checked against central finite differences of its forward
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
+pub mod elementwise;
+pub mod gelu;
+pub mod l2norm;
+pub mod layernorm;
 pub mod matmul;
+pub mod reduce;
+pub mod softmax;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.
 /// Step h = 1e-6 scaled by |x|, error O(h²) in f64.
