@@ -3,13 +3,19 @@
 //! here is itself checked against central finite differences of its forward
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
+pub mod elementwise;
+pub mod gelu;
+pub mod l2norm;
+pub mod layernorm;
 pub mod matmul;
 pub mod adamw;
 pub mod cross_entropy;
 pub mod ema;
 pub mod gather;
 pub mod mask_tokens;
+pub mod reduce;
 pub mod soft_assign;
+pub mod softmax;
 pub mod tokens;
 pub mod topk;
 pub mod vit;

@@ -3,9 +3,16 @@
 pub mod matmul;
 pub mod adamw;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod ema;
 pub mod gather;
+pub mod gelu;
+pub mod l2norm;
+pub mod launch;
+pub mod layernorm;
 pub mod mask_tokens;
+pub mod reduce;
 pub mod soft_assign;
+pub mod softmax;
 pub mod tokens;
 pub mod topk;

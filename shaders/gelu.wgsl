@@ -1,0 +1,106 @@
+// gelu.wgsl: GELU in its exact erf form, as PyTorch's nn.GELU() (approximate='none'):
+//   y = x · Φ(x),  Φ(x) = 0.5 · (1 + erf(x / √2))  (the standard normal CDF).
+//
+// Bindings (the Rust op passes them in this order):
+//   0 p    uniform Params { n }
+//   1 x    read        (n)
+//   2 out  read_write  (n)  y in the forward, dx in the backward
+//   3 dy   read        (n)  backward only
+//
+// Dispatch: one invocation per element, i = (wid.x + wid.y * nwg.x) * WG + lid.x, workgroups
+// laid out by `gpu.grid`; bound-checked against n.
+//
+// Numerics: WGSL has no erf. Φ is computed from z = x/√2, t = |z| with two approximations
+// whose coefficients were fitted for this file (iteratively reweighted least squares towards
+// the minimax polynomial, in f64, then rounded to f32); the split point and the form follow
+// the usual single-precision erf designs (e.g. ARM optimized-routines erff):
+//   t < 0.921875:  erf(z) = z + z · P(z²), P of degree 5; fit error 7e-9 absolute.
+//   t < 4:         erfc(t) = exp(Q(t)), Q of degree 8 fitted to ln erfc(t); fit error
+//                  1.2e-8 in ln erfc, i.e. relative error of erfc.
+//                  Then Φ(x) = 0.5 · erfc(t) for x < 0, which keeps relative accuracy in
+//                  the left tail where 1 + erf(z) would cancel, and 1 − 0.5 · erfc(t) for x > 0.
+//   t ≥ 4:         Φ = 0 or 1 (erfc(4) = 1.5e-8, under half an f32 ulp of 1).
+// Emulated in f32 against f64 erf over x in [-12, 12]: |Φ error| ≤ 6.6e-8 absolute (f32
+// rounding of values near 1), ≤ 3.5e-6 relative for x < 0 down to x = -5.6; GELU's error is
+// then ≤ 4e-7 absolute for |x| ≤ 12, dominated by the rounding of x · Φ itself.
+
+struct Params {
+    n: u32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+
+override WG: u32 = 64u;
+
+const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
+const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
+const SPLIT: f32 = 0.921875;
+
+// erf(z) = z + z·P(z²) for |z| < SPLIT.
+fn erf_small(z: f32) -> f32 {
+    let s = z * z;
+    var r = -5.835008923895657e-4;
+    r = r * s + 4.956409800797701e-3;
+    r = r * s - 2.6734990999102592e-2;
+    r = r * s + 1.1280621588230133e-1;
+    r = r * s - 3.761231005191803e-1;
+    r = r * s + 1.2837906181812286e-1;
+    return z + z * r;
+}
+
+// erfc(t) = exp(Q(t)) for SPLIT ≤ t < 4.
+fn erfc_tail(t: f32) -> f32 {
+    var q = 1.6025095419536228e-6;
+    q = q * t - 4.535498010227457e-5;
+    q = q * t + 5.907187005504966e-4;
+    q = q * t - 4.730299115180969e-3;
+    q = q * t + 2.6335589587688446e-2;
+    q = q * t - 1.09925277531147e-1;
+    q = q * t - 6.319952011108398e-1;
+    q = q * t - 1.1301316022872925;
+    q = q * t + 2.9429164715111256e-4;
+    return exp(q);
+}
+
+// Φ(x) = 0.5 · (1 + erf(x/√2)).
+fn normal_cdf(xv: f32) -> f32 {
+    let z = xv * FRAC_1_SQRT_2;
+    let t = abs(z);
+    if (t < SPLIT) {
+        return 0.5 + 0.5 * erf_small(z);
+    }
+    var c = 0.0;
+    if (t < 4.0) {
+        c = erfc_tail(t);
+    }
+    if (z < 0.0) {
+        return 0.5 * c;
+    }
+    return 1.0 - 0.5 * c;
+}
+
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid.x;
+}
+
+@compute @workgroup_size(WG)
+fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let xv = x[i];
+    out[i] = xv * normal_cdf(xv);
+}
+
+// Backward: y = x·Φ(x), Φ' = φ, the standard normal density φ(x) = exp(−x²/2) / √(2π), so
+//   dx = dy · (Φ(x) + x · φ(x)).
+@compute @workgroup_size(WG)
+fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.n) { return; }
+    let xv = x[i];
+    let density = FRAC_1_SQRT_2PI * exp(-0.5 * xv * xv);
+    out[i] = dy[i] * (normal_cdf(xv) + xv * density);
+}

@@ -1,0 +1,113 @@
+//! Pointwise arithmetic (shaders/elementwise.wgsl): `add`, `sub`, `mul`, `scale`,
+//! `add_scaled_into` (y += alpha·x, in place), `add_broadcast` (position embedding, biases)
+//! and `scale_samples` (drop path). Each function returns a new tensor except
+//! `add_scaled_into`; the backward of each is in the comment above it.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{check_f32, groups, u32_of};
+
+pub static ELEMENTWISE: Shader = shader!("elementwise.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    n: u32,
+    m: u32,
+    alpha: f32,
+    _pad: u32,
+}
+
+/// Record `entry` over out's elements: out[i] = f(a, b, out) as the shader defines it.
+fn launch(gpu: &Gpu, entry: &'static str, a: &Tensor, b: &Tensor, out: &Tensor, m: usize, alpha: f32) -> Result<()> {
+    let n = out.numel();
+    let params = Params { n: u32_of(entry, "elements", n)?, m: u32_of(entry, "m", m)?, alpha, _pad: 0 };
+    let binds = [Bind::Read(a), Bind::Read(b), Bind::Write(out)];
+    gpu.dispatch(&ELEMENTWISE, entry, &[], bytemuck::bytes_of(&params), &binds, groups(gpu, entry, n)?)
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    check_f32(op, &[("a", a), ("b", b)])?;
+    if a.shape != b.shape {
+        return Err(SopError::shape(op, format!("a {:?} and b {:?} differ", a.shape, b.shape)));
+    }
+    Ok(())
+}
+
+fn binary(gpu: &Gpu, op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape(op, a, b)?;
+    let out = gpu.empty(&a.shape, DType::F32)?;
+    launch(gpu, op, a, b, &out, 1, 1.0)?;
+    Ok(out)
+}
+
+/// a + b (same shape). Backward: da = dy, db = dy.
+pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(gpu, "add", a, b)
+}
+
+/// a − b (same shape). Backward: da = dy, db = −dy (`scale(dy, -1)`).
+pub fn sub(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(gpu, "sub", a, b)
+}
+
+/// a ⊙ b (same shape). Backward: da = dy ⊙ b, db = dy ⊙ a (`mul` again).
+pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(gpu, "mul", a, b)
+}
+
+/// s · a. Backward: da = s · dy (`scale` again).
+pub fn scale(gpu: &Gpu, a: &Tensor, s: f32) -> Result<Tensor> {
+    check_f32("scale", &[("a", a)])?;
+    let out = gpu.empty(&a.shape, DType::F32)?;
+    launch(gpu, "scale", a, a, &out, 1, s)?;
+    Ok(out)
+}
+
+/// y += alpha · x in place (same element count; gradient accumulation, residual adds).
+/// Backward: dx += alpha · dy, and dy flows on to the old y unchanged.
+pub fn add_scaled_into(gpu: &Gpu, y: &Tensor, x: &Tensor, alpha: f32) -> Result<()> {
+    check_f32("add_scaled_into", &[("y", y), ("x", x)])?;
+    if y.numel() != x.numel() {
+        return Err(SopError::shape("add_scaled_into", format!("y {:?} and x {:?} differ in size", y.shape, x.shape)));
+    }
+    if y.same_buffer(x) {
+        // A buffer cannot be bound read-only and writable in one dispatch; y += a·y is a scale.
+        return Err(SopError::shape("add_scaled_into", "y and x share one buffer (use scale)"));
+    }
+    launch(gpu, "add_scaled_into", x, x, y, 1, alpha)
+}
+
+/// y = x + b where b repeats along the leading dims of x: y[i] = x[i] + b[i mod len(b)]
+/// (x (B, T, D) + pos (T, D) or (1, T, D); x (…, D) + bias (D)). len(b) must divide numel(x).
+/// Backward: dx = dy; db = `sum_rows` of dy reshaped (numel(x) / len(b), len(b)).
+pub fn add_broadcast(gpu: &Gpu, x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    check_f32("add_broadcast", &[("x", x), ("b", b)])?;
+    let (n, m) = (x.numel(), b.numel());
+    if m == 0 || n % m != 0 {
+        return Err(SopError::shape("add_broadcast", format!("b {:?} does not tile x {:?}", b.shape, x.shape)));
+    }
+    let out = gpu.empty(&x.shape, DType::F32)?;
+    launch(gpu, "add_broadcast", x, b, &out, m, 1.0)?;
+    Ok(out)
+}
+
+/// y[b, …] = s[b] · x[b, …] for x (B, …) and s (B): drop path's per-sample keep mask
+/// divided by the keep probability. Backward: dx = `scale_samples(dy, s)`; s is a constant
+/// (were it a parameter, ds[b] = Σ dy[b, …] · x[b, …]).
+pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    check_f32("scale_samples", &[("x", x), ("s", s)])?;
+    let batch = x.shape.first().copied().unwrap_or(0);
+    if x.shape.is_empty() || s.numel() != batch {
+        return Err(SopError::shape("scale_samples", format!("s {:?} for x {:?}: need one scale per sample", s.shape, x.shape)));
+    }
+    let out = gpu.empty(&x.shape, DType::F32)?;
+    if batch > 0 {
+        let per_sample = x.numel() / batch;
+        launch(gpu, "scale_samples", x, s, &out, per_sample.max(1), 1.0)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,58 @@
+//! GELU, exact erf form (shaders/gelu.wgsl): y = x · Φ(x), Φ(x) = 0.5 · (1 + erf(x/√2)),
+//! the activation of the ViT MLP and the projection head. The erf approximation and its
+//! measured accuracy are described in the shader's header.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{check_f32, groups, u32_of};
+
+pub static GELU: Shader = shader!("gelu.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    n: u32,
+    _pad: [u32; 3],
+}
+
+fn params(op: &'static str, n: usize) -> Result<Params> {
+    Ok(Params { n: u32_of(op, "elements", n)?, _pad: [0; 3] })
+}
+
+/// y = x · Φ(x), any shape. Saves nothing: the backward needs only x.
+pub fn gelu_forward(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    check_f32("gelu_forward", &[("x", x)])?;
+    let y = gpu.empty(&x.shape, DType::F32)?;
+    let n = x.numel();
+    gpu.dispatch(
+        &GELU,
+        "gelu_forward",
+        &[],
+        bytemuck::bytes_of(&params("gelu_forward", n)?),
+        &[Bind::Read(x), Bind::Write(&y)],
+        groups(gpu, "gelu_forward", n)?,
+    )?;
+    Ok(y)
+}
+
+/// dx = dy · (Φ(x) + x · φ(x)), φ the standard normal density (the derivative of x·Φ(x)).
+pub fn gelu_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    check_f32("gelu_backward", &[("x", x), ("dy", dy)])?;
+    if x.shape != dy.shape {
+        return Err(SopError::shape("gelu_backward", format!("x {:?} and dy {:?} differ", x.shape, dy.shape)));
+    }
+    let dx = gpu.empty(&x.shape, DType::F32)?;
+    let n = x.numel();
+    gpu.dispatch(
+        &GELU,
+        "gelu_backward",
+        &[],
+        bytemuck::bytes_of(&params("gelu_backward", n)?),
+        &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)],
+        groups(gpu, "gelu_backward", n)?,
+    )?;
+    Ok(dx)
+}

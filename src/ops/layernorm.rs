@@ -1,0 +1,134 @@
+//! LayerNorm over the last dimension (shaders/layernorm.wgsl), PyTorch semantics (biased
+//! variance, eps inside the square root): every pre-norm of the ViT blocks and the final norm.
+//!
+//! Shapes: x (…, D) is R = numel/D rows of D; γ, β (D); the saved statistics μ, rstd (R).
+//! Forward: y = (x − μ) · rstd · γ + β, rstd = 1/√(σ² + eps).
+//! Backward (derivation in the shader): with x̂ = (x − μ)·rstd and g = dy·γ,
+//!   dx = rstd · (g − mean_j g − x̂ · mean_j(g·x̂)),  dγ = Σ_rows dy·x̂,  dβ = Σ_rows dy.
+//! All three overwrite (new tensors); the caller accumulates parameter gradients itself.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::error::{Result, SopError};
+use crate::gpu::pipelines::shader;
+use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
+use crate::ops::reduce::sum_rows;
+
+pub static LAYERNORM: Shader = shader!("layernorm.wgsl");
+
+/// Rows per partial sum of dγ, dβ: enough invocations to fill a GPU at ViT shapes
+/// (R = 12,608, D = 384 gives 197 × 384), few enough chunks to sum quickly.
+const PARAM_CHUNK: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug)]
+struct Params {
+    r: u32,
+    d: u32,
+    eps: f32,
+    chunk: u32,
+}
+
+fn params(op: &'static str, r: usize, d: usize, eps: f32) -> Result<Params> {
+    Ok(Params { r: u32_of(op, "rows", r)?, d: u32_of(op, "width", d)?, eps, chunk: PARAM_CHUNK as u32 })
+}
+
+/// (R, D) of x, checking γ (and β) have D elements.
+fn dims(op: &'static str, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> Result<(usize, usize)> {
+    let (r, d) = rows_of(x);
+    if x.shape.is_empty() || d == 0 {
+        return Err(SopError::shape(op, format!("x {:?}: need a last dimension of at least 1", x.shape)));
+    }
+    for (name, t) in [("gamma", Some(gamma)), ("beta", beta)] {
+        if let Some(t) = t {
+            if t.numel() != d {
+                return Err(SopError::shape(op, format!("{name} {:?} for x {:?}: need {d} elements", t.shape, x.shape)));
+            }
+        }
+    }
+    Ok((r, d))
+}
+
+/// LayerNorm of every row of x (…, D): returns (y (…, D), mean (R), rstd (R)).
+pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+    check_f32("layernorm_forward", &[("x", x), ("gamma", gamma), ("beta", beta)])?;
+    if !(eps >= 0.0) {
+        return Err(SopError::shape("layernorm_forward", format!("eps {eps} must be ≥ 0")));
+    }
+    let (r, d) = dims("layernorm_forward", x, gamma, Some(beta))?;
+    let y = gpu.empty(&x.shape, DType::F32)?;
+    let mean = gpu.empty(&[r], DType::F32)?;
+    let rstd = gpu.empty(&[r], DType::F32)?;
+    gpu.dispatch(
+        &LAYERNORM,
+        "layernorm_forward",
+        &[],
+        bytemuck::bytes_of(&params("layernorm_forward", r, d, eps)?),
+        &[Bind::Read(x), Bind::Read(gamma), Bind::Read(beta), Bind::Write(&mean), Bind::Write(&rstd), Bind::Write(&y)],
+        groups(gpu, "layernorm_forward", r)?,
+    )?;
+    Ok((y, mean, rstd))
+}
+
+/// Gradients of LayerNorm from the upstream dy (…, D) and the forward's saved mean, rstd (R):
+/// returns (dx (…, D), dgamma (D), dbeta (D)). dγ, dβ are summed over rows in a fixed order
+/// (chunks of 64 rows, then `sum_rows`).
+pub fn layernorm_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "layernorm_backward";
+    check_f32(op, &[("dy", dy), ("x", x), ("gamma", gamma), ("mean", mean), ("rstd", rstd)])?;
+    let (r, d) = dims(op, x, gamma, None)?;
+    if dy.shape != x.shape {
+        return Err(SopError::shape(op, format!("dy {:?} and x {:?} differ", dy.shape, x.shape)));
+    }
+    if mean.numel() != r || rstd.numel() != r {
+        return Err(SopError::shape(op, format!("mean {:?}, rstd {:?} for {r} rows", mean.shape, rstd.shape)));
+    }
+    let p = bytemuck::bytes_of(&params(op, r, d, 0.0)?).to_vec();
+    let dx = gpu.empty(&x.shape, DType::F32)?;
+    // mean and rstd are writable bindings of the shader (the forward writes them); read here.
+    gpu.dispatch(
+        &LAYERNORM,
+        "layernorm_backward",
+        &[],
+        &p,
+        &[Bind::Read(x), Bind::Read(gamma), Bind::Read(gamma), Bind::Write(mean), Bind::Write(rstd), Bind::Write(&dx), Bind::Read(dy)],
+        groups(gpu, op, r)?,
+    )?;
+    if r == 0 {
+        return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
+    }
+    let nchunks = r.div_ceil(PARAM_CHUNK);
+    let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
+    let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
+    gpu.dispatch(
+        &LAYERNORM,
+        "layernorm_backward_params",
+        &[],
+        &p,
+        &[
+            Bind::Read(x),
+            Bind::Read(gamma),
+            Bind::Read(gamma),
+            Bind::Write(mean),
+            Bind::Write(rstd),
+            Bind::Write(&dgamma_part),
+            Bind::Read(dy),
+            Bind::Write(&dbeta_part),
+        ],
+        groups(gpu, op, nchunks * d)?,
+    )?;
+    let (dgamma, dbeta) = if nchunks == 1 {
+        (dgamma_part.reshape(&[d])?, dbeta_part.reshape(&[d])?)
+    } else {
+        (sum_rows(gpu, &dgamma_part)?, sum_rows(gpu, &dbeta_part)?)
+    };
+    Ok((dx, dgamma, dbeta))
+}
