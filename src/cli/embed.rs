@@ -32,7 +32,7 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
     let (vit, weights) = args.weights.load_backbone(&gpu)?;
-    let dataset = Dataset::open(&args.data, args.split)?;
+    let dataset = std::sync::Arc::new(Dataset::open(&args.data, args.split)?);
     let names: Vec<String> = (0..dataset.len()).map(|i| dataset.name(i)).collect();
     let f = extract(&gpu, &vit, &weights, dataset, args.batch)?;
     let paths: Vec<&String> = f.indices.iter().map(|&i| &names[i]).collect();

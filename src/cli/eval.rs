@@ -1,6 +1,7 @@
 //! `sop eval knn|linear`: frozen-feature evaluations of a checkpoint's backbone.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::weights::WeightsArgs;
 use super::AdapterArg;
@@ -63,11 +64,11 @@ type Labelled = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize);
 
 fn features(s: &Splits, gpu: &crate::gpu::Gpu) -> anyhow::Result<Labelled> {
     let (vit, weights) = s.weights.load_backbone(gpu)?;
-    let train = Dataset::open(&s.train, Split::Train)?;
-    let val = match &s.val {
+    let train = Arc::new(Dataset::open(&s.train, Split::Train)?);
+    let val = Arc::new(match &s.val {
         Some(v) => Dataset::open(v, Split::Test)?,
         None => Dataset::open(&s.train, Split::Test)?,
-    };
+    });
     let labels = |d: &Dataset, f: &Features| -> anyhow::Result<Vec<u32>> {
         let l = d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
         Ok(f.indices.iter().map(|&i| l[i]).collect())

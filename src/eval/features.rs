@@ -2,6 +2,8 @@
 //! computed on the GPU in batches (no head, no grad). Used by `sop embed`, k-NN and the
 //! linear probe.
 
+use std::sync::Arc;
+
 use crate::data::{Dataset, EvalConfig, Loader, LoaderConfig, Views};
 use crate::error::Result;
 use crate::gpu::Gpu;
@@ -37,7 +39,7 @@ impl Features {
 }
 
 /// [CLS] features of every image of `dataset`, resized to the model's input size.
-pub fn extract(gpu: &Gpu, vit: &Vit, weights: &Weights, dataset: Dataset, batch: usize) -> Result<Features> {
+pub fn extract(gpu: &Gpu, vit: &Vit, weights: &Weights, dataset: Arc<Dataset>, batch: usize) -> Result<Features> {
     // The whole image resized to the input size (no centre crop): small datasets such as
     // Fashion-MNIST have no border to spare.
     let eval = EvalConfig { size: vit.cfg.img_size, crop_fraction: 1.0, ..EvalConfig::default() };

@@ -166,7 +166,8 @@ impl Vit {
             }
             x = tape.add(&x, &h)?;
         }
-        tape.layernorm(&x, p.get("backbone.norm.weight")?, p.get("backbone.norm.bias")?, c.ln_eps)
+        let out = tape.layernorm(&x, p.get("backbone.norm.weight")?, p.get("backbone.norm.bias")?, c.ln_eps as f32)?;
+        Ok((out, last_qkv))
     }
 
     /// The position embedding for a `grid`² patch grid: (1+N', D).

@@ -232,6 +232,13 @@ impl TrainConfig {
         if !(self.sop.student_temp > 0.0 && self.sop.teacher_temp > 0.0 && self.sop.warmup_teacher_temp > 0.0) {
             return bad("temperatures must be positive".into());
         }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0 && o.min_lr.is_finite() && o.min_lr >= 0.0) {
+            return bad(format!("optim.lr {} and optim.min_lr {} must be finite, lr positive", o.lr, o.min_lr));
+        }
+        if !(0.0..=1.0).contains(&o.momentum_teacher) || !(0.0..=1.0).contains(&o.momentum_teacher_end) {
+            return bad("teacher momentum must be in [0, 1]".into());
+        }
         if !(0.0..1.0).contains(&self.sop.smoothing) {
             return bad(format!("sop.smoothing {} must be in [0, 1)", self.sop.smoothing));
         }

@@ -18,6 +18,7 @@ pub mod state;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -32,6 +33,7 @@ use crate::model::params::{init_params, param_specs};
 use crate::model::vit::{ForwardOptions, Vit, Weights};
 use crate::ops::ema::ema_update;
 use crate::ops::gather::gather_rows;
+use crate::ops::reduce::sum_squares;
 use crate::sop::bank::Bank;
 use crate::sop::objective::{sop_objective, Embeddings, TaskDraw};
 use crate::sop::prototypes::sample_keep;
@@ -121,7 +123,7 @@ fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
 }
 
 /// The labelled splits for k-NN: (train, val), or None when there is no labelled test split.
-fn knn_datasets(cfg: &TrainConfig) -> Option<(Dataset, Dataset)> {
+fn knn_datasets(cfg: &TrainConfig) -> Option<(Arc<Dataset>, Arc<Dataset>)> {
     let train = match &cfg.data.knn_train {
         Some(p) => Dataset::open(p, Split::Train).ok()?,
         None => Dataset::open(&cfg.data.path, Split::Train).ok()?,
@@ -130,11 +132,11 @@ fn knn_datasets(cfg: &TrainConfig) -> Option<(Dataset, Dataset)> {
         Some(p) => Dataset::open(p, Split::Test).ok()?,
         None => Dataset::open(&cfg.data.path, Split::Test).ok()?,
     };
-    (train.labels().is_some() && val.labels().is_some()).then_some((train, val))
+    (train.labels().is_some() && val.labels().is_some()).then_some((Arc::new(train), Arc::new(val)))
 }
 
 /// Weighted k-NN of the teacher backbone's [CLS] features.
-pub fn knn_eval(gpu: &Gpu, vit: &Vit, weights: &Weights, train: Dataset, val: Dataset, k: usize, temperature: f32) -> Result<KnnResult> {
+pub fn knn_eval(gpu: &Gpu, vit: &Vit, weights: &Weights, train: Arc<Dataset>, val: Arc<Dataset>, k: usize, temperature: f32) -> Result<KnnResult> {
     let labels = |d: &Dataset, f: &crate::eval::features::Features| -> Vec<u32> {
         let l = d.labels().expect("labelled");
         f.indices.iter().map(|&i| l[i]).collect()
@@ -191,7 +193,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
     let width = cfg.model.head_bottleneck;
     let seed = cfg.run.seed;
-    let (model, mut opt, mut cls_bank, mut patch_bank, start_step) = match &resumed {
+    let (model, opt, cls_bank, patch_bank, start_step) = match &resumed {
         Some((dir, r)) => {
             let student = weights_from_map(gpu, &names, &r.student)?;
             let teacher = weights_from_map(gpu, &names, &r.teacher)?;
@@ -219,13 +221,13 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     };
 
     let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg) };
-    let knn = |w: &Weights| -> Result<Option<KnnResult>> {
+    let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
         match &knn_sets {
-            Some((t, v)) => Ok(Some(knn_eval(gpu, &model.vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
+            Some((t, v)) => Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
             None => Ok(None),
         }
     };
-    let knn_before = if start_step == 0 { knn(&model.teacher)? } else { None };
+    let knn_before = if start_step == 0 { knn(&model.vit, &model.teacher)? } else { None };
     if let Some(k) = &knn_before {
         eprintln!("k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)", k.top1, k.top5, k.k, k.n_train, k.n_val);
     }
@@ -244,7 +246,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     }
 
     let loader_cfg = LoaderConfig { batch_size: b, drop_last: true, shuffle: true, seed, prefetch: 3, threads: cfg.data.threads };
-    let mut loader = Loader::new(dataset, Views::Train(cfg.augment.clone()), loader_cfg)?;
+    let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
     let bar = progress_bar.then(|| {
         let pb = indicatif::ProgressBar::new(total_steps as u64);
         pb.set_style(
@@ -304,7 +306,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             log::warn!("epoch {epoch}: {skipped_images} images could not be decoded and were skipped");
         }
         if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
-            if let Some(k) = knn(&trainer.model.teacher)? {
+            if let Some(k) = knn(&trainer.model.vit, &trainer.model.teacher)? {
                 let line = serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5});
                 writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
             }
@@ -314,7 +316,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
         bar.finish();
     }
     trainer.save(&out, &config_toml, step)?;
-    let knn_after = knn(&trainer.model.teacher)?;
+    let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
     if let Some(k) = &knn_after {
         let line = serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true});
         writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
@@ -401,7 +403,9 @@ impl Trainer<'_> {
             bank_rows.push(rows);
         }
         let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
-        let report = self.opt.step(gpu, &self.model.student.tensors, &grads, lr as f32, wd as f32, clip)?;
+        let report = self.opt.step(gpu, &self.model.student.tensors, &grads, lr as f32, wd as f32, clip).map_err(|e| {
+            SopError::Invalid(format!("step {}: {e}; training stopped, the last checkpoint in the run folder is kept as it was", step + 1))
+        })?;
         drop(grads);
         for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
             ema_update(gpu, t, s, momentum as f32)?;
@@ -497,12 +501,16 @@ impl Trainer<'_> {
             let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
             sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
         })?;
-        if !out.loss.is_finite() {
+        // A NaN can hide inside clamped logs, so the embeddings are checked as well.
+        let finite = |t: &Tensor| -> Result<bool> { Ok(gpu.read_f32(&sum_squares(gpu, t)?)?[0].is_finite()) };
+        let embeddings_finite = finite(&student_cls)? && finite(&s_patch.value)? && finite(&t_cls)? && finite(&t_patch)?;
+        if !out.loss.is_finite() || !embeddings_finite {
             return Err(SopError::Invalid(format!(
-                "step {}: the loss is not finite (cls {}, mim {}); training stopped, the last checkpoint in the run folder is kept as it was",
+                "step {}: the loss is not finite (cls {}, mim {}{}); training stopped, the last checkpoint in the run folder is kept as it was",
                 step + 1,
                 out.loss_cls,
-                out.loss_mim
+                out.loss_mim,
+                if embeddings_finite { "" } else { ", non-finite embeddings" }
             )));
         }
         let inv = 1.0 / n_micro as f32;

@@ -5,7 +5,7 @@
 //! over all gradients. Weight decay applies only to parameters with `decay` (2+ dims).
 //! The step itself is the `adamw` kernel: decoupled decay, bias-corrected moments.
 
-use crate::error::Result;
+use crate::error::{Result, SopError};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::ops::adamw::{adamw_step, AdamWStep};
 use crate::ops::reduce::sum_squares;
@@ -70,6 +70,10 @@ impl AdamW {
             });
         }
         let global = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
+        if !global.is_finite() {
+            // Nothing is updated: the parameters stay as they were before this step.
+            return Err(SopError::Invalid(format!("the gradients are not finite (norm {global})")));
+        }
         self.step += 1;
         for (i, (p, g)) in params.iter().zip(grads).enumerate() {
             let Some(g) = g else { continue };
