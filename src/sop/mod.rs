@@ -4,3 +4,4 @@ pub mod bank;
 pub mod objective;
 pub mod objective_io;
 pub mod prototypes;
+pub mod replay;
