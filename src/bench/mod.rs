@@ -9,6 +9,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
 pub mod matmul;
+pub mod prototypes;
 pub mod soft_assign;
 pub mod topk;
 
@@ -42,6 +43,7 @@ pub fn families() -> Vec<Family> {
         Family { kernel: "matmul", cases: matmul::cases },
         Family { kernel: "topk", cases: topk::cases },
         Family { kernel: "soft_assign", cases: soft_assign::cases },
+        Family { kernel: "prototypes", cases: prototypes::cases },
     ]
 }
 
