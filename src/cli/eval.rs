@@ -16,6 +16,27 @@ pub enum EvalCommand {
     Knn(KnnArgs),
     /// A linear classifier trained on frozen [CLS] features.
     Linear(LinearArgs),
+    /// The k-NN baseline on raw pixels (no model): what a representation has to beat.
+    KnnPixels(KnnPixelsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KnnPixelsArgs {
+    #[command(flatten)]
+    pub adapter: AdapterArg,
+    #[arg(long)]
+    pub train: PathBuf,
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Images are resized to size x size before flattening.
+    #[arg(long, default_value_t = 28)]
+    pub size: usize,
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,22 +85,40 @@ type Labelled = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize);
 
 fn features(s: &Splits, gpu: &crate::gpu::Gpu) -> anyhow::Result<Labelled> {
     let (vit, weights) = s.weights.load_backbone(gpu)?;
-    let train = Arc::new(Dataset::open(&s.train, Split::Train)?);
-    let val = Arc::new(match &s.val {
-        Some(v) => Dataset::open(v, Split::Test)?,
-        None => Dataset::open(&s.train, Split::Test)?,
-    });
-    let labels = |d: &Dataset, f: &Features| -> anyhow::Result<Vec<u32>> {
-        let l = d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
-        Ok(f.indices.iter().map(|&i| l[i]).collect())
-    };
+    let (train, val) = open_splits(&s.train, &s.val)?;
     let ft = extract(gpu, &vit, &weights, train.clone(), s.batch)?;
     let fv = extract(gpu, &vit, &weights, val.clone(), s.batch)?;
     Ok((ft.normalized(), labels(&train, &ft)?, fv.normalized(), labels(&val, &fv)?, ft.dim))
 }
 
+fn open_splits(train: &PathBuf, val: &Option<PathBuf>) -> anyhow::Result<(Arc<Dataset>, Arc<Dataset>)> {
+    let t = Arc::new(Dataset::open(train, Split::Train)?);
+    let v = Arc::new(match val {
+        Some(v) => Dataset::open(v, Split::Test)?,
+        None => Dataset::open(train, Split::Test)?,
+    });
+    Ok((t, v))
+}
+
+fn labels(d: &Dataset, f: &Features) -> anyhow::Result<Vec<u32>> {
+    let l = d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
+    Ok(f.indices.iter().map(|&i| l[i]).collect())
+}
+
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
+        EvalCommand::KnnPixels(a) => {
+            let gpu = a.adapter.gpu()?;
+            let (train, val) = open_splits(&a.train, &a.val)?;
+            let ft = crate::eval::features::pixels(train.clone(), a.size, 256)?;
+            let fv = crate::eval::features::pixels(val.clone(), a.size, 256)?;
+            let r = knn_classify(&gpu, &ft.normalized(), &labels(&train, &ft)?, &fv.normalized(), &labels(&val, &fv)?, ft.dim, a.k, a.temperature)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("k-NN on raw pixels ({0}x{0}, k = {1}): top-1 {2:.2}%  top-5 {3:.2}%  ({4} train, {5} val)", a.size, r.k, r.top1, r.top5, r.n_train, r.n_val);
+            }
+        }
         EvalCommand::Knn(a) => {
             let gpu = a.splits.adapter.gpu()?;
             let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;

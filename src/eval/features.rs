@@ -65,3 +65,19 @@ pub fn extract(gpu: &Gpu, vit: &Vit, weights: &Weights, dataset: Arc<Dataset>, b
     }
     Ok(Features { data, dim, indices, skipped })
 }
+
+/// Raw-pixel "features": each image resized to `size`, normalised, flattened (3·size²).
+/// The baseline a learned representation has to beat.
+pub fn pixels(dataset: Arc<Dataset>, size: usize, batch: usize) -> Result<Features> {
+    let eval = EvalConfig { size, crop_fraction: 1.0, ..EvalConfig::default() };
+    let cfg = LoaderConfig { batch_size: batch.max(1), drop_last: false, shuffle: false, ..LoaderConfig::default() };
+    let mut loader = Loader::new(dataset, Views::Eval(eval), cfg)?;
+    let (mut data, mut indices, mut skipped) = (Vec::new(), Vec::new(), 0);
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        skipped += batch.skipped;
+        data.extend_from_slice(&batch.globals);
+        indices.extend(batch.indices.iter().copied());
+    }
+    Ok(Features { data, dim: 3 * size * size, indices, skipped })
+}

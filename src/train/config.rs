@@ -106,7 +106,7 @@ impl Default for TrainConfig {
             heads: 2,
             patch_size: 7,
             img_size: 28,
-            head_hidden: 256,
+            head_hidden: 128,
             head_bottleneck: 256,
             drop_path: 0.0,
             ..VitConfig::vit_tiny()
