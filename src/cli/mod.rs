@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod info;
+pub mod preview;
 
 #[derive(Parser, Debug)]
 #[command(name = "sop", version, about = "Self-Organizing Visual Prototypes: ViT pre-training in WGSL on any GPU")]
@@ -33,11 +34,14 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Time every kernel on the chosen adapter (validated against the CPU reference first).
     Bench(bench::BenchArgs),
+    /// Write a PNG grid of sample images, their global and local crops and masks.
+    Preview(preview::PreviewArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Preview(a) => preview::run(a),
     }
 }
