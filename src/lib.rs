@@ -4,6 +4,7 @@
 //! A short tour:
 //! - `gpu`: adapter and device, pooled tensors, the shader/pipeline cache, `dispatch`.
 //! - `ops`: one op family per file, each dispatching one `shaders/<op>.wgsl`.
+//! - `data`: datasets (image folders, IDX), multi-crop augmentation, block masks, loader.
 //! - `bench`: validate-then-time harness behind `sop bench` and `cargo bench`.
 //!
 //! Shape legend used in comments: B batch, T tokens, D width, H heads, Dh head width,
@@ -12,6 +13,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod gpu;

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod info;
 pub mod objective;
 pub mod pictures;
+pub mod preview;
 pub mod train;
 pub mod weights;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Attention(pictures::AttentionArgs),
     /// A few prototypes of a run's [CLS] bank: the images behind the anchor and its SEs.
     Prototypes(pictures::PrototypesArgs),
+    /// Write a PNG grid of sample images, their global and local crops and masks.
+    Preview(preview::PreviewArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -64,5 +67,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Objective(a) => objective::run(a),
         Command::Attention(a) => pictures::attention(a),
         Command::Prototypes(a) => pictures::prototypes(a),
+        Command::Preview(a) => preview::run(a),
     }
 }
