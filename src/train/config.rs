@@ -111,7 +111,15 @@ impl Default for TrainConfig {
             drop_path: 0.0,
             ..VitConfig::vit_tiny()
         };
-        let mut augment = AugmentConfig { global_size: 28, local_size: 14, local_crops: 2, global_scale: (0.25, 1.0), ..AugmentConfig::default() };
+        // Blur sigma scaled from SOP.md's (0.1, 2) px at 224 px to 28 px crops.
+        let mut augment = AugmentConfig {
+            global_size: 28,
+            local_size: 14,
+            local_crops: 2,
+            global_scale: (0.25, 1.0),
+            blur_sigma: (0.1, 0.5),
+            ..AugmentConfig::default()
+        };
         augment.mask.patch_size = 7;
         TrainConfig {
             model,
