@@ -3,6 +3,7 @@
 //! here is itself checked against central finite differences of its forward
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
+pub mod attention;
 pub mod matmul;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.

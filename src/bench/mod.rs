@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
+pub mod attention;
 pub mod matmul;
 
 /// What a case does per run, for the throughput column.
@@ -36,7 +37,10 @@ pub struct Family {
 }
 
 pub fn families() -> Vec<Family> {
-    vec![Family { kernel: "matmul", cases: matmul::cases }]
+    vec![
+        Family { kernel: "matmul", cases: matmul::cases },
+        Family { kernel: "attention", cases: attention::cases },
+    ]
 }
 
 #[derive(Clone, Debug)]
