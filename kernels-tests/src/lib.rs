@@ -3,6 +3,7 @@
 //! here is itself checked against central finite differences of its forward
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
+pub mod attention;
 pub mod elementwise;
 pub mod gelu;
 pub mod l2norm;

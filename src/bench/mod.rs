@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
+pub mod attention;
 pub mod matmul;
 pub mod prototypes;
 pub mod soft_assign;
@@ -44,6 +45,7 @@ pub fn families() -> Vec<Family> {
         Family { kernel: "topk", cases: topk::cases },
         Family { kernel: "soft_assign", cases: soft_assign::cases },
         Family { kernel: "prototypes", cases: prototypes::cases },
+        Family { kernel: "attention", cases: attention::cases },
     ]
 }
 

@@ -1,5 +1,6 @@
 //! One op family per file: shape checks, dispatch, and the backward with its derivation.
 
+pub mod attention;
 pub mod matmul;
 pub mod adamw;
 pub mod cross_entropy;
