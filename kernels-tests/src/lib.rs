@@ -4,6 +4,7 @@
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
 pub mod matmul;
+pub mod sop_objective;
 
 /// Central finite differences of a scalar function: d f / d x[i] for every i.
 /// Step h = 1e-6 scaled by |x|, error O(h²) in f64.
