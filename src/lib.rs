@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod gpu;
 pub mod ops;
+pub mod sop;
 
 pub use error::{Result, SopError};
 pub use gpu::{Gpu, Tensor};

@@ -206,9 +206,9 @@ pub fn assign(u: &[f64], protos: &Prototypes, temp: f64) -> (Vec<f64>, Vec<f64>)
     let sum: f64 = e.iter().sum();
     let a: Vec<f64> = e.iter().map(|&v| v / sum).collect();
     let mut p = vec![0.0; kp];
-    for r in 0..m {
-        for k in 0..kp {
-            p[k] += a[r] * protos.y[r * kp + k];
+    for (ar, yr) in a.iter().zip(protos.y.chunks(kp)) {
+        for (pk, y) in p.iter_mut().zip(yr) {
+            *pk += ar * y;
         }
     }
     (a, p)

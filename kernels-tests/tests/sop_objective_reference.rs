@@ -237,8 +237,8 @@ fn members_follow_keep_order_and_ties_go_to_the_lower_pool_position() {
     push([0.0, 0.3, 1.0]); // 7 best neighbour of B
     push([0.0, -1.0, 0.0]); // 8
     push([-1.0, 0.0, 0.2]); // 9
-    // Anchors: rows 6, 0 (P = 2, E = 3); pool order chosen so the tied rows sit at pool
-    // positions 1 (row 4), 2 (row 1), 4 (row 3), 5 (row 2).
+                            // Anchors: rows 6, 0 (P = 2, E = 3); pool order chosen so the tied rows sit at pool
+                            // positions 1 (row 4), 2 (row 1), 4 (row 3), 5 (row 2).
     let perm = vec![6, 0, 9, 4, 1, 8, 3, 2, 5, 7];
     let protos = build_prototypes(&bank, c, &perm, &[1], 2, 3, 0.1);
     // keep = [1]: the prototype of anchor 0 only; its SEs are the two lowest pool positions
