@@ -17,6 +17,7 @@ pub mod mask_tokens;
 pub mod reduce;
 pub mod soft_assign;
 pub mod softmax;
+pub mod sop_objective;
 pub mod tokens;
 pub mod topk;
 pub mod vit;

@@ -1,4 +1,6 @@
-//! The SOP method: memory banks, self-organizing prototypes, and the objective.
+//! The SOP method (../shared/SOP.md): memory banks (`bank`), self-organizing prototypes
+//! (`prototypes`), the [CLS] and SOP-MIM losses on the GPU (`objective`), and the file
+//! format that replays them (`objective_io`, `replay`).
 
 pub mod bank;
 pub mod objective;
