@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
+pub mod elementwise;
 pub mod matmul;
 
 /// What a case does per run, for the throughput column.
@@ -36,7 +37,14 @@ pub struct Family {
 }
 
 pub fn families() -> Vec<Family> {
-    vec![Family { kernel: "matmul", cases: matmul::cases }]
+    vec![
+        Family { kernel: "matmul", cases: matmul::cases },
+        Family { kernel: "layernorm", cases: elementwise::layernorm_cases },
+        Family { kernel: "gelu", cases: elementwise::gelu_cases },
+        Family { kernel: "softmax", cases: elementwise::softmax_cases },
+        Family { kernel: "sum_squares", cases: elementwise::reduce_cases },
+        Family { kernel: "l2norm", cases: elementwise::l2norm_cases },
+    ]
 }
 
 #[derive(Clone, Debug)]

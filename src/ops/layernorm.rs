@@ -30,6 +30,16 @@ struct Params {
     chunk: u32,
 }
 
+/// The entry point for this width, and its invocation count for `r` rows: one per row with
+/// vec4 access when D % 4 == 0, else one per group of 4 rows (see the shader's header).
+fn row_entry(aligned: &'static str, unaligned: &'static str, r: usize, d: usize) -> (&'static str, usize) {
+    if d % 4 == 0 {
+        (aligned, r)
+    } else {
+        (unaligned, r.div_ceil(4))
+    }
+}
+
 fn params(op: &'static str, r: usize, d: usize, eps: f32) -> Result<Params> {
     Ok(Params { r: u32_of(op, "rows", r)?, d: u32_of(op, "width", d)?, eps, chunk: PARAM_CHUNK as u32 })
 }
@@ -60,13 +70,14 @@ pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, e
     let y = gpu.empty(&x.shape, DType::F32)?;
     let mean = gpu.empty(&[r], DType::F32)?;
     let rstd = gpu.empty(&[r], DType::F32)?;
+    let (entry, invocations) = row_entry("layernorm_forward", "layernorm_forward_unaligned", r, d);
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_forward",
+        entry,
         &[],
-        bytemuck::bytes_of(&params("layernorm_forward", r, d, eps)?),
+        bytemuck::bytes_of(&params(entry, r, d, eps)?),
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(beta), Bind::Write(&mean), Bind::Write(&rstd), Bind::Write(&y)],
-        groups(gpu, "layernorm_forward", r)?,
+        groups(gpu, entry, invocations)?,
     )?;
     Ok((y, mean, rstd))
 }
@@ -94,13 +105,14 @@ pub fn layernorm_backward(
     let p = bytemuck::bytes_of(&params(op, r, d, 0.0)?).to_vec();
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // mean and rstd are writable bindings of the shader (the forward writes them); read here.
+    let (entry, invocations) = row_entry("layernorm_backward", "layernorm_backward_unaligned", r, d);
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_backward",
+        entry,
         &[],
         &p,
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(gamma), Bind::Write(mean), Bind::Write(rstd), Bind::Write(&dx), Bind::Read(dy)],
-        groups(gpu, op, r)?,
+        groups(gpu, entry, invocations)?,
     )?;
     if r == 0 {
         return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
@@ -108,9 +120,11 @@ pub fn layernorm_backward(
     let nchunks = r.div_ceil(PARAM_CHUNK);
     let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
     let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
+    // one invocation per vec4 unit of the (nchunks, D) partial sums
+    let entry = if d % 4 == 0 { "layernorm_backward_params" } else { "layernorm_backward_params_unaligned" };
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_backward_params",
+        entry,
         &[],
         &p,
         &[
@@ -123,7 +137,7 @@ pub fn layernorm_backward(
             Bind::Read(dy),
             Bind::Write(&dbeta_part),
         ],
-        groups(gpu, op, nchunks * d)?,
+        groups(gpu, entry, (nchunks * d).div_ceil(4))?,
     )?;
     let (dgamma, dbeta) = if nchunks == 1 {
         (dgamma_part.reshape(&[d])?, dbeta_part.reshape(&[d])?)
