@@ -28,7 +28,7 @@ fn close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) -> Result<
     }
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let g = g as f64;
-        if !((g - w).abs() <= atol + rtol * w.abs()) {
+        if g.is_nan() || (g - w).abs() > atol + rtol * w.abs() {
             return Err(SopError::Invalid(format!("{what}[{i}] = {g}, reference {w}")));
         }
     }

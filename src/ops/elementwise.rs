@@ -91,7 +91,7 @@ pub fn add_broadcast(gpu: &Gpu, x: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Err(SopError::shape("add_broadcast", format!("b {:?} does not tile x {:?}", b.shape, x.shape)));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
-    let entry = if m % 4 == 0 { "add_broadcast" } else { "add_broadcast_unaligned" };
+    let entry = if m.is_multiple_of(4) { "add_broadcast" } else { "add_broadcast_unaligned" };
     launch(gpu, entry, x, b, &out, m, 1.0)?;
     Ok(out)
 }
@@ -106,9 +106,8 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
         return Err(SopError::shape("scale_samples", format!("s {:?} for x {:?}: need one scale per sample", s.shape, x.shape)));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
-    if batch > 0 {
-        let per_sample = x.numel() / batch;
-        let entry = if per_sample % 4 == 0 { "scale_samples" } else { "scale_samples_unaligned" };
+    if let Some(per_sample) = x.numel().checked_div(batch) {
+        let entry = if per_sample.is_multiple_of(4) { "scale_samples" } else { "scale_samples_unaligned" };
         launch(gpu, entry, x, s, &out, per_sample.max(1), 1.0)?;
     }
     Ok(out)

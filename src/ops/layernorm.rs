@@ -18,7 +18,7 @@ use crate::ops::reduce::sum_rows;
 pub static LAYERNORM: Shader = shader!("layernorm.wgsl");
 
 /// Rows per partial sum of dγ, dβ: enough invocations to fill a GPU at ViT shapes
-/// (R = 12,608, D = 384 gives 197 × 384), few enough chunks to sum quickly.
+/// (R = 12,608, D = 384 gives 197 chunks × 96 vec4 columns), few enough chunks to sum quickly.
 const PARAM_CHUNK: usize = 64;
 
 #[repr(C)]
@@ -33,7 +33,7 @@ struct Params {
 /// The entry point for this width, and its invocation count for `r` rows: one per row with
 /// vec4 access when D % 4 == 0, else one per group of 4 rows (see the shader's header).
 fn row_entry(aligned: &'static str, unaligned: &'static str, r: usize, d: usize) -> (&'static str, usize) {
-    if d % 4 == 0 {
+    if d.is_multiple_of(4) {
         (aligned, r)
     } else {
         (unaligned, r.div_ceil(4))
@@ -63,7 +63,7 @@ fn dims(op: &'static str, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> 
 /// LayerNorm of every row of x (…, D): returns (y (…, D), mean (R), rstd (R)).
 pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
     check_f32("layernorm_forward", &[("x", x), ("gamma", gamma), ("beta", beta)])?;
-    if !(eps >= 0.0) {
+    if eps.is_nan() || eps < 0.0 {
         return Err(SopError::shape("layernorm_forward", format!("eps {eps} must be ≥ 0")));
     }
     let (r, d) = dims("layernorm_forward", x, gamma, Some(beta))?;
@@ -121,7 +121,7 @@ pub fn layernorm_backward(
     let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
     let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
     // one invocation per vec4 unit of the (nchunks, D) partial sums
-    let entry = if d % 4 == 0 { "layernorm_backward_params" } else { "layernorm_backward_params_unaligned" };
+    let entry = if d.is_multiple_of(4) { "layernorm_backward_params" } else { "layernorm_backward_params_unaligned" };
     gpu.dispatch(
         &LAYERNORM,
         entry,

@@ -52,7 +52,7 @@ fn rows_stage(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor>
         square: 0,
         _pad: [0; 2],
     };
-    if cols % 4 == 0 {
+    if cols.is_multiple_of(4) {
         dispatch(gpu, "sum_rows", x, &out, p, nchunks * cols / 4)?;
     } else {
         dispatch(gpu, "sum_rows_unaligned", x, &out, p, nchunks * cols)?;
@@ -66,7 +66,7 @@ pub fn sum_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let Some(&c) = x.shape.last() else {
         return Err(SopError::shape("sum_rows", "x is 0-dimensional; need (R, C)"));
     };
-    let r = if c == 0 { 0 } else { x.numel() / c };
+    let r = x.numel().checked_div(c).unwrap_or(0);
     if r == 0 || c == 0 {
         return gpu.zeros(&[c], DType::F32);
     }
