@@ -6,9 +6,15 @@
 //   1 x    read        (n)
 //   2 out  read_write  (n)  y in the forward, dx in the backward
 //   3 dy   read        (n)  backward only
+// The arrays are declared as vec4<f32>: element e is x[e / 4][e % 4].
 //
-// Dispatch: one invocation per element, i = (wid.x + wid.y * nwg.x) * WG + lid.x, workgroups
-// laid out by `gpu.grid`; bound-checked against n.
+// Dispatch as in elementwise.wgsl: a workgroup covers WG·PER vec4 units, invocation lid of
+// workgroup w = wid.x + wid.y * nwg.x handles units w·WG·PER + lid + k·WG, k < PER, skipping
+// units ≥ ceil(n/4). The last unit may run into the buffer's padding (allocations are
+// multiples of 256 bytes): those lanes compute on padding and write padding only.
+// The math is branch-free on vec4 (both approximations evaluated, then `select`): SIMD lanes
+// (lavapipe) and GPU threads never diverge, and this is 3.5x faster on lavapipe than one f32
+// per invocation with branches, with bit-identical results.
 //
 // Numerics: WGSL has no erf. Φ is computed from z = x/√2, t = |z| with two approximations
 // whose coefficients were fitted for this file (iteratively reweighted least squares towards
@@ -29,20 +35,21 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dy: array<vec4<f32>>;
 
 override WG: u32 = 64u;
+const PER: u32 = 16u;
 
 const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
 const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
 const SPLIT: f32 = 0.921875;
 
-// erf(z) = z + z·P(z²) for |z| < SPLIT.
-fn erf_small(z: f32) -> f32 {
+// erf(z) = z + z·P(z²), accurate for |z| < SPLIT.
+fn erf_small(z: vec4<f32>) -> vec4<f32> {
     let s = z * z;
-    var r = -5.835008923895657e-4;
+    var r = vec4<f32>(-5.835008923895657e-4);
     r = r * s + 4.956409800797701e-3;
     r = r * s - 2.6734990999102592e-2;
     r = r * s + 1.1280621588230133e-1;
@@ -51,9 +58,9 @@ fn erf_small(z: f32) -> f32 {
     return z + z * r;
 }
 
-// erfc(t) = exp(Q(t)) for SPLIT ≤ t < 4.
-fn erfc_tail(t: f32) -> f32 {
-    var q = 1.6025095419536228e-6;
+// erfc(t) = exp(Q(t)), accurate for SPLIT ≤ t ≤ 4.
+fn erfc_tail(t: vec4<f32>) -> vec4<f32> {
+    var q = vec4<f32>(1.6025095419536228e-6);
     q = q * t - 4.535498010227457e-5;
     q = q * t + 5.907187005504966e-4;
     q = q * t - 4.730299115180969e-3;
@@ -66,41 +73,45 @@ fn erfc_tail(t: f32) -> f32 {
 }
 
 // Φ(x) = 0.5 · (1 + erf(x/√2)).
-fn normal_cdf(xv: f32) -> f32 {
+fn normal_cdf(xv: vec4<f32>) -> vec4<f32> {
     let z = xv * FRAC_1_SQRT_2;
     let t = abs(z);
-    if (t < SPLIT) {
-        return 0.5 + 0.5 * erf_small(z);
-    }
-    var c = 0.0;
-    if (t < 4.0) {
-        c = erfc_tail(t);
-    }
-    if (z < 0.0) {
-        return 0.5 * c;
-    }
-    return 1.0 - 0.5 * c;
+    let near = 0.5 + 0.5 * erf_small(z);
+    // erfc(t) for t ≥ SPLIT, 0 beyond 4 (t clamped so the polynomial stays in its range)
+    let c = select(vec4<f32>(0.0), erfc_tail(min(t, vec4<f32>(4.0))), t < vec4<f32>(4.0));
+    let far = select(1.0 - 0.5 * c, 0.5 * c, z < vec4<f32>(0.0));
+    return select(far, near, t < vec4<f32>(SPLIT));
 }
 
-fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid.x;
+fn first_unit(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG * PER + lid.x;
 }
 
 @compute @workgroup_size(WG)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = element(wid, nwg, lid);
-    if (i >= p.n) { return; }
-    let xv = x[i];
-    out[i] = xv * normal_cdf(xv);
+    let u0 = first_unit(wid, nwg, lid);
+    let nu = (p.n + 3u) / 4u;
+    for (var k = 0u; k < PER; k++) {
+        let u = u0 + k * WG;
+        if (u < nu) {
+            let xv = x[u];
+            out[u] = xv * normal_cdf(xv);
+        }
+    }
 }
 
 // Backward: y = x·Φ(x), Φ' = φ, the standard normal density φ(x) = exp(−x²/2) / √(2π), so
 //   dx = dy · (Φ(x) + x · φ(x)).
 @compute @workgroup_size(WG)
 fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = element(wid, nwg, lid);
-    if (i >= p.n) { return; }
-    let xv = x[i];
-    let density = FRAC_1_SQRT_2PI * exp(-0.5 * xv * xv);
-    out[i] = dy[i] * (normal_cdf(xv) + xv * density);
+    let u0 = first_unit(wid, nwg, lid);
+    let nu = (p.n + 3u) / 4u;
+    for (var k = 0u; k < PER; k++) {
+        let u = u0 + k * WG;
+        if (u < nu) {
+            let xv = x[u];
+            let density = FRAC_1_SQRT_2PI * exp(-0.5 * xv * xv);
+            out[u] = dy[u] * (normal_cdf(xv) + xv * density);
+        }
+    }
 }

@@ -1,28 +1,32 @@
-// reduce.wgsl: deterministic sums without atomics: column sums over chunks of rows, the one
-// building block of `sum_rows` (bias gradients), `sum` and `sum_squares` (gradient norms).
+// reduce.wgsl: deterministic sums without atomics: `sum` / `sum_squares` of a whole tensor
+// (gradient norms) and `sum_rows`, column sums of a (R, C) matrix (bias gradients). Every
+// entry point computes one stage of partial sums; the Rust op repeats stages until one row
+// (or one value) is left. Each stage's order is a fixed function of the shape: deterministic.
 //
 // Bindings (the Rust op passes them in this order):
 //   0 p    uniform Params
-//   1 x    read        n elements, seen as a (rows, cols) row-major matrix; the last row may
-//                      be short (elements with index ≥ n are skipped)
-//   2 out  read_write  (nchunks, cols): out[c, j] = Σ_{r in chunk c} f(x[r·cols + j])
-// where chunk c holds rows c·chunk .. min((c+1)·chunk, rows) and f(v) = v, or v² when
-// `square` is 1.
+//   1 x    read        n elements, declared as vec4<f32> (element e is x[e / 4][e % 4])
+//   2 out  read_write  the stage's partial sums (f32)
+// f(v) = v, or v² when `square` is 1.
 //
-// How the Rust op uses it (every stage is a fixed function of the shape: deterministic):
-//   sum_rows (R, C):   cols = C, chunk = 64 rows; the (ceil(R/64), C) partial sums are
-//                      summed again the same way until one row is left.
-//   sum, sum_squares:  x viewed as rows of cols = ceil(n/256) (one chunk of ≤ 256 rows):
-//                      invocation j sums x[j], x[j + cols], x[j + 2·cols], … (neighbouring
-//                      invocations read neighbouring addresses), then the cols partials are
-//                      summed the same way until one value is left. square only on the first
-//                      stage.
+// Entry points (index g = (wid.x + wid.y * nwg.x) * WG + lid.x, workgroups laid out by
+// `gpu.grid`, bound-checked):
+//   sum                 x seen as nu = ceil(n/4) vec4 units; invocation j < cols sums the units
+//                       j, j + cols, j + 2·cols, … (at most `rows` of them; neighbouring
+//                       invocations read neighbouring addresses) lane by lane, then its four
+//                       lanes ((l0 + l1) + l2) + l3, and writes out[j]. Lanes past n (the last
+//                       unit's padding) count as 0. The Rust op picks cols = ceil(nu/256).
+//   sum_rows            x (rows, cols) with cols % 4 == 0: invocation g = c·(cols/4) + q sums
+//                       columns 4q .. 4q+3 over the rows of chunk c (rows c·chunk ..
+//                       min((c+1)·chunk, rows)) and writes out[c·cols + 4q .. 4q+3].
+//   sum_rows_unaligned  the same for any cols, one column per invocation g = c·cols + j.
 //
-// Dispatch: one invocation per output element g = c·cols + j (nchunks·cols of them),
-// g = (wid.x + wid.y * nwg.x) * WG + lid.x, workgroups laid out by `gpu.grid`.
-// Numerics: f32 accumulation in row order within a chunk, chunks summed in order by the next
-// stage, so a sum of n terms is a tree of depth ~log_256(n) of sequential sums: relative error
-// of order (stages · 256) · 2⁻²⁴ in the worst case for terms of one sign, far less on average.
+// Numerics: f32 accumulation in row (unit) order within an invocation; the next stage sums the
+// partials in order. A sum of n terms is thus a tree of depth ~log_256(n) (sum) or
+// ~log_64(R) (sum_rows) of sequential sums: relative error of order stages·256·2⁻²⁴ in the
+// worst case for terms of one sign, far less on average.
+// vec4 loads: ~4x fewer load instructions and bounds checks than f32 loads, which is what a
+// stage costs on lavapipe.
 
 struct Params {
     n: u32, cols: u32, rows: u32, chunk: u32,
@@ -30,30 +34,65 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 override WG: u32 = 64u;
 
+fn invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid.x;
+}
+
+fn f(v: vec4<f32>) -> vec4<f32> {
+    return select(v, v * v, p.square != 0u);
+}
+
+@compute @workgroup_size(WG)
+fn sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = invocation(wid, nwg, lid);
+    if (j >= p.cols) { return; }
+    let nu = (p.n + 3u) / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < p.rows; k++) {
+        let u = j + k * p.cols;
+        if (u >= nu) { break; }
+        let lanes = vec4<u32>(4u * u) + vec4<u32>(0u, 1u, 2u, 3u);
+        acc += select(vec4<f32>(0.0), f(x[u]), lanes < vec4<u32>(p.n));
+    }
+    out[j] = ((acc.x + acc.y) + acc.z) + acc.w;
+}
+
 @compute @workgroup_size(WG)
 fn sum_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g = (wid.x + wid.y * nwg.x) * WG + lid.x;
+    let g = invocation(wid, nwg, lid);
+    let cols4 = p.cols / 4u;
+    if (g >= p.nchunks * cols4) { return; }
+    let c = g / cols4;
+    let q = g % cols4;
+    let r1 = min((c + 1u) * p.chunk, p.rows);
+    var acc = vec4<f32>(0.0);
+    for (var r = c * p.chunk; r < r1; r++) {
+        acc += f(x[r * cols4 + q]);
+    }
+    let o = c * p.cols + 4u * q;
+    out[o] = acc.x;
+    out[o + 1u] = acc.y;
+    out[o + 2u] = acc.z;
+    out[o + 3u] = acc.w;
+}
+
+@compute @workgroup_size(WG)
+fn sum_rows_unaligned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = invocation(wid, nwg, lid);
     if (g >= p.nchunks * p.cols) { return; }
     let c = g / p.cols;
     let j = g % p.cols;
-    let r0 = c * p.chunk;
-    let r1 = min(r0 + p.chunk, p.rows);
+    let r1 = min((c + 1u) * p.chunk, p.rows);
     var acc = 0.0;
-    if (p.square != 0u) {
-        for (var r = r0; r < r1; r++) {
-            let i = r * p.cols + j;
-            if (i < p.n) { let v = x[i]; acc += v * v; }
-        }
-    } else {
-        for (var r = r0; r < r1; r++) {
-            let i = r * p.cols + j;
-            if (i < p.n) { acc += x[i]; }
-        }
+    for (var r = c * p.chunk; r < r1; r++) {
+        let e = r * p.cols + j;
+        let v = x[e / 4u][e % 4u];
+        acc += select(v, v * v, p.square != 0u);
     }
     out[g] = acc;
 }

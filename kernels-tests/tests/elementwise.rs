@@ -109,6 +109,9 @@ fn add_broadcast_position_embedding_and_bias() {
     check_broadcast(&gpu, &mut rng, &[257, 193], &[193]); // bias (D)
     check_broadcast(&gpu, &mut rng, &[63, 1], &[1]);
     check_broadcast(&gpu, &mut rng, &[5, 3], &[5, 3]); // no repetition
+    check_broadcast(&gpu, &mut rng, &[257, 384], &[384]); // aligned (len(b) % 4 == 0) entry point
+    check_broadcast(&gpu, &mut rng, &[3, 65, 8], &[65, 8]);
+    check_broadcast(&gpu, &mut rng, &[63, 4], &[4]);
 }
 
 fn check_scale_samples(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize]) {
@@ -134,7 +137,8 @@ fn check_scale_samples(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize]) {
 fn scale_samples_awkward_shapes() {
     let gpu = gpu();
     let mut rng = rng();
-    for shape in [&[1, 7][..], &[3, 65, 7], &[63, 5], &[65, 197, 3], &[257], &[4, 1, 1]] {
+    // per-sample sizes not multiples of 4 (unaligned entry point), then multiples of 4
+    for shape in [&[1, 7][..], &[3, 65, 7], &[63, 5], &[65, 197, 3], &[257], &[4, 1, 1], &[3, 65, 8], &[7, 197, 384], &[65, 4]] {
         check_scale_samples(&gpu, &mut rng, shape);
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! Tolerances. The shader's Φ has an absolute error ≤ 6.6e-8 (f32 evaluation of the fitted
 //! erf, see its header) plus the GPU's exp error (Vulkan allows 3 + 2|x| ulp), and
-//! y = x·Φ(x) is rounded once more: |δy| ≤ |x|·1e-7 + ulp(y) ≈ 2e-7·(1 + |x|). We allow
-//! 5e-7·(1 + |x|) through atol 5e-7 and rtol 5e-7 plus a 1e-6 absolute term for the |x|
-//! factor at |x| ≤ 10. The backward's extra term x·φ(x) is bounded by 0.25 and its exp is
-//! accurate to a few ulp, so the same budget applies, scaled by |dy| ≤ 1.
+//! y = x·Φ(x) is rounded once more: |δy| ≤ |x|·1e-7 + ulp(y) ≈ 2e-7·(1 + |x|). With |x| ≤ 10
+//! here we allow atol 6e-6 (≥ 5e-7·(1 + |x|)) and rtol 5e-7; the observed worst error is
+//! about 4e-7. The backward's extra term x·φ(x) is bounded by 0.25 and its exp is accurate to
+//! a few ulp, so the same budget applies, scaled by |dy| ≤ 1. `gelu_dense_sweep_accuracy`
+//! checks the approximation itself with a bound 4-10x tighter.
 
 mod common;
 use common::*;

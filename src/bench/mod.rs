@@ -9,6 +9,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 
 pub mod attention;
+pub mod elementwise;
 pub mod matmul;
 pub mod prototypes;
 pub mod soft_assign;
@@ -46,6 +47,11 @@ pub fn families() -> Vec<Family> {
         Family { kernel: "soft_assign", cases: soft_assign::cases },
         Family { kernel: "prototypes", cases: prototypes::cases },
         Family { kernel: "attention", cases: attention::cases },
+        Family { kernel: "layernorm", cases: elementwise::layernorm_cases },
+        Family { kernel: "gelu", cases: elementwise::gelu_cases },
+        Family { kernel: "softmax", cases: elementwise::softmax_cases },
+        Family { kernel: "sum_squares", cases: elementwise::reduce_cases },
+        Family { kernel: "l2norm", cases: elementwise::l2norm_cases },
     ]
 }
 

@@ -8,7 +8,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, u32_of};
+use crate::ops::launch::{check_f32, groups_vec4, u32_of};
 
 pub static ELEMENTWISE: Shader = shader!("elementwise.wgsl");
 
@@ -21,12 +21,12 @@ struct Params {
     _pad: u32,
 }
 
-/// Record `entry` over out's elements: out[i] = f(a, b, out) as the shader defines it.
+/// Record `entry` over out's elements: out[e] = f(a, b, out) as the shader defines it.
 fn launch(gpu: &Gpu, entry: &'static str, a: &Tensor, b: &Tensor, out: &Tensor, m: usize, alpha: f32) -> Result<()> {
     let n = out.numel();
     let params = Params { n: u32_of(entry, "elements", n)?, m: u32_of(entry, "m", m)?, alpha, _pad: 0 };
     let binds = [Bind::Read(a), Bind::Read(b), Bind::Write(out)];
-    gpu.dispatch(&ELEMENTWISE, entry, &[], bytemuck::bytes_of(&params), &binds, groups(gpu, entry, n)?)
+    gpu.dispatch(&ELEMENTWISE, entry, &[], bytemuck::bytes_of(&params), &binds, groups_vec4(gpu, entry, n)?)
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -91,7 +91,8 @@ pub fn add_broadcast(gpu: &Gpu, x: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Err(SopError::shape("add_broadcast", format!("b {:?} does not tile x {:?}", b.shape, x.shape)));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
-    launch(gpu, "add_broadcast", x, b, &out, m, 1.0)?;
+    let entry = if m.is_multiple_of(4) { "add_broadcast" } else { "add_broadcast_unaligned" };
+    launch(gpu, entry, x, b, &out, m, 1.0)?;
     Ok(out)
 }
 
@@ -105,9 +106,9 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
         return Err(SopError::shape("scale_samples", format!("s {:?} for x {:?}: need one scale per sample", s.shape, x.shape)));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
-    if batch > 0 {
-        let per_sample = x.numel() / batch;
-        launch(gpu, "scale_samples", x, s, &out, per_sample.max(1), 1.0)?;
+    if let Some(per_sample) = x.numel().checked_div(batch) {
+        let entry = if per_sample.is_multiple_of(4) { "scale_samples" } else { "scale_samples_unaligned" };
+        launch(gpu, entry, x, s, &out, per_sample.max(1), 1.0)?;
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, u32_of};
+use crate::ops::launch::{check_f32, groups_vec4, u32_of};
 
 pub static GELU: Shader = shader!("gelu.wgsl");
 
@@ -33,7 +33,7 @@ pub fn gelu_forward(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
         &[],
         bytemuck::bytes_of(&params("gelu_forward", n)?),
         &[Bind::Read(x), Bind::Write(&y)],
-        groups(gpu, "gelu_forward", n)?,
+        groups_vec4(gpu, "gelu_forward", n)?,
     )?;
     Ok(y)
 }
@@ -52,7 +52,7 @@ pub fn gelu_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         &[],
         bytemuck::bytes_of(&params("gelu_backward", n)?),
         &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)],
-        groups(gpu, "gelu_backward", n)?,
+        groups_vec4(gpu, "gelu_backward", n)?,
     )?;
     Ok(dx)
 }

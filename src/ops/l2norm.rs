@@ -28,7 +28,7 @@ fn params(op: &'static str, x: &Tensor, eps: f32) -> Result<(Params, usize)> {
     if x.shape.is_empty() {
         return Err(SopError::shape(op, "x is 0-dimensional; need (…, C)"));
     }
-    if !(eps >= 0.0) {
+    if eps.is_nan() || eps < 0.0 {
         return Err(SopError::shape(op, format!("eps {eps} must be ≥ 0")));
     }
     let (r, c) = rows_of(x);

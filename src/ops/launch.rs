@@ -1,15 +1,19 @@
-//! Dispatch sizes and argument checks shared by the one-invocation-per-element and
-//! one-invocation-per-row kernels (elementwise, gelu, reduce, layernorm, softmax, l2norm).
+//! Dispatch sizes and argument checks shared by the pointwise and row-wise kernels
+//! (elementwise, gelu, reduce, layernorm, softmax, l2norm).
 //!
 //! Those shaders use `@workgroup_size(WG)` with `override WG: u32 = 64u;` and recover their
-//! invocation index as `(wid.x + wid.y * nwg.x) * WG + lid.x`, bound-checked against the
-//! count, so any count up to `MAX_INVOCATIONS` fits the 65,535-workgroups-per-dimension limit.
+//! workgroup index as `wid.x + wid.y * nwg.x`, bound-checking what it addresses, so any
+//! count up to `MAX_INVOCATIONS` fits the 65,535-workgroups-per-dimension limit. Pointwise
+//! kernels (elementwise, gelu) give each invocation `PER` vec4 units (see their headers).
 
 use crate::error::{Result, SopError};
 use crate::gpu::{DType, Gpu, Tensor};
 
 /// Invocations per workgroup: the shaders' `override WG` default (never overridden).
 pub const WG: u32 = 64;
+
+/// vec4 units per invocation in the pointwise kernels: their `const PER`.
+pub const PER: usize = 16;
 
 /// The most invocations one dispatch may have: indices stay far from u32 overflow.
 pub const MAX_INVOCATIONS: usize = 1 << 31;
@@ -20,6 +24,12 @@ pub fn groups(gpu: &Gpu, op: &'static str, invocations: usize) -> Result<[u32; 3
         return Err(SopError::Limit { op, detail: format!("{invocations} invocations"), limit: MAX_INVOCATIONS as u64 });
     }
     Ok(gpu.grid((invocations as u32).div_ceil(WG)))
+}
+
+/// Workgroups for a pointwise kernel over `n` f32 elements: ceil(n/4) vec4 units, `PER` per
+/// invocation.
+pub fn groups_vec4(gpu: &Gpu, op: &'static str, n: usize) -> Result<[u32; 3]> {
+    groups(gpu, op, n.div_ceil(4).div_ceil(PER))
 }
 
 /// Every tensor must hold f32.

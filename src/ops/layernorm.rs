@@ -18,7 +18,7 @@ use crate::ops::reduce::sum_rows;
 pub static LAYERNORM: Shader = shader!("layernorm.wgsl");
 
 /// Rows per partial sum of dγ, dβ: enough invocations to fill a GPU at ViT shapes
-/// (R = 12,608, D = 384 gives 197 × 384), few enough chunks to sum quickly.
+/// (R = 12,608, D = 384 gives 197 chunks × 96 vec4 columns), few enough chunks to sum quickly.
 const PARAM_CHUNK: usize = 64;
 
 #[repr(C)]
@@ -28,6 +28,16 @@ struct Params {
     d: u32,
     eps: f32,
     chunk: u32,
+}
+
+/// The entry point for this width, and its invocation count for `r` rows: one per row with
+/// vec4 access when D % 4 == 0, else one per group of 4 rows (see the shader's header).
+fn row_entry(aligned: &'static str, unaligned: &'static str, r: usize, d: usize) -> (&'static str, usize) {
+    if d.is_multiple_of(4) {
+        (aligned, r)
+    } else {
+        (unaligned, r.div_ceil(4))
+    }
 }
 
 fn params(op: &'static str, r: usize, d: usize, eps: f32) -> Result<Params> {
@@ -53,20 +63,21 @@ fn dims(op: &'static str, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> 
 /// LayerNorm of every row of x (…, D): returns (y (…, D), mean (R), rstd (R)).
 pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
     check_f32("layernorm_forward", &[("x", x), ("gamma", gamma), ("beta", beta)])?;
-    if !(eps >= 0.0) {
+    if eps.is_nan() || eps < 0.0 {
         return Err(SopError::shape("layernorm_forward", format!("eps {eps} must be ≥ 0")));
     }
     let (r, d) = dims("layernorm_forward", x, gamma, Some(beta))?;
     let y = gpu.empty(&x.shape, DType::F32)?;
     let mean = gpu.empty(&[r], DType::F32)?;
     let rstd = gpu.empty(&[r], DType::F32)?;
+    let (entry, invocations) = row_entry("layernorm_forward", "layernorm_forward_unaligned", r, d);
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_forward",
+        entry,
         &[],
-        bytemuck::bytes_of(&params("layernorm_forward", r, d, eps)?),
+        bytemuck::bytes_of(&params(entry, r, d, eps)?),
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(beta), Bind::Write(&mean), Bind::Write(&rstd), Bind::Write(&y)],
-        groups(gpu, "layernorm_forward", r)?,
+        groups(gpu, entry, invocations)?,
     )?;
     Ok((y, mean, rstd))
 }
@@ -94,13 +105,14 @@ pub fn layernorm_backward(
     let p = bytemuck::bytes_of(&params(op, r, d, 0.0)?).to_vec();
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // mean and rstd are writable bindings of the shader (the forward writes them); read here.
+    let (entry, invocations) = row_entry("layernorm_backward", "layernorm_backward_unaligned", r, d);
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_backward",
+        entry,
         &[],
         &p,
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(gamma), Bind::Write(mean), Bind::Write(rstd), Bind::Write(&dx), Bind::Read(dy)],
-        groups(gpu, op, r)?,
+        groups(gpu, entry, invocations)?,
     )?;
     if r == 0 {
         return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
@@ -108,9 +120,11 @@ pub fn layernorm_backward(
     let nchunks = r.div_ceil(PARAM_CHUNK);
     let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
     let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
+    // one invocation per vec4 unit of the (nchunks, D) partial sums
+    let entry = if d.is_multiple_of(4) { "layernorm_backward_params" } else { "layernorm_backward_params_unaligned" };
     gpu.dispatch(
         &LAYERNORM,
-        "layernorm_backward_params",
+        entry,
         &[],
         &p,
         &[
@@ -123,7 +137,7 @@ pub fn layernorm_backward(
             Bind::Read(dy),
             Bind::Write(&dbeta_part),
         ],
-        groups(gpu, op, nchunks * d)?,
+        groups(gpu, entry, (nchunks * d).div_ceil(4))?,
     )?;
     let (dgamma, dbeta) = if nchunks == 1 {
         (dgamma_part.reshape(&[d])?, dbeta_part.reshape(&[d])?)

@@ -19,8 +19,9 @@ pub static REDUCE: Shader = shader!("reduce.wgsl");
 
 /// Rows per partial sum in `sum_rows`: (R, C) becomes (ceil(R/64), C) per stage.
 pub const ROWS_PER_CHUNK: usize = 64;
-/// Elements per partial sum in `sum` / `sum_squares`: n becomes ceil(n/256) per stage.
-pub const ELEMENTS_PER_PARTIAL: usize = 256;
+/// vec4 units per partial sum in `sum` / `sum_squares`: n elements become
+/// ceil(ceil(n/4)/256) partial sums per stage (each of ≤ 1024 elements).
+pub const UNITS_PER_PARTIAL: usize = 256;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -34,30 +35,28 @@ struct Params {
     _pad: [u32; 2],
 }
 
-/// One stage: x (n elements as (rows, cols), last row possibly short) -> (nchunks, cols)
-/// partial column sums over chunks of `chunk` rows.
-fn stage(gpu: &Gpu, x: &Tensor, cols: usize, chunk: usize, square: bool) -> Result<Tensor> {
-    let n = x.numel();
-    let rows = n.div_ceil(cols);
-    let nchunks = rows.div_ceil(chunk);
+fn dispatch(gpu: &Gpu, entry: &'static str, x: &Tensor, out: &Tensor, p: Params, invocations: usize) -> Result<()> {
+    gpu.dispatch(&REDUCE, entry, &[], bytemuck::bytes_of(&p), &[Bind::Read(x), Bind::Write(out)], groups(gpu, entry, invocations)?)
+}
+
+/// One `sum_rows` stage: x (rows, cols) -> (ceil(rows/64), cols) partial column sums.
+fn rows_stage(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor> {
+    let nchunks = rows.div_ceil(ROWS_PER_CHUNK);
     let out = gpu.empty(&[nchunks, cols], DType::F32)?;
-    let params = Params {
-        n: u32_of("sum_rows", "elements", n)?,
+    let p = Params {
+        n: u32_of("sum_rows", "elements", rows * cols)?,
         cols: u32_of("sum_rows", "cols", cols)?,
         rows: u32_of("sum_rows", "rows", rows)?,
-        chunk: u32_of("sum_rows", "chunk", chunk)?,
+        chunk: ROWS_PER_CHUNK as u32,
         nchunks: u32_of("sum_rows", "chunks", nchunks)?,
-        square: square as u32,
+        square: 0,
         _pad: [0; 2],
     };
-    gpu.dispatch(
-        &REDUCE,
-        "sum_rows",
-        &[],
-        bytemuck::bytes_of(&params),
-        &[Bind::Read(x), Bind::Write(&out)],
-        groups(gpu, "sum_rows", nchunks * cols)?,
-    )?;
+    if cols.is_multiple_of(4) {
+        dispatch(gpu, "sum_rows", x, &out, p, nchunks * cols / 4)?;
+    } else {
+        dispatch(gpu, "sum_rows_unaligned", x, &out, p, nchunks * cols)?;
+    }
     Ok(out)
 }
 
@@ -67,15 +66,33 @@ pub fn sum_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let Some(&c) = x.shape.last() else {
         return Err(SopError::shape("sum_rows", "x is 0-dimensional; need (R, C)"));
     };
-    let r = if c == 0 { 0 } else { x.numel() / c };
+    let r = x.numel().checked_div(c).unwrap_or(0);
     if r == 0 || c == 0 {
         return gpu.zeros(&[c], DType::F32);
     }
-    let mut partial = stage(gpu, x, c, ROWS_PER_CHUNK, false)?;
+    let mut partial = rows_stage(gpu, x, r, c)?;
     while partial.shape[0] > 1 {
-        partial = stage(gpu, &partial, c, ROWS_PER_CHUNK, false)?;
+        partial = rows_stage(gpu, &partial, partial.shape[0], c)?;
     }
     partial.reshape(&[c])
+}
+
+/// One `sum` stage: n elements -> ceil(ceil(n/4)/256) partial sums.
+fn total_stage(gpu: &Gpu, x: &Tensor, n: usize, square: bool) -> Result<Tensor> {
+    let units = n.div_ceil(4);
+    let cols = units.div_ceil(UNITS_PER_PARTIAL);
+    let out = gpu.empty(&[cols], DType::F32)?;
+    let p = Params {
+        n: u32_of("sum", "elements", n)?,
+        cols: cols as u32,
+        rows: units.div_ceil(cols) as u32,
+        chunk: 0,
+        nchunks: 1,
+        square: square as u32,
+        _pad: [0; 2],
+    };
+    dispatch(gpu, "sum", x, &out, p, cols)?;
+    Ok(out)
 }
 
 fn total(gpu: &Gpu, op: &'static str, x: &Tensor, square: bool) -> Result<Tensor> {
@@ -84,11 +101,11 @@ fn total(gpu: &Gpu, op: &'static str, x: &Tensor, square: bool) -> Result<Tensor
     if n == 0 {
         return gpu.zeros(&[1], DType::F32);
     }
-    let mut partial = stage(gpu, x, n.div_ceil(ELEMENTS_PER_PARTIAL), ELEMENTS_PER_PARTIAL, square)?;
+    let mut partial = total_stage(gpu, x, n, square)?;
     while partial.numel() > 1 {
-        partial = stage(gpu, &partial, partial.numel().div_ceil(ELEMENTS_PER_PARTIAL), ELEMENTS_PER_PARTIAL, false)?;
+        partial = total_stage(gpu, &partial, partial.numel(), false)?;
     }
-    partial.reshape(&[1])
+    Ok(partial)
 }
 
 /// Σ x over every element: (1).
