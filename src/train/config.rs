@@ -115,8 +115,8 @@ impl Default for TrainConfig {
         let mut augment = AugmentConfig {
             global_size: 28,
             local_size: 14,
-            local_crops: 2,
-            global_scale: (0.25, 1.0),
+            local_crops: 0,
+            global_scale: (0.4, 1.0),
             blur_sigma: (0.1, 0.5),
             ..AugmentConfig::default()
         };
