@@ -45,24 +45,8 @@ fn get<'a>(p: &'a Params, name: &str) -> &'a (Vec<usize>, Vec<f64>) {
     p.get(name).unwrap_or_else(|| panic!("reference vit: parameter {name} missing"))
 }
 
-/// erf(x) to full f64 precision: for |x| < 6 the everywhere-convergent positive series
-/// erf(x) = 2/√π · e^{-x²} · Σ_{n≥0} 2ⁿ x^{2n+1} / (1·3·…·(2n+1)) (no cancellation), beyond
-/// that ±1 (1 − erf(6) ≈ 2e-17).
-pub fn erf(x: f64) -> f64 {
-    if x.abs() >= 6.0 {
-        return x.signum();
-    }
-    let x2 = x * x;
-    let mut term = x;
-    let mut sum = x;
-    let mut n = 0.0;
-    while term.abs() > 1e-17 * sum.abs() {
-        n += 1.0;
-        term *= 2.0 * x2 / (2.0 * n + 1.0);
-        sum += term;
-    }
-    2.0 / std::f64::consts::PI.sqrt() * (-x2).exp() * sum
-}
+/// erf from the GELU reference (one implementation for the whole crate).
+pub use crate::gelu::erf;
 
 /// GELU, erf form: x · Φ(x) = x/2 · (1 + erf(x/√2)).
 pub fn gelu(x: f64) -> f64 {

@@ -16,18 +16,6 @@ use sop::ops::elementwise::{add, add_broadcast, add_scaled_into, mul, scale, sca
 use sop::ops::reduce::sum_rows;
 use sop_reference::elementwise as reference;
 
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 /// The reference rounded to f32 once, as f64: what a correctly rounded f32 op returns.
 fn rounded(x: Vec<f64>) -> Vec<f64> {
     x.into_iter().map(|v| v as f32 as f64).collect()

@@ -15,18 +15,6 @@ use sop::gpu::{DType, Gpu};
 use sop::ops::gelu::{gelu_backward, gelu_forward};
 use sop_reference::gelu as reference;
 
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 /// x spread over [-10, 10] (both tails and the split points of the erf approximation).
 fn check(gpu: &Gpu, rng: &mut impl rand::Rng, shape: &[usize]) {
     let n: usize = shape.iter().product();

@@ -15,18 +15,6 @@ use sop::gpu::{DType, Gpu};
 use sop::ops::l2norm::{l2norm_backward, l2norm_forward};
 use sop_reference::l2norm as reference;
 
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 const U: f64 = 1.0 / 16_777_216.0;
 
 /// Rows of x: most uniform in [-1, 1]; with `tiny`, every 5th row scaled by 1e-9 (norm below

@@ -24,18 +24,6 @@ const WIDTHS: [usize; 6] = [1, 4, 7, 65, 193, 384];
 
 /// Give the pool NaN-filled buffers of these shapes: outputs allocated next reuse them, so an
 /// element the kernel fails to write reads back as NaN.
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 fn inputs(rng: &mut impl rand::Rng, r: usize, d: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
     let offset = rng.random_range(-4.0f32..4.0);
     let x: Vec<f32> = randn(rng, r * d).iter().map(|v| v + offset).collect();

@@ -19,18 +19,6 @@ use sop::gpu::{DType, Gpu, Tensor};
 use sop::ops::reduce::{sum, sum_rows, sum_squares};
 use sop_reference::reduce as reference;
 
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 const U: f64 = 1.0 / 16_777_216.0;
 
 /// Poison the buffers every stage of a reduction of n elements (cols per stage) will take.

@@ -15,18 +15,6 @@ use sop::gpu::{DType, Gpu};
 use sop::ops::softmax::{softmax_backward, softmax_forward};
 use sop_reference::softmax as reference;
 
-fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
-    let held: Vec<_> = shapes
-        .iter()
-        .map(|s| {
-            let t = gpu.empty(s, DType::F32).unwrap();
-            gpu.fill_f32(&t, f32::NAN).unwrap();
-            t
-        })
-        .collect();
-    drop(held);
-}
-
 const U: f64 = 1.0 / 16_777_216.0;
 
 fn check(gpu: &Gpu, rng: &mut impl rand::Rng, shape: &[usize], scale: f32) {

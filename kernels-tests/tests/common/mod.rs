@@ -56,3 +56,17 @@ pub fn assert_close_f64(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: 
         assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}[{i}]: {g} vs finite difference {w}");
     }
 }
+
+/// Fill pool buffers of these shapes with NaN and release them: the next allocations of
+/// the same sizes (the op's outputs) start poisoned, so an unwritten element fails.
+pub fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
+    let held: Vec<_> = shapes
+        .iter()
+        .map(|s| {
+            let t = gpu.empty(s, sop::gpu::DType::F32).unwrap();
+            gpu.fill_f32(&t, f32::NAN).unwrap();
+            t
+        })
+        .collect();
+    drop(held);
+}
