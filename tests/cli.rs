@@ -101,6 +101,9 @@ fn train_then_evaluate_embed_and_picture_a_run() {
     let a = image::open(&att).unwrap();
     assert_eq!((a.width(), a.height()), (32 * 3, 32), "image + 2 heads");
 
+    // A fresh run refuses to overwrite this one.
+    let (success, _, err) = sop(&["train", "--config", s(&cfg), "--steps", "1", "--quiet", "--no-eval"]);
+    assert!(!success && err.contains("already holds a training run"), "{err}");
     // Resuming extends the run to 5 steps.
     let out = ok(&["train", "--config", s(&cfg), "--resume", s(&run), "--steps", "5", "--quiet", "--no-eval"]);
     assert!(out.contains("trained 5 steps"), "{out}");

@@ -167,6 +167,14 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     };
     cfg.validate()?;
     let out = cfg.run.out.clone();
+    // A fresh run never overwrites another run's checkpoints.
+    let existing = out.join(state::STATE);
+    if resume.is_none() && existing.exists() {
+        return Err(SopError::file(
+            &out,
+            "already holds a training run: pass `--resume` with this folder to continue it, or `--out` a new folder",
+        ));
+    }
     std::fs::create_dir_all(&out).map_err(|e| SopError::file(&out, e))?;
     let config_toml = cfg.to_toml();
     crate::checkpoint::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
