@@ -38,12 +38,28 @@ pub fn knn_classify(
     }
     let k = k.clamp(1, nt);
     let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
-    let gtrain = gpu.upload_f32(&[nt, dim], train)?;
+    // The training features go up in blocks that fit one storage binding.
+    let max_rows = ((gpu.limits.max_storage_buffer_binding_size as usize / 4) / dim.max(1)).clamp(1, nt);
+    let blocks: Vec<(usize, crate::gpu::Tensor)> = (0..nt)
+        .step_by(max_rows)
+        .map(|at| {
+            let rows = max_rows.min(nt - at);
+            Ok((at, gpu.upload_f32(&[rows, dim], &train[at * dim..(at + rows) * dim])?))
+        })
+        .collect::<Result<_>>()?;
     let (mut top1, mut top5) = (0usize, 0usize);
-    for start in (0..nv).step_by(CHUNK) {
-        let n = CHUNK.min(nv - start);
+    let chunk = CHUNK.min((gpu.limits.max_storage_buffer_binding_size as usize / 4) / max_rows.max(1)).max(1);
+    for start in (0..nv).step_by(chunk) {
+        let n = chunk.min(nv - start);
         let q = gpu.upload_f32(&[n, dim], &val[start * dim..(start + n) * dim])?;
-        let sims = gpu.read_f32(&Matmul::new(&q, &gtrain).trans_b().run(gpu)?)?;
+        let mut sims = vec![0f32; n * nt];
+        for (at, block) in &blocks {
+            let rows = block.shape[0];
+            let part = gpu.read_f32(&Matmul::new(&q, block).trans_b().run(gpu)?)?;
+            for r in 0..n {
+                sims[r * nt + at..r * nt + at + rows].copy_from_slice(&part[r * rows..(r + 1) * rows]);
+            }
+        }
         for r in 0..n {
             let row = &sims[r * nt..(r + 1) * nt];
             let mut order: Vec<usize> = (0..nt).collect();
