@@ -33,26 +33,7 @@ fn s(p: &Path) -> &str {
 
 /// A tiny training config: 8 px crops of the bundled data, one block of width 16.
 fn tiny_config(dir: &Path) -> PathBuf {
-    let mut c = sop::train::config::TrainConfig::default();
-    c.data.path = root().join("assets/fashion-mnist");
-    c.model.dim = 16;
-    c.model.depth = 1;
-    c.model.heads = 2;
-    c.model.patch_size = 4;
-    c.model.img_size = 8;
-    c.model.head_hidden = 16;
-    c.model.head_bottleneck = 16;
-    c.augment.global_size = 8;
-    c.augment.local_size = 4;
-    c.augment.local_crops = 1;
-    c.augment.mask.patch_size = 4;
-    c.data.batch_size = 16;
-    c.sop.cls_bank_size = 64;
-    c.sop.patch_bank_size = 64;
-    c.sop.cls.anchors = 8;
-    c.sop.cls.experts = 3;
-    c.sop.patch.anchors = 8;
-    c.run.out = dir.join("run");
+    let c = sop::train::config::TrainConfig::smoke(root().join("assets/fashion-mnist"), dir.join("run"));
     let path = dir.join("tiny.toml");
     std::fs::write(&path, c.to_toml()).unwrap();
     path

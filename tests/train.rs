@@ -13,33 +13,8 @@ fn gpu() -> sop::Gpu {
 }
 
 fn tiny(out: &Path) -> TrainConfig {
-    let mut c = TrainConfig::default();
-    c.data.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist");
-    c.model.dim = 16;
-    c.model.depth = 1;
-    c.model.heads = 2;
-    c.model.patch_size = 4;
-    c.model.img_size = 8;
-    c.model.head_hidden = 16;
-    c.model.head_bottleneck = 16;
-    c.model.drop_path = 0.1;
-    c.augment.global_size = 8;
-    c.augment.local_size = 4;
-    c.augment.local_crops = 1;
-    c.augment.mask.patch_size = 4;
-    c.data.batch_size = 8;
-    c.data.threads = 2;
-    c.sop.cls_bank_size = 64;
-    c.sop.patch_bank_size = 48;
-    c.sop.cls.anchors = 8;
-    c.sop.cls.experts = 3;
-    c.sop.cls.tasks = 2;
-    c.sop.patch.anchors = 8;
-    c.optim.epochs = 1;
-    c.optim.warmup_epochs = 0;
-    c.run.out = out.to_path_buf();
+    let mut c = TrainConfig::smoke(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"), out.to_path_buf());
     c.run.no_eval = true;
-    c.run.checkpoint_every = 0;
     c
 }
 

@@ -181,6 +181,29 @@ impl Default for RunConfig {
 }
 
 impl TrainConfig {
+    /// Smoke-test settings: 8 px crops of `data`, one block of width 16, batch 8, banks of
+    /// 64 and 48 rows. Seconds per run on a CPU adapter; what the tests train.
+    pub fn smoke(data: PathBuf, out: PathBuf) -> TrainConfig {
+        let mut c = TrainConfig::default();
+        c.data.path = data;
+        c.data.batch_size = 8;
+        c.data.threads = 2;
+        c.model = VitConfig { dim: 16, depth: 1, heads: 2, patch_size: 4, img_size: 8, head_hidden: 16, head_bottleneck: 16, drop_path: 0.1, ..c.model };
+        c.augment.global_size = 8;
+        c.augment.local_size = 4;
+        c.augment.local_crops = 1;
+        c.augment.mask.patch_size = 4;
+        c.sop.cls_bank_size = 64;
+        c.sop.patch_bank_size = 48;
+        c.sop.cls = PrototypeConfig { anchors: 8, experts: 3, tasks: 2 };
+        c.sop.patch = PrototypeConfig { anchors: 8, experts: 1, tasks: 1 };
+        c.optim.epochs = 1;
+        c.optim.warmup_epochs = 0;
+        c.run.out = out;
+        c.run.checkpoint_every = 0;
+        c
+    }
+
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| SopError::file(path, e))?;
         toml::from_str(&text).map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
