@@ -10,16 +10,7 @@ use sop::checkpoint::{self, CheckpointError, HostTensor, TensorMap};
 use sop::model::{backbone_specs, init_params, param_specs, VitConfig};
 
 fn cfg() -> VitConfig {
-    VitConfig {
-        dim: 8,
-        depth: 2,
-        heads: 2,
-        patch_size: 4,
-        img_size: 8,
-        head_hidden: 16,
-        head_bottleneck: 4,
-        ..VitConfig::vit_tiny()
-    }
+    VitConfig::micro()
 }
 
 /// A fresh empty directory per test, removed when dropped.

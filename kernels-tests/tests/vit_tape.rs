@@ -18,18 +18,7 @@ use sop::tape::Tape;
 use sop_reference::vit::{vit_forward, Params};
 
 fn tiny() -> VitConfig {
-    VitConfig {
-        dim: 8,
-        depth: 2,
-        heads: 2,
-        patch_size: 4,
-        img_size: 8,
-        head_hidden: 12,
-        head_bottleneck: 6,
-        head_layers: 3,
-        drop_path: 0.0,
-        ..VitConfig::vit_tiny()
-    }
+    VitConfig { drop_path: 0.0, ..VitConfig::micro() }
 }
 
 /// Random values for every parameter (LayerNorm weights around 1).

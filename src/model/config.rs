@@ -80,6 +80,12 @@ impl VitConfig {
         Self::preset(768, 12, 12)
     }
 
+    /// The smallest useful model (D 8, depth 2, 2 heads, patch 4, 8 px, head 16 → 4), for
+    /// tests that compare against plain-loop references.
+    pub fn micro() -> Self {
+        VitConfig { dim: 8, depth: 2, heads: 2, patch_size: 4, img_size: 8, head_hidden: 16, head_bottleneck: 4, ..VitConfig::vit_tiny() }
+    }
+
     /// A preset by name (`vit_tiny`, `vit_small`, `vit_base`; `tiny`/`small`/`base`, `-`
     /// for `_` and any case accepted).
     pub fn from_arch(name: &str) -> Result<Self> {

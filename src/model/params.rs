@@ -146,16 +146,7 @@ mod tests {
     use super::*;
 
     fn tiny() -> VitConfig {
-        VitConfig {
-            dim: 8,
-            depth: 2,
-            heads: 2,
-            patch_size: 4,
-            img_size: 8,
-            head_hidden: 16,
-            head_bottleneck: 4,
-            ..VitConfig::vit_tiny()
-        }
+        VitConfig::micro()
     }
 
     #[test]
