@@ -85,6 +85,8 @@ fn teacher_follows_the_ema_rule_and_banks_fill_in_fifo_order() {
     // One step wrote B = 8 rows into each bank at the start of the ring.
     let st = checkpoint::read(&dir.join(state::STATE)).unwrap();
     assert_eq!(st.metadata["cls_bank_ptr"], "8");
+    // The matmul variant is recorded so that a resume keeps it.
+    assert!(sop::ops::matmul::MatmulVariant::parse(&st.metadata["matmul"]).is_some(), "{:?}", st.metadata.get("matmul"));
     let src = &st.tensors["cls_bank_sources"].data;
     assert!(src[..8].iter().all(|&s| s >= 0.0) && src[8..].iter().all(|&s| s == -1.0), "{src:?}");
     let bank = &st.tensors["cls_bank"].data;

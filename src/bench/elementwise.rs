@@ -66,7 +66,7 @@ pub fn layernorm_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let (wy, wmean, wrstd) = sop_reference::layernorm::layernorm_forward(&f64s(&x), &f64s(&gamma), &f64s(&beta), r, d, eps as f64);
     let (wdx, wdg, wdb) = sop_reference::layernorm::layernorm_backward(&f64s(&dy), &f64s(&x), &f64s(&gamma), &wmean, &wrstd, r, d);
     let shape = format!("{r}x{d}");
-    // Tolerances as in kernels-tests/tests/layernorm.rs: f32 sums over D = 384 terms.
+    // Tolerances as in kernels-tests/tests/kernels/layernorm.rs: f32 sums over D = 384 terms.
     let t = 2e-7 * (d + 8) as f64;
     let mut cases = Vec::new();
     {
@@ -154,7 +154,7 @@ pub fn softmax_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let gy = Rc::new(softmax::softmax_forward(gpu, &gx, scale)?);
     let wy = sop_reference::softmax::softmax_forward(&f64s(&x), r, c, scale as f64);
     let wdx = sop_reference::softmax::softmax_backward(&wy, &f64s(&dy), r, c, scale as f64);
-    // As in kernels-tests/tests/softmax.rs: relative 4u·(max|scale·x| + C).
+    // As in kernels-tests/tests/kernels/softmax.rs: relative 4u·(max|scale·x| + C).
     let kappa = 4.0 * (1.0 / 16_777_216.0) * (8.0 * scale as f64 + c as f64);
     let shape = format!("{r}x{c}");
     let (fx, vx) = (gx.clone(), gx.clone());
@@ -210,7 +210,7 @@ pub fn l2norm_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let norm: Rc<Tensor> = Rc::new(norm);
     let (wy, wnorm) = sop_reference::l2norm::l2norm_forward(&f64s(&x), r, c, eps as f64);
     let wdx = sop_reference::l2norm::l2norm_backward(&f64s(&dy), &f64s(&x), &wnorm, r, c, eps as f64);
-    // As in kernels-tests/tests/l2norm.rs: f32 sums of C = 256 terms; norms here are ≈ 9.
+    // As in kernels-tests/tests/kernels/l2norm.rs: f32 sums of C = 256 terms; norms here are ≈ 9.
     let t = 2.0 * (1.0 / 16_777_216.0) * (c + 8) as f64;
     let shape = format!("{r}x{c}");
     let (fx, vx) = (gx.clone(), gx.clone());

@@ -3,7 +3,7 @@
 //! [CLS] shape (R = 256 rows, M = 32·9 = 288 SEs, K = 32 kept prototypes). Throughput
 //! counts the (R, M)·(M, K) product, 2·R·M·K flops, for either direction.
 //! Validation compares 16 sampled rows and the last one with the f64 reference, with the
-//! tolerances of kernels-tests/tests/soft_assign.rs.
+//! tolerances of kernels-tests/tests/kernels/soft_assign.rs.
 
 use std::rc::Rc;
 

@@ -22,8 +22,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
-    if !args.json {
-        println!("adapter: {adapter}");
+    let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu).name();
+    if args.json {
+        eprintln!("adapter: {adapter}; default matmul variant: {matmul}");
+    } else {
+        println!("adapter: {adapter}; default matmul variant: {matmul}");
         println!("{}", bench::TABLE_HEADER);
     }
     let results = bench::run(&gpu, &opts, |m| {

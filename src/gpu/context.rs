@@ -6,7 +6,7 @@
 //! hardware has them. Validation errors raised outside an error scope are caught by an
 //! uncaptured-error handler and returned by the next `flush`, never a panic.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Result, SopError, ADAPTER_HINT};
 use crate::gpu::buffers::BufferPool;
@@ -32,6 +32,8 @@ pub struct Gpu {
     pub(crate) pipelines: Mutex<PipelineCache>,
     pub(crate) pending: Mutex<Pending>,
     uncaptured: Arc<Mutex<Option<String>>>,
+    /// The matmul variant chosen for this adapter on first use (see `MatmulVariant::for_adapter`).
+    pub(crate) matmul_variant: OnceLock<crate::ops::matmul::MatmulVariant>,
 }
 
 /// Commands recorded since the last submit.
@@ -155,6 +157,7 @@ impl Gpu {
             pipelines: Mutex::new(PipelineCache::default()),
             pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
             uncaptured,
+            matmul_variant: OnceLock::new(),
         })
     }
 

@@ -43,17 +43,39 @@ pub enum MatmulVariant {
 impl MatmulVariant {
     pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared];
 
-    /// Register tiling on CPU adapters (barriers are very slow on lavapipe), workgroup-memory
-    /// tiling on real GPUs. `SOP_MATMUL=naive|tiled|tiled_shared` overrides.
+    /// The variant `Matmul` uses when none is set. `SOP_MATMUL=naive|tiled|tiled_shared`
+    /// overrides, then a variant pinned with `pin` (a resumed run keeps its own). CPU
+    /// adapters get register tiling (barriers are very slow on lavapipe, and timing there
+    /// would cost seconds); other adapters time every variant once, on first use, and keep
+    /// the fastest (on an H100 the plain `naive` kernel beat both tiled ones).
     pub fn for_adapter(gpu: &Gpu) -> MatmulVariant {
         if let Some(v) = std::env::var("SOP_MATMUL").ok().and_then(|s| MatmulVariant::parse(&s)) {
             return v;
         }
-        if gpu.is_cpu() {
-            MatmulVariant::Tiled
-        } else {
-            MatmulVariant::TiledShared
+        if let Some(&v) = gpu.matmul_variant.get() {
+            return v;
         }
+        if gpu.is_cpu() {
+            return MatmulVariant::Tiled;
+        }
+        *gpu.matmul_variant.get_or_init(|| match autotune(gpu, AUTOTUNE_SHAPE) {
+            Ok(timings) => {
+                let (best, _) = fastest(&timings);
+                let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
+                log::info!("matmul variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
+                best
+            }
+            Err(e) => {
+                log::warn!("matmul autotune failed ({e}); using tiled_shared");
+                MatmulVariant::TiledShared
+            }
+        })
+    }
+    /// Use `v` on this adapter from now on (before any matmul ran): variants sum in different
+    /// orders, so a resumed run must keep the variant it started with to repeat the
+    /// uninterrupted run bit for bit. False when another variant was already in use.
+    pub fn pin(gpu: &Gpu, v: MatmulVariant) -> bool {
+        *gpu.matmul_variant.get_or_init(|| v) == v
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -195,6 +217,37 @@ impl<'a> Matmul<'a> {
         };
         gpu.dispatch(&MATMUL, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
     }
+}
+
+/// (M, K, N) of the product `for_adapter` times: the qkv / MLP shape of a small ViT's batch.
+pub const AUTOTUNE_SHAPE: (usize, usize, usize) = (2048, 256, 768);
+
+/// Median milliseconds of each variant on an (M, K)·(K, N) product, after one warm-up run
+/// that also builds the pipeline.
+pub fn autotune(gpu: &Gpu, (m, k, n): (usize, usize, usize)) -> Result<Vec<(MatmulVariant, f64)>> {
+    let a = gpu.upload_f32(&[m, k], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>())?;
+    let b = gpu.upload_f32(&[k, n], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>())?;
+    let mut timings = Vec::new();
+    for v in MatmulVariant::ALL {
+        Matmul::new(&a, &b).variant(v).run(gpu)?;
+        gpu.sync()?;
+        let mut ms: Vec<f64> = (0..3)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                Matmul::new(&a, &b).variant(v).run(gpu)?;
+                gpu.sync()?;
+                Ok(t0.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<Result<_>>()?;
+        ms.sort_by(f64::total_cmp);
+        timings.push((v, ms[1]));
+    }
+    Ok(timings)
+}
+
+/// The variant with the smallest time (the first one on ties).
+pub fn fastest(timings: &[(MatmulVariant, f64)]) -> (MatmulVariant, f64) {
+    timings.iter().copied().fold((MatmulVariant::TiledShared, f64::INFINITY), |best, t| if t.1 < best.1 { t } else { best })
 }
 
 fn t(trans: bool) -> &'static str {

@@ -161,6 +161,11 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             cfg.optim.epochs = epochs.max(cfg.optim.epochs);
             cfg.optim.steps = steps.or(cfg.optim.steps);
             cfg.run.out = out;
+            if let Some(v) = r.matmul {
+                if !crate::ops::matmul::MatmulVariant::pin(gpu, v) {
+                    log::warn!("the run used the {} matmul; this process already uses another, so the resumed run may differ in rounding", v.name());
+                }
+            }
             Some((dir.to_path_buf(), r))
         }
         None => None,

@@ -82,6 +82,7 @@ pub fn save_all(
     meta.insert("cls_bank_ptr".into(), banks.0.ptr.to_string());
     meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
     meta.insert("config".into(), config_toml.to_string());
+    meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu).name().to_string());
     // State first: if we crash before the weights are renamed, the step check refuses it.
     checkpoint::save(&dir.join(STATE), &map, &meta)?;
     save_weights(gpu, &dir.join(STUDENT), student, cfg, progress.step)?;
@@ -98,6 +99,8 @@ pub struct Resumed {
     pub state: TensorMap,
     pub adamw_step: u32,
     pub bank_ptrs: (usize, usize),
+    /// The matmul variant the run used (absent in states written before it was recorded).
+    pub matmul: Option<crate::ops::matmul::MatmulVariant>,
 }
 
 fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key: &str) -> Result<T> {
@@ -129,6 +132,7 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
         config_toml,
         adamw_step: meta_num(&paths[0], &state.metadata, "adamw_step")?,
         bank_ptrs: (meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?, meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?),
+        matmul: state.metadata.get("matmul").and_then(|v| crate::ops::matmul::MatmulVariant::parse(v)),
         student: student.tensors,
         teacher: teacher.tensors,
         state: state.tensors,

@@ -6,14 +6,11 @@
 //! f32 with teacher temperature 0.04 (logits up to 25), so softmax rounding gives ~1e-6;
 //! a wrong weight, pairing or normalisation gives errors of order 1e-1.
 
-use std::path::{Path, PathBuf};
+use crate::common::fixture;
 
 use sop::sop::objective_io::{ObjectiveInputs, ObjectiveOutputs};
 use sop::sop::replay::replay;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
 
 fn rel(got: &[f32], want: &[f64]) -> f64 {
     let num: f64 = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt();

@@ -9,8 +9,7 @@
 //! a few ulp, so the same budget applies, scaled by |dy| ≤ 1. `gelu_dense_sweep_accuracy`
 //! checks the approximation itself with a bound 4-10x tighter.
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::gpu::{DType, Gpu};
 use sop::ops::gelu::{gelu_backward, gelu_forward};
 use sop_reference::gelu as reference;

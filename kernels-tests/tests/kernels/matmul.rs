@@ -5,8 +5,7 @@
 //! absolute error growing like sqrt(K)·2⁻²⁴·K in the worst case; 1e-5·K is a safe bound
 //! for K ≤ 300 while still catching any indexing mistake (those give O(1) errors).
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::ops::matmul::{Matmul, MatmulVariant};
 use sop_reference::matmul::{matmul_backward, matmul_forward};
 
@@ -97,4 +96,32 @@ fn matmul_rejects_mismatched_shapes() {
     let b = gpu.zeros(&[6, 7], sop::gpu::DType::F32).unwrap();
     let err = Matmul::new(&a, &b).run(&gpu).unwrap_err().to_string();
     assert!(err.contains("inner dimensions differ"), "{err}");
+}
+
+#[test]
+fn autotune_times_every_variant_and_picks_the_fastest() {
+    use sop::ops::matmul::{autotune, fastest};
+    let gpu = gpu();
+    let timings = autotune(&gpu, (37, 19, 41)).unwrap();
+    assert_eq!(timings.iter().map(|t| t.0).collect::<Vec<_>>(), MatmulVariant::ALL.to_vec());
+    assert!(timings.iter().all(|t| t.1.is_finite() && t.1 > 0.0), "{timings:?}");
+    let (best, ms) = fastest(&timings);
+    assert!(timings.iter().all(|t| t.1 >= ms) && timings.iter().any(|t| t.0 == best && t.1 == ms), "{timings:?}");
+    // On a CPU adapter the rule (register tiling) applies without timing anything.
+    if gpu.is_cpu() && std::env::var("SOP_MATMUL").is_err() {
+        assert_eq!(MatmulVariant::for_adapter(&gpu), MatmulVariant::Tiled);
+    }
+}
+
+#[test]
+fn a_pinned_variant_is_kept() {
+    if std::env::var("SOP_MATMUL").is_ok() {
+        return; // the override wins over any pin by design
+    }
+    let gpu = gpu();
+    assert!(MatmulVariant::pin(&gpu, MatmulVariant::Naive));
+    assert_eq!(MatmulVariant::for_adapter(&gpu), MatmulVariant::Naive);
+    assert!(MatmulVariant::pin(&gpu, MatmulVariant::Naive));
+    assert!(!MatmulVariant::pin(&gpu, MatmulVariant::Tiled));
+    assert_eq!(MatmulVariant::for_adapter(&gpu), MatmulVariant::Naive);
 }

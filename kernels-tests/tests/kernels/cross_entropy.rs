@@ -6,8 +6,7 @@
 //! p in [0.5, 2], 3 ULP elsewhere): rtol 1e-5 and atol 1e-6·Σw (the absolute log error,
 //! summed). The backward is three f32 operations per element: rtol 1e-6.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};

@@ -8,8 +8,7 @@
 //! Gradients: f32 backward vs f64 finite differences (h = 1e-6·max(|x|,1)); we allow 2e-3 of
 //! the tensor's largest gradient plus 2% relative.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::model::config::VitConfig;
 use sop::model::params::param_specs;

@@ -12,8 +12,7 @@
 //!   errors of a (~1e-5 worst) and of g (K-term sums: K·6e-8·G) scale with (1/τ)·G:
 //!   atol = (1/τ)·G·(2e-5 + K·1.2e-7), rtol 1e-4.
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::gpu::{DType, Gpu};
 use sop::ops::soft_assign::{soft_assign_backward, soft_assign_forward};
 use sop_reference::soft_assign as reference;

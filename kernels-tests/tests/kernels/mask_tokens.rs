@@ -5,8 +5,7 @@
 //! in chunks of 64 then over chunks: its error is at most (64 + chunks)·2⁻²⁴·Σ|dy| for the
 //! column (the standard bound for recursive summation), per column.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::mask_tokens::{mask_tokens_backward, mask_tokens_forward};

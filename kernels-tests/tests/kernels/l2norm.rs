@@ -8,8 +8,7 @@
 //! C·u·max|dy| absolute before the division by n. So dx·max(n, eps), compared row by row
 //! (rows differ in n by 10⁹ here), gets atol 2u·(C + 8)·max|dy| and the same rtol.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::l2norm::{l2norm_backward, l2norm_forward};

@@ -8,13 +8,10 @@
 //! relative error). Any misreading of SOP.md (pairs, averaging, Y, keep order, masks)
 //! changes the values by far more than that.
 
+use crate::common::fixture;
 use sop::sop::objective_io::{ObjectiveInputs, ObjectiveOutputs};
 use sop_reference::sop_objective::sop_objective;
-use std::path::PathBuf;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
 
 fn close(what: &str, got: f64, want: f64) {
     let rel = (got - want).abs() / want.abs();

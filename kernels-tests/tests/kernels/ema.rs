@@ -4,8 +4,7 @@
 //! ≤ 2e-7); the GPU's teacher is stored in f32 between steps: atol 1e-6 after 3 steps. A
 //! swapped or mis-scaled momentum moves the teacher by ≥ (1 − m)·|s − t| ~ 1e-3.
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::gpu::DType;
 use sop::ops::ema::ema_update;
 

@@ -9,7 +9,7 @@
 //! the tensor's largest magnitude must stay below 1e-6 (tighter than the 1e-5 asked of the
 //! GPU), which an indexing or formula slip would exceed by orders of magnitude.
 
-use std::path::{Path, PathBuf};
+use crate::common::fixture;
 
 use sop::checkpoint::{self, Checkpoint, HostTensor};
 use sop::model::{backbone_specs, param_specs};
@@ -17,9 +17,6 @@ use sop_reference::vit::{self, Params};
 
 const TOL: f64 = 1e-6;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
 
 fn f64s(t: &HostTensor) -> Vec<f64> {
     t.data.iter().map(|&v| v as f64).collect()

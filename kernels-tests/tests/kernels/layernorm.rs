@@ -12,8 +12,7 @@
 //! dγ and dβ are sums over R rows of O(1) terms: atol 8e-6·√(R + 8) (a random-walk bound
 //! with a wide margin over the errors we observe).
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::layernorm::{layernorm_backward, layernorm_forward};

@@ -9,8 +9,7 @@
 //! atol 2·|scale|·max y·4u·(max|scale·x| + C), which cancellation in dy − Σ y·dy cannot
 //! exceed, and the same rtol.
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::gpu::{DType, Gpu};
 use sop::ops::softmax::{softmax_backward, softmax_forward};
 use sop_reference::softmax as reference;

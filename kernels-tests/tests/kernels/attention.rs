@@ -13,8 +13,7 @@
 //! dqkv 1.3e-6, cls probabilities 2e-7. The bounds below are about 10× those, while any
 //! indexing, layout or normalisation mistake gives errors of O(0.01..1).
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::gpu::{DType, Gpu};
 use sop::ops::attention::{attention_backward, attention_cls_probs, attention_forward};
 use sop_reference::attention::{self as reference, Attn};

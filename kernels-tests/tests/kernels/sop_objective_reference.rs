@@ -3,8 +3,7 @@
 //! E = 1 with s = 0 is a softmax over the anchors, ties and keep order as specified).
 //! CPU only; the comparison with PyTorch is in `sop_objective_torch.rs`.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::seq::SliceRandom;
 use rand::Rng;
 use sop_reference::finite_difference;

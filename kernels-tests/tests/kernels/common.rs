@@ -4,6 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use sop::gpu::Gpu;
+use std::path::PathBuf;
 
 /// The adapter the tests run on. No adapter is a failure, never a silent pass.
 pub fn gpu() -> Gpu {
@@ -69,4 +70,9 @@ pub fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
         })
         .collect();
     drop(held);
+}
+
+/// A committed fixture in kernels-tests/fixtures/ (made by the scripts/make-*-fixtures scripts).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }

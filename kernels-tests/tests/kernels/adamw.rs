@@ -8,8 +8,7 @@
 //! the result. A wrong bias correction, decay or grad scale moves param by ≥ 1e-4 with these
 //! hyper-parameters.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::DType;
 use sop::ops::adamw::{adamw_step, AdamWStep};

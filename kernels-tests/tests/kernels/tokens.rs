@@ -2,8 +2,7 @@
 //! GPU must match exactly (tolerance 0); the backward is checked as the adjoint of the
 //! forward (<dy, F x> = <F* dy, x>, which is what finite differences of a linear map give).
 
-mod common;
-use common::*;
+use crate::common::*;
 use sop::ops::tokens::*;
 use sop_reference::tokens as r;
 

@@ -4,16 +4,13 @@
 //! at another input size. Relative error (max |diff| / max |torch|) under 1e-4, the bound
 //! `sop embed` promises: f32 through a 2-block ViT stays near 1e-6.
 
-use std::path::{Path, PathBuf};
+use crate::common::fixture;
 
 use sop::checkpoint::{self, HostTensor};
 use sop::model::vit::{ForwardOptions, Vit, Weights};
 use sop::model::{backbone_specs, param_specs};
 use sop::tape::Tape;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
-}
 
 fn rel_err(got: &[f32], want: &HostTensor) -> f64 {
     assert_eq!(got.len(), want.data.len());

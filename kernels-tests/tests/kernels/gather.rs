@@ -1,8 +1,7 @@
 //! gather_rows and scatter_rows_ring against the reference. Both move 32-bit words
 //! unchanged, so the comparison is exact (tolerance zero) for f32 and u32 data.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::gather::{gather_rows, gather_rows_host, scatter_rows_ring};

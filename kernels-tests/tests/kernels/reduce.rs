@@ -12,8 +12,7 @@
 //! sums (Σx², which grows linearly) and of mixed-sign sums (a random walk) alike. The
 //! integer-valued runs (exact, tolerance 0) are the ones that catch indexing mistakes.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu, Tensor};
 use sop::ops::reduce::{sum, sum_rows, sum_squares};

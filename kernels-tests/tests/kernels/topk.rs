@@ -3,8 +3,7 @@
 //! enters / none does). Values are copied, never computed, so values and indices must match
 //! exactly: tolerance zero.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::topk::topk_forward;

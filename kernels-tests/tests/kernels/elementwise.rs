@@ -8,8 +8,7 @@
 //! a driver may fuse into one fma: one ulp of slack (rtol 2u on the terms' magnitude).
 //! sum_rows (add_broadcast's db) has its own tolerance, explained in tests/reduce.rs.
 
-mod common;
-use common::*;
+use crate::common::*;
 use rand::Rng;
 use sop::gpu::{DType, Gpu};
 use sop::ops::elementwise::{add, add_broadcast, add_scaled_into, mul, scale, scale_samples, sub};
