@@ -10,7 +10,7 @@ the weighted k-NN protocol on teacher backbone [CLS] features. Augmentations are
 but not bit-identical port of src/data/augment.rs (grey images: crop, flip, brightness /
 contrast jitter, blur, solarize).
 
-Usage: sop_train_torch.py [--data assets/fashion-mnist] [--steps N] [--set key=value ...]
+Usage: sop_train_torch.py [--data assets/fashion-mnist] [--init CHECKPOINT] [--eval-every N] [--set key=value ...]
 """
 
 import argparse
@@ -266,7 +266,9 @@ def main():
     args = ap.parse_args()
     c = dict(DEFAULTS)
     for kv in args.set:
-        k, v = kv.split("=")
+        k, _, v = kv.partition("=")
+        if k not in DEFAULTS or not v:
+            ap.error(f"--set {kv!r}: expected key=value with key one of {', '.join(sorted(DEFAULTS))}")
         c[k] = type(DEFAULTS[k])(v)
     torch.manual_seed(c["seed"])
     g = torch.Generator().manual_seed(c["seed"])

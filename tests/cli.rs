@@ -114,6 +114,10 @@ fn bad_input_gets_clear_errors() {
     std::fs::write(&cfg, "[optim]\nlearning_rate = 0.1\n").unwrap();
     let (success, _, err) = sop(&["train", "--config", s(&cfg)]);
     assert!(!success && err.contains("typo.toml") && err.contains("learning_rate"), "{err}");
+    // A misspelt matmul override is an error, not a silent autotune.
+    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--filter", "matmul"]).env("SOP_MATMUL", "tile").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("SOP_MATMUL") && err.contains("tiled_shared"), "{err}");
 }
 
 #[test]

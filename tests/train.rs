@@ -111,6 +111,19 @@ fn corrupt_checkpoints_are_refused() {
     assert!(err.contains("student.safetensors") && err.contains("truncated"), "{err}");
     // The other files are left as they were.
     assert!(checkpoint::read(&dir.join(state::TEACHER)).is_ok());
+
+    // A train state whose recorded matmul variant is not one is refused, naming the file.
+    let dir = tmp("corrupt-matmul");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(0);
+    train(&gpu, cfg.clone(), None, false).unwrap();
+    let path = dir.join(state::STATE);
+    let mut st = checkpoint::read(&path).unwrap();
+    st.metadata.insert("matmul".into(), "blocked".into());
+    checkpoint::save(&path, &st.tensors, &st.metadata).unwrap();
+    cfg.optim.steps = Some(1);
+    let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
+    assert!(err.contains("train_state.safetensors") && err.contains("blocked"), "{err}");
 }
 
 #[test]

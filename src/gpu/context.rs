@@ -32,7 +32,8 @@ pub struct Gpu {
     pub(crate) pipelines: Mutex<PipelineCache>,
     pub(crate) pending: Mutex<Pending>,
     uncaptured: Arc<Mutex<Option<String>>>,
-    /// The matmul variant chosen for this adapter on first use (see `MatmulVariant::for_adapter`).
+    /// The matmul variant fixed for this adapter (`SOP_MATMUL`, a pin, or the first use's
+    /// choice; see `MatmulVariant::for_adapter`).
     pub(crate) matmul_variant: OnceLock<crate::ops::matmul::MatmulVariant>,
 }
 
@@ -126,6 +127,11 @@ impl Gpu {
     }
 
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
+        // Read once here, so a bad value is an error before any work and no matmul reads it.
+        let matmul_variant = OnceLock::new();
+        if let Some(v) = crate::ops::matmul::MatmulVariant::from_env()? {
+            let _ = matmul_variant.set(v);
+        }
         let info = adapter.get_info();
         let limits = adapter.limits();
         let desc = wgpu::DeviceDescriptor {
@@ -157,7 +163,7 @@ impl Gpu {
             pipelines: Mutex::new(PipelineCache::default()),
             pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
             uncaptured,
-            matmul_variant: OnceLock::new(),
+            matmul_variant,
         })
     }
 

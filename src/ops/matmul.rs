@@ -43,15 +43,12 @@ pub enum MatmulVariant {
 impl MatmulVariant {
     pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared];
 
-    /// The variant `Matmul` uses when none is set. `SOP_MATMUL=naive|tiled|tiled_shared`
-    /// overrides, then a variant pinned with `pin` (a resumed run keeps its own). CPU
-    /// adapters get register tiling (barriers are very slow on lavapipe, and timing there
-    /// would cost seconds); other adapters time every variant once, on first use, and keep
-    /// the fastest (on an H100 the plain `naive` kernel beat both tiled ones).
+    /// The variant `Matmul` uses when none is set: the one fixed for this adapter (by
+    /// `SOP_MATMUL=naive|tiled|tiled_shared` when the device was made, or by `pin`: a resumed
+    /// run keeps its own), else register tiling on CPU adapters (barriers are very slow on
+    /// lavapipe, and timing there would cost seconds), else the fastest of the three, timed
+    /// once on first use (on an H100 the plain `naive` kernel beat both tiled ones).
     pub fn for_adapter(gpu: &Gpu) -> MatmulVariant {
-        if let Some(v) = std::env::var("SOP_MATMUL").ok().and_then(|s| MatmulVariant::parse(&s)) {
-            return v;
-        }
         if let Some(&v) = gpu.matmul_variant.get() {
             return v;
         }
@@ -71,11 +68,23 @@ impl MatmulVariant {
             }
         })
     }
+
     /// Use `v` on this adapter from now on (before any matmul ran): variants sum in different
     /// orders, so a resumed run must keep the variant it started with to repeat the
-    /// uninterrupted run bit for bit. False when another variant was already in use.
+    /// uninterrupted run bit for bit. False when another variant is already fixed.
     pub fn pin(gpu: &Gpu, v: MatmulVariant) -> bool {
         *gpu.matmul_variant.get_or_init(|| v) == v
+    }
+
+    /// `SOP_MATMUL`, if set: a variant name, or an error that lists the valid ones.
+    pub fn from_env() -> Result<Option<MatmulVariant>> {
+        match std::env::var("SOP_MATMUL") {
+            Err(_) => Ok(None),
+            Ok(s) => MatmulVariant::parse(&s).map(Some).ok_or_else(|| {
+                let names: Vec<&str> = MatmulVariant::ALL.iter().map(|v| v.name()).collect();
+                SopError::Invalid(format!("SOP_MATMUL={s:?} is not a matmul variant (one of {})", names.join(", ")))
+            }),
+        }
     }
     pub fn name(self) -> &'static str {
         match self {

@@ -132,7 +132,12 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
         config_toml,
         adamw_step: meta_num(&paths[0], &state.metadata, "adamw_step")?,
         bank_ptrs: (meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?, meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?),
-        matmul: state.metadata.get("matmul").and_then(|v| crate::ops::matmul::MatmulVariant::parse(v)),
+        matmul: match state.metadata.get("matmul") {
+            None => None,
+            Some(v) => Some(crate::ops::matmul::MatmulVariant::parse(v).ok_or_else(|| {
+                SopError::file(&paths[0], format!("metadata matmul {v:?} is not a matmul variant (a damaged file?)"))
+            })?),
+        },
         student: student.tensors,
         teacher: teacher.tensors,
         state: state.tensors,
