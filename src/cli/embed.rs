@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::weights::WeightsArgs;
-use super::AdapterArg;
+use super::{AdapterArg, DataArg};
 use crate::checkpoint::{self, HostTensor, TensorMap};
-use crate::data::{Dataset, Split};
 use crate::eval::features::extract;
 
 #[derive(clap::Args, Debug)]
@@ -16,12 +15,8 @@ pub struct EmbedArgs {
     pub adapter: AdapterArg,
     #[command(flatten)]
     pub weights: WeightsArgs,
-    /// Images: a folder (recursive) or an IDX directory.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// train or test, for datasets that have both.
-    #[arg(long, default_value = "train")]
-    pub split: Split,
+    #[command(flatten)]
+    pub data: DataArg,
     /// Output safetensors file.
     #[arg(long)]
     pub out: PathBuf,
@@ -32,7 +27,7 @@ pub struct EmbedArgs {
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
     let (vit, weights) = args.weights.load_backbone(&gpu)?;
-    let dataset = std::sync::Arc::new(Dataset::open(&args.data, args.split)?);
+    let dataset = std::sync::Arc::new(args.data.open()?);
     let names: Vec<String> = (0..dataset.len()).map(|i| dataset.name(i)).collect();
     let f = extract(&gpu, &vit, &weights, dataset, args.batch)?;
     let paths: Vec<&String> = f.indices.iter().map(|&i| &names[i]).collect();

@@ -34,6 +34,24 @@ impl AdapterArg {
     }
 }
 
+/// An image set and the split to read, shared by the subcommands that walk one dataset.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArg {
+    /// Images: a folder (class subfolders or flat; recursive), an IDX file, or a directory of
+    /// IDX files.
+    #[arg(long)]
+    pub data: std::path::PathBuf,
+    /// Which split when the data holds both: train or test.
+    #[arg(long, default_value = "train")]
+    pub split: crate::data::Split,
+}
+
+impl DataArg {
+    pub fn open(&self) -> anyhow::Result<crate::data::Dataset> {
+        Ok(crate::data::Dataset::open(&self.data, self.split)?)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List GPU adapters with their backend, type and the limits that matter.

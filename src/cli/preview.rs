@@ -2,16 +2,13 @@
 
 use std::path::PathBuf;
 
-use crate::data::{preview::render_preview, AugmentConfig, Dataset, Split};
+use super::DataArg;
+use crate::data::{preview::render_preview, AugmentConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct PreviewArgs {
-    /// Image folder (class subfolders or flat), IDX file, or directory of IDX files.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Which split when the data holds both: train or test.
-    #[arg(long, default_value = "train")]
-    pub split: Split,
+    #[command(flatten)]
+    pub data: DataArg,
     /// Where to write the PNG.
     #[arg(long)]
     pub out: PathBuf,
@@ -38,7 +35,7 @@ pub struct PreviewArgs {
 }
 
 pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
-    let ds = Dataset::open(&args.data, args.split)?;
+    let ds = args.data.open()?;
     println!("{}", ds.describe());
     let mut cfg = AugmentConfig {
         global_size: args.global_size,
