@@ -138,4 +138,12 @@ fn preview_objective_and_bench_run() {
     }
     let info = ok(&["info"]);
     assert!(info.contains("[0]") && info.contains("max storage binding"), "{info}");
+
+    // The per-kernel table: every kernel of a training step shows up, with its dispatches.
+    let cfg = tiny_config(&dir);
+    let run = dir.join("profiled");
+    let out = ok(&["train", "--config", s(&cfg), "--out", s(&run), "--steps", "2", "--quiet", "--no-eval", "--profile-kernels"]);
+    for kernel in ["matmul", "attention.wgsl:attention_forward", "soft_assign.wgsl:soft_assign_forward", "adamw.wgsl:adamw_step", "all kernels"] {
+        assert!(out.contains(kernel), "profile lacks {kernel}: {out}");
+    }
 }

@@ -70,6 +70,9 @@ pub struct TrainArgs {
     /// No progress bar (logs only).
     #[arg(long)]
     pub quiet: bool,
+    /// Time every kernel (each dispatch waited for alone: slower) and print the table at the end.
+    #[arg(long)]
+    pub profile_kernels: bool,
 }
 
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
@@ -128,9 +131,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let cfg = resolve(&args)?;
     let gpu = args.adapter.gpu()?;
     eprintln!("adapter: {}", gpu.adapter_name());
+    if args.profile_kernels {
+        gpu.enable_kernel_profile();
+    }
     eprintln!("data: {}; run folder: {}", cfg.data.path.display(), cfg.run.out.display());
     let summary = train::train(&gpu, cfg, args.resume.as_deref(), !args.quiet)?;
     println!("trained {} steps in {:.1} s on {}; run folder {}", summary.steps, summary.seconds, gpu.adapter_name(), summary.out.display());
+    if let Some(table) = gpu.kernel_profile_table() {
+        println!("{table}");
+    }
     if let Some(l) = summary.final_loss {
         println!("final loss {l:.4}");
     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::error::{Result, SopError, ADAPTER_HINT};
 use crate::gpu::buffers::BufferPool;
 use crate::gpu::pipelines::PipelineCache;
+use crate::gpu::profile::KernelProfile;
 
 /// One adapter as `sop info` lists it.
 #[derive(Clone, Debug)]
@@ -35,6 +36,10 @@ pub struct Gpu {
     /// The matmul variant fixed for this adapter (`SOP_MATMUL`, a pin, or the first use's
     /// choice; see `MatmulVariant::for_adapter`).
     pub(crate) matmul_variant: OnceLock<crate::ops::matmul::MatmulVariant>,
+    /// Per-kernel wall times, when `enable_kernel_profile` turned them on.
+    pub(crate) kernel_profile: Mutex<Option<KernelProfile>>,
+    /// Subgroup operations are enabled, with subgroups of at least 8 lanes.
+    pub subgroups: bool,
 }
 
 /// Commands recorded since the last submit.
@@ -134,9 +139,13 @@ impl Gpu {
         }
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Subgroup operations, where the adapter has them in groups of at least 8 lanes (what
+        // matmul_subgroup.wgsl shares A values across).
+        let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+        let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
         let desc = wgpu::DeviceDescriptor {
             label: Some("sop device"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -164,6 +173,8 @@ impl Gpu {
             pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
             uncaptured,
             matmul_variant,
+            kernel_profile: Mutex::new(None),
+            subgroups,
         })
     }
 
@@ -220,6 +231,16 @@ impl Gpu {
             Some(e) => Err(SopError::Gpu(e)),
             None => Ok(()),
         }
+    }
+
+    /// Time every dispatch from now on (each one waited for on its own; see `profile`).
+    pub fn enable_kernel_profile(&self) {
+        *self.kernel_profile.lock().unwrap() = Some(KernelProfile::default());
+    }
+
+    /// The per-kernel table so far, if profiling is on.
+    pub fn kernel_profile_table(&self) -> Option<String> {
+        self.kernel_profile.lock().unwrap().as_ref().map(KernelProfile::table)
     }
 
     /// Buffers created so far (the pool reuses freed ones; steady-state training adds none).

@@ -1,9 +1,11 @@
 //! The GPU runtime: device and adapter choice (`context`), pooled tensors with upload and
-//! readback (`buffers`), and the shader/pipeline cache with `dispatch` (`pipelines`).
+//! readback (`buffers`), the shader/pipeline cache with `dispatch` (`pipelines`), and an
+//! opt-in per-kernel timing table (`profile`).
 
 pub mod buffers;
 pub mod context;
 pub mod pipelines;
+pub mod profile;
 
 pub use buffers::{DType, Tensor};
 pub use context::{list_adapters, AdapterSummary, Gpu};

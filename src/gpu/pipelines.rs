@@ -231,12 +231,24 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
+        let profiling = self.kernel_profile.lock().unwrap().is_some();
+        if profiling {
+            self.sync()?; // time this dispatch alone
+        }
+        let started = std::time::Instant::now();
         self.with_encoder(|enc| {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-        })
+        })?;
+        if profiling {
+            self.sync()?;
+            if let Some(p) = self.kernel_profile.lock().unwrap().as_mut() {
+                p.add(shader.file, entry, started.elapsed());
+            }
+        }
+        Ok(())
     }
 
     /// Workgroup counts for `n` workgroups laid out as (x, y, 1) within the per-dimension

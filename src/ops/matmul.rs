@@ -12,6 +12,7 @@ use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static MATMUL: Shader = shader!("matmul.wgsl");
+pub static MATMUL_SUBGROUP: Shader = shader!("matmul_subgroup.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -38,22 +39,36 @@ pub enum MatmulVariant {
     Naive,
     Tiled,
     TiledShared,
+    Tiled8x8,
+    Subgroup16x4,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 3] = [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared];
+    pub const ALL: [MatmulVariant; 5] =
+        [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared, MatmulVariant::Tiled8x8, MatmulVariant::Subgroup16x4];
+
+    /// Whether `gpu` can run this variant (`subgroup_16x4` needs subgroups of 8 or more lanes).
+    pub fn available(self, gpu: &Gpu) -> bool {
+        self != MatmulVariant::Subgroup16x4 || gpu.subgroups
+    }
+
+    /// The variants `gpu` can run, in `ALL` order.
+    pub fn available_on(gpu: &Gpu) -> Vec<MatmulVariant> {
+        MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu)).collect()
+    }
 
     /// The variant `Matmul` uses when none is set: the one fixed for this adapter (by
-    /// `SOP_MATMUL=naive|tiled|tiled_shared` when the device was made, or by `pin`: a resumed
-    /// run keeps its own), else register tiling on CPU adapters (barriers are very slow on
-    /// lavapipe, and timing there would cost seconds), else the fastest of the three, timed
-    /// once on first use (on an H100 the plain `naive` kernel beat both tiled ones).
+    /// `SOP_MATMUL=<name>` when the device was made, or by `pin`: a resumed run keeps its
+    /// own), else on CPU adapters `subgroup_16x4` where subgroups are available and
+    /// `tiled_8x8` elsewhere (lavapipe's cost is per storage load, and timing there would cost
+    /// seconds), else the fastest available variant, timed once on first use (on an H100 the
+    /// plain `naive` kernel beat the tiled ones).
     pub fn for_adapter(gpu: &Gpu) -> MatmulVariant {
         if let Some(&v) = gpu.matmul_variant.get() {
             return v;
         }
         if gpu.is_cpu() {
-            return MatmulVariant::Tiled;
+            return if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 };
         }
         *gpu.matmul_variant.get_or_init(|| match autotune(gpu, AUTOTUNE_SHAPE) {
             Ok(timings) => {
@@ -91,6 +106,8 @@ impl MatmulVariant {
             MatmulVariant::Naive => "naive",
             MatmulVariant::Tiled => "tiled",
             MatmulVariant::TiledShared => "tiled_shared",
+            MatmulVariant::Tiled8x8 => "tiled_8x8",
+            MatmulVariant::Subgroup16x4 => "subgroup_16x4",
         }
     }
     pub fn parse(s: &str) -> Option<MatmulVariant> {
@@ -219,12 +236,18 @@ impl<'a> Matmul<'a> {
         }
         let variant = self.variant.unwrap_or_else(|| MatmulVariant::for_adapter(gpu));
         let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
+        if !variant.available(gpu) {
+            return Err(SopError::Invalid(format!("matmul variant {} needs subgroup operations, which {} lacks", variant.name(), gpu.adapter_name())));
+        }
+        let shader = if variant == MatmulVariant::Subgroup16x4 { &MATMUL_SUBGROUP } else { &MATMUL };
         let (entry, groups) = match variant {
             MatmulVariant::Naive => ("matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
             MatmulVariant::Tiled => ("matmul_tiled", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
             MatmulVariant::TiledShared => ("matmul_tiled_shared", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
+            MatmulVariant::Tiled8x8 => ("matmul_tiled_8x8", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
+            MatmulVariant::Subgroup16x4 => ("matmul_subgroup_16x4", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
         };
-        gpu.dispatch(&MATMUL, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
+        gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
     }
 }
 
@@ -237,7 +260,7 @@ pub fn autotune(gpu: &Gpu, (m, k, n): (usize, usize, usize)) -> Result<Vec<(Matm
     let a = gpu.upload_f32(&[m, k], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>())?;
     let b = gpu.upload_f32(&[k, n], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>())?;
     let mut timings = Vec::new();
-    for v in MatmulVariant::ALL {
+    for v in MatmulVariant::available_on(gpu) {
         Matmul::new(&a, &b).variant(v).run(gpu)?;
         gpu.sync()?;
         let mut ms: Vec<f64> = (0..3)
