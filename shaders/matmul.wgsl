@@ -25,29 +25,10 @@
 // Backward of C = A·B (derivation): dA = dC · Bᵀ, dB = Aᵀ · dC, dbias[j] = Σ_i dC[i, j];
 // the Rust op issues those as further matmul dispatches with swapped strides.
 
-struct Params {
-    M: u32, N: u32, K: u32, batch: u32,
-    a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
-    b_cs: u32, b_bs: u32, c_bs: u32, flags: u32,
-    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+// Params, bindings and finish() come from matmul_common.wgsl, prepended at compile time.
 
 override WG_X: u32 = 16u;
 override WG_Y: u32 = 16u;
-
-fn finish(bi: u32, i: u32, j: u32, acc: f32) {
-    var v = p.alpha * acc;
-    if ((p.flags & 1u) != 0u) { v += bias[j]; }
-    let idx = bi * p.c_bs + i * p.N + j;
-    if ((p.flags & 2u) != 0u) { v += c[idx]; }
-    c[idx] = v;
-}
 
 @compute @workgroup_size(WG_X, WG_Y, 1)
 fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {

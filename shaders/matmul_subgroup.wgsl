@@ -1,7 +1,9 @@
 // matmul_subgroup.wgsl: batched C = alpha * op(A) · op(B) [+ bias] [+ C], sharing A
 // through subgroup shuffles. Same bindings, Params, strides and flags as matmul.wgsl (see
-// its header); a separate file because `enable subgroups;` must not stop the other
-// variants from compiling on adapters without subgroup operations.
+// its header). A separate file because a module that uses subgroup operations does not
+// validate on a device without them, and that must not take the other variants down.
+// (Naga in wgpu 30 takes the subgroup built-ins without `enable subgroups;`, which it
+// rejects as not yet supported; the device must have Features::SUBGROUP.)
 //
 // Entry point matmul_subgroup_16x4: workgroup 64 invocations = 8 groups of 8 lanes (needs
 // subgroups of at least 8 lanes made of consecutive invocations; lane = subgroup id % 8).
@@ -14,26 +16,7 @@
 // variant there.
 // Numerics: f32 accumulation in k order, as in matmul.wgsl.
 
-struct Params {
-    M: u32, N: u32, K: u32, batch: u32,
-    a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
-    b_cs: u32, b_bs: u32, c_bs: u32, flags: u32,
-    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
-
-fn finish(bi: u32, i: u32, j: u32, acc: f32) {
-    var v = p.alpha * acc;
-    if ((p.flags & 1u) != 0u) { v += bias[j]; }
-    let idx = bi * p.c_bs + i * p.N + j;
-    if ((p.flags & 2u) != 0u) { v += c[idx]; }
-    c[idx] = v;
-}
+// Params, bindings and finish() come from matmul_common.wgsl, prepended at compile time.
 
 @compute @workgroup_size(64, 1, 1)
 fn matmul_subgroup_16x4(

@@ -25,6 +25,16 @@ macro_rules! shader {
     ($file:literal) => {
         Shader { file: $file, source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)) }
     };
+    // A shared prelude file prepended to `$file` (WGSL has no includes); errors name both.
+    ($prelude:literal + $file:literal) => {
+        Shader {
+            file: concat!($prelude, " + ", $file),
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $prelude)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+        }
+    };
 }
 pub(crate) use shader;
 

@@ -11,8 +11,8 @@ use crate::error::{Result, SopError};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
-pub static MATMUL: Shader = shader!("matmul.wgsl");
-pub static MATMUL_SUBGROUP: Shader = shader!("matmul_subgroup.wgsl");
+pub static MATMUL: Shader = shader!("matmul_common.wgsl" + "matmul.wgsl");
+pub static MATMUL_SUBGROUP: Shader = shader!("matmul_common.wgsl" + "matmul_subgroup.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]

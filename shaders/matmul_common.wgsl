@@ -1,0 +1,26 @@
+// matmul_common.wgsl: what matmul.wgsl and matmul_subgroup.wgsl share, prepended to each
+// when it is compiled (src/ops/matmul.rs), so naga's line numbers for those files count
+// from the first line of this one.
+// Params and bindings: see matmul.wgsl's header. finish(bi, i, j, acc) writes
+// C[bi, i, j] = alpha * acc [+ bias[j]] [+ C[bi, i, j]] as the flags say.
+
+struct Params {
+    M: u32, N: u32, K: u32, batch: u32,
+    a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
+    b_cs: u32, b_bs: u32, c_bs: u32, flags: u32,
+    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+fn finish(bi: u32, i: u32, j: u32, acc: f32) {
+    var v = p.alpha * acc;
+    if ((p.flags & 1u) != 0u) { v += bias[j]; }
+    let idx = bi * p.c_bs + i * p.N + j;
+    if ((p.flags & 2u) != 0u) { v += c[idx]; }
+    c[idx] = v;
+}
