@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as TF
 
 DEFAULTS = dict(
     dim=64, depth=3, heads=2, patch=7, img=28, head_hidden=128, bottleneck=256, drop_path=0.0,
-    batch=64, epochs=20, lr=1e-3, min_lr=1e-6, warmup_epochs=1, wd=0.04, wd_end=0.4, clip=3.0,
+    batch=64, epochs=30, lr=1e-3, min_lr=1e-6, warmup_epochs=1, wd=0.04, wd_end=0.4, clip=3.0,
     m=0.95, m_end=1.0, cls_bank=2048, patch_bank=2048, cls_P=32, cls_E=5, cls_T=2, patch_P=128,
     patch_E=1, patch_T=1, smoothing=0.1, tau_s=0.1, tau_t=0.04, scale_lo=0.4, scale_hi=1.0,
     blur_lo=0.1, blur_hi=0.5, mask_ratio=0.3, mask_var=0.0, mim=1.0, seed=0, steps=0,
