@@ -36,8 +36,9 @@ pub struct Gpu {
     /// The matmul variant fixed for this adapter (`SOP_MATMUL`, a pin, or the first use's
     /// choice; see `MatmulVariant::for_adapter`).
     pub(crate) matmul_variant: OnceLock<crate::ops::matmul::MatmulVariant>,
-    /// Per-kernel wall times, when `enable_kernel_profile` turned them on.
-    pub(crate) kernel_profile: Mutex<Option<KernelProfile>>,
+    /// Per-kernel wall times, once `enable_kernel_profile` turned them on (unset: no cost
+    /// per dispatch beyond one check).
+    pub(crate) kernel_profile: OnceLock<Mutex<KernelProfile>>,
     /// Subgroup operations are enabled, with subgroups of at least 8 lanes.
     pub subgroups: bool,
 }
@@ -143,6 +144,9 @@ impl Gpu {
         // matmul_subgroup.wgsl shares A values across).
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
+        if let Some(v) = matmul_variant.get().filter(|v| !v.runs_with(subgroups)) {
+            return Err(SopError::Invalid(format!("SOP_MATMUL={} needs subgroup operations, which {} lacks", v.name(), info.name)));
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("sop device"),
             required_features: features,
@@ -173,7 +177,7 @@ impl Gpu {
             pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
             uncaptured,
             matmul_variant,
-            kernel_profile: Mutex::new(None),
+            kernel_profile: OnceLock::new(),
             subgroups,
         })
     }
@@ -235,12 +239,12 @@ impl Gpu {
 
     /// Time every dispatch from now on (each one waited for on its own; see `profile`).
     pub fn enable_kernel_profile(&self) {
-        *self.kernel_profile.lock().unwrap() = Some(KernelProfile::default());
+        self.kernel_profile.get_or_init(Mutex::default);
     }
 
     /// The per-kernel table so far, if profiling is on.
     pub fn kernel_profile_table(&self) -> Option<String> {
-        self.kernel_profile.lock().unwrap().as_ref().map(KernelProfile::table)
+        self.kernel_profile.get().map(|p| p.lock().unwrap().table())
     }
 
     /// Buffers created so far (the pool reuses freed ones; steady-state training adds none).

@@ -241,8 +241,8 @@ impl Gpu {
             layout: &layout,
             entries: &entries,
         });
-        let profiling = self.kernel_profile.lock().unwrap().is_some();
-        if profiling {
+        let profile = self.kernel_profile.get();
+        if profile.is_some() {
             self.sync()?; // time this dispatch alone
         }
         let started = std::time::Instant::now();
@@ -252,11 +252,9 @@ impl Gpu {
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         })?;
-        if profiling {
+        if let Some(p) = profile {
             self.sync()?;
-            if let Some(p) = self.kernel_profile.lock().unwrap().as_mut() {
-                p.add(shader.file, entry, started.elapsed());
-            }
+            p.lock().unwrap().add(shader.file, entry, started.elapsed());
         }
         Ok(())
     }

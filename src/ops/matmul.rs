@@ -49,7 +49,12 @@ impl MatmulVariant {
 
     /// Whether `gpu` can run this variant (`subgroup_16x4` needs subgroups of 8 or more lanes).
     pub fn available(self, gpu: &Gpu) -> bool {
-        self != MatmulVariant::Subgroup16x4 || gpu.subgroups
+        self.runs_with(gpu.subgroups)
+    }
+
+    /// Whether this variant runs on a device with (`true`) or without subgroup operations.
+    pub fn runs_with(self, subgroups: bool) -> bool {
+        self != MatmulVariant::Subgroup16x4 || subgroups
     }
 
     /// The variants `gpu` can run, in `ALL` order.
@@ -235,17 +240,18 @@ impl<'a> Matmul<'a> {
             return Ok(());
         }
         let variant = self.variant.unwrap_or_else(|| MatmulVariant::for_adapter(gpu));
-        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
         if !variant.available(gpu) {
             return Err(SopError::Invalid(format!("matmul variant {} needs subgroup operations, which {} lacks", variant.name(), gpu.adapter_name())));
         }
-        let shader = if variant == MatmulVariant::Subgroup16x4 { &MATMUL_SUBGROUP } else { &MATMUL };
-        let (entry, groups) = match variant {
-            MatmulVariant::Naive => ("matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
-            MatmulVariant::Tiled => ("matmul_tiled", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
-            MatmulVariant::TiledShared => ("matmul_tiled_shared", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
-            MatmulVariant::Tiled8x8 => ("matmul_tiled_8x8", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
-            MatmulVariant::Subgroup16x4 => ("matmul_subgroup_16x4", [n.div_ceil(64), m.div_ceil(64), d.batch as u32]),
+        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
+        // Every variant but `naive` covers a 64×64 tile of C per workgroup.
+        let tiles64 = [n.div_ceil(64), m.div_ceil(64), d.batch as u32];
+        let (shader, entry, groups) = match variant {
+            MatmulVariant::Naive => (&MATMUL, "matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
+            MatmulVariant::Tiled => (&MATMUL, "matmul_tiled", tiles64),
+            MatmulVariant::TiledShared => (&MATMUL, "matmul_tiled_shared", tiles64),
+            MatmulVariant::Tiled8x8 => (&MATMUL, "matmul_tiled_8x8", tiles64),
+            MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP, "matmul_subgroup_16x4", tiles64),
         };
         gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
     }

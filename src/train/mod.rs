@@ -162,7 +162,9 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             cfg.optim.steps = steps.or(cfg.optim.steps);
             cfg.run.out = out;
             if let Some(v) = r.matmul {
-                if !crate::ops::matmul::MatmulVariant::pin(gpu, v) {
+                if !v.available(gpu) {
+                    log::warn!("the run used the {} matmul, which {} cannot run; continuing with its own, so the resumed run may differ in rounding", v.name(), gpu.adapter_name());
+                } else if !crate::ops::matmul::MatmulVariant::pin(gpu, v) {
                     log::warn!("the run used the {} matmul; this process already uses another, so the resumed run may differ in rounding", v.name());
                 }
             }
