@@ -30,13 +30,14 @@ impl KernelProfile {
     pub fn table(&self) -> String {
         let rows = self.rows();
         let total: Duration = rows.iter().map(|r| r.2).sum();
-        let mut s = format!("{:<44} {:>10} {:>10} {:>7} {:>10}\n", "kernel", "dispatches", "total ms", "share", "µs each");
+        let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max("all kernels".len());
+        let mut s = format!("{:<w$} {:>10} {:>10} {:>7} {:>10}\n", "kernel", "dispatches", "total ms", "share", "µs each");
         for (k, n, t) in rows {
             let share = 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
             let each = t.as_secs_f64() * 1e6 / n.max(1) as f64;
-            s += &format!("{k:<44} {n:>10} {:>10.1} {share:>6.1}% {each:>10.1}\n", t.as_secs_f64() * 1e3);
+            s += &format!("{k:<w$} {n:>10} {:>10.1} {share:>6.1}% {each:>10.1}\n", t.as_secs_f64() * 1e3);
         }
-        s += &format!("{:<44} {:>10} {:>10.1}\n", "all kernels", "", total.as_secs_f64() * 1e3);
+        s += &format!("{:<w$} {:>10} {:>10.1}\n", "all kernels", "", total.as_secs_f64() * 1e3);
         s
     }
 }
