@@ -8,7 +8,7 @@ struct Params {
     M: u32, N: u32, K: u32, batch: u32,
     a_rs: u32, a_cs: u32, a_bs: u32, b_rs: u32,
     b_cs: u32, b_bs: u32, c_bs: u32, flags: u32,
-    alpha: f32, _p0: u32, _p1: u32, _p2: u32,
+    alpha: f32, k_chunk: u32, _p1: u32, _p2: u32, // k_chunk: split-K slice (matmul_blocked.wgsl), else 0
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

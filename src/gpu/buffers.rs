@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::error::{Result, SopError};
 use crate::gpu::context::Gpu;
+use crate::gpu::counters::Counters;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -24,6 +25,8 @@ pub enum DType {
 #[derive(Default)]
 pub(crate) struct BufferPool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Unmapped MAP_READ staging buffers for readbacks, by bucket size.
+    staging: HashMap<u64, Vec<wgpu::Buffer>>,
     pub created: usize,
 }
 
@@ -78,6 +81,10 @@ impl Tensor {
         Arc::ptr_eq(&self.buf, &other.buf)
     }
 }
+
+/// Readback staging buffers up to this size are kept for reuse (the per-step reads of
+/// losses, norms and top-k results); larger ones (features, checkpoints) are dropped.
+const MAX_POOLED_STAGING: u64 = 1 << 20;
 
 /// Pool bucket: byte size rounded up to 256 (min 256) so near sizes share buffers.
 fn bucket(bytes: u64) -> u64 {
@@ -236,15 +243,24 @@ impl Gpu {
         if size == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("sop readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let bucket_size = bucket(size);
+        let reused = self.pool.lock().unwrap().staging.get_mut(&bucket_size).and_then(|v| v.pop());
+        let staging = match reused {
+            Some(b) => b,
+            None => {
+                self.pool.lock().unwrap().created += 1;
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("sop readback"),
+                    size: bucket_size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        Counters::add(&self.counters.host_waits, 1);
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)))?;
         self.flush()?;
-        let slice = staging.slice(..);
+        let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -260,6 +276,9 @@ impl Gpu {
             .map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?
             .to_vec();
         staging.unmap();
+        if bucket_size <= MAX_POOLED_STAGING {
+            self.pool.lock().unwrap().staging.entry(bucket_size).or_default().push(staging);
+        }
         Ok(bytes)
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Result, SopError, ADAPTER_HINT};
 use crate::gpu::buffers::BufferPool;
+use crate::gpu::counters::{CounterSnapshot, Counters};
 use crate::gpu::pipelines::PipelineCache;
 use crate::gpu::profile::KernelProfile;
 
@@ -41,16 +42,28 @@ pub struct Gpu {
     pub(crate) kernel_profile: OnceLock<Mutex<KernelProfile>>,
     /// Subgroup operations are enabled, with subgroups of at least 8 lanes.
     pub subgroups: bool,
+    /// Every dispatch's params, one slot of `uniform_stride` bytes each (see `pipelines`).
+    pub(crate) uniform_ring: wgpu::Buffer,
+    pub(crate) uniform_stride: u64,
+    pub(crate) counters: Counters,
+    /// Compile trusted shaders with naga's runtime checks too (set before their first use).
+    pub(crate) runtime_checks: std::sync::atomic::AtomicBool,
 }
 
 /// Commands recorded since the last submit.
 pub(crate) struct Pending {
     pub encoder: Option<wgpu::CommandEncoder>,
     pub dispatches: usize,
+    /// The params of the recorded dispatches, slot by slot, written to the uniform ring
+    /// just before the submit.
+    pub uniforms: Vec<u8>,
 }
 
 /// Submit after this many dispatches so one encoder never grows without bound.
-const MAX_PENDING_DISPATCHES: usize = 512;
+pub(crate) const MAX_PENDING_DISPATCHES: usize = 512;
+/// The uniform ring: 512 slots of 256 bytes (a slot grows to the adapter's offset alignment
+/// where that is larger; the ring then holds fewer slots and submits sooner).
+pub(crate) const UNIFORM_RING_BYTES: usize = 512 * 256;
 
 fn instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
@@ -167,6 +180,13 @@ impl Gpu {
             }
         }));
         log::info!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+        let uniform_stride = 256u64.div_ceil(limits.min_uniform_buffer_offset_alignment as u64) * limits.min_uniform_buffer_offset_alignment as u64;
+        let uniform_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("sop params ring"),
+            size: UNIFORM_RING_BYTES as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(Gpu {
             device,
             queue,
@@ -174,11 +194,15 @@ impl Gpu {
             limits,
             pool: Arc::new(Mutex::new(BufferPool::default())),
             pipelines: Mutex::new(PipelineCache::default()),
-            pending: Mutex::new(Pending { encoder: None, dispatches: 0 }),
+            pending: Mutex::new(Pending { encoder: None, dispatches: 0, uniforms: Vec::with_capacity(UNIFORM_RING_BYTES) }),
             uncaptured,
             matmul_variant,
             kernel_profile: OnceLock::new(),
             subgroups,
+            uniform_ring,
+            uniform_stride,
+            counters: Counters::default(),
+            runtime_checks: std::sync::atomic::AtomicBool::new(std::env::var_os("SOP_SHADER_CHECKS").is_some()),
         })
     }
 
@@ -213,6 +237,11 @@ impl Gpu {
         let enc = {
             let mut p = self.pending.lock().unwrap();
             p.dispatches = 0;
+            if !p.uniforms.is_empty() {
+                // Lands before this submit's commands and after every earlier submit's.
+                self.queue.write_buffer(&self.uniform_ring, 0, &p.uniforms);
+                p.uniforms.clear();
+            }
             p.encoder.take()
         };
         if let Some(enc) = enc {
@@ -224,6 +253,7 @@ impl Gpu {
     /// Submit and wait until the device is idle.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
+        Counters::add(&self.counters.host_waits, 1);
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
@@ -235,6 +265,12 @@ impl Gpu {
             Some(e) => Err(SopError::Gpu(e)),
             None => Ok(()),
         }
+    }
+
+    /// Compile every shader with naga's bounds checks and loop bounding, trusted ones too
+    /// (`SOP_SHADER_CHECKS=1` does this for a whole process). Call before the first dispatch.
+    pub fn force_runtime_checks(&self) {
+        self.runtime_checks.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Time every dispatch from now on (each one waited for on its own; see `profile`).
@@ -250,5 +286,10 @@ impl Gpu {
     /// Buffers created so far (the pool reuses freed ones; steady-state training adds none).
     pub fn buffers_created(&self) -> usize {
         self.pool.lock().unwrap().created
+    }
+
+    /// Dispatches, host waits, bind groups, buffers and uniform bytes so far (see `counters`).
+    pub fn counters(&self) -> CounterSnapshot {
+        CounterSnapshot::read(&self.counters, self.buffers_created() as u64)
     }
 }

@@ -4,9 +4,11 @@
 
 pub mod buffers;
 pub mod context;
+pub mod counters;
 pub mod pipelines;
 pub mod profile;
 
 pub use buffers::{DType, Tensor};
 pub use context::{list_adapters, AdapterSummary, Gpu};
+pub use counters::CounterSnapshot;
 pub use pipelines::{Bind, Shader};

@@ -6,6 +6,9 @@
 //! `var<storage, read>`, `Bind::Write` for `var<storage, read_write>`). Layouts are built
 //! from that list, so an entry point may use a subset of its file's bindings.
 //! Pipelines are built once per (file, entry point, override constants, layout) and cached.
+//! Params go into one uniform ring buffer (a slot per dispatch, bound with a dynamic offset,
+//! written once per submit), so a bind group depends only on the buffers it binds and is
+//! cached: a training step that repeats the last one creates no bind groups or buffers.
 //! Shader and pipeline creation run inside an error scope: a bad shader is an error naming
 //! the file and entry point, not a panic.
 
@@ -13,17 +16,26 @@ use std::collections::HashMap;
 
 use crate::error::{Result, SopError};
 use crate::gpu::buffers::Tensor;
-use crate::gpu::context::Gpu;
+use crate::gpu::context::{Gpu, MAX_PENDING_DISPATCHES, UNIFORM_RING_BYTES};
+use crate::gpu::counters::Counters;
 
 /// A WGSL file from `shaders/`.
 pub struct Shader {
     pub file: &'static str,
     pub source: &'static str,
+    /// The shader's own guards cover every memory access, so it is compiled without naga's
+    /// inserted bounds checks and loop bounding (`Gpu::force_runtime_checks` turns them back
+    /// on; a test compares both builds on awkward shapes).
+    pub trusted: bool,
 }
 
 macro_rules! shader {
     ($file:literal) => {
-        Shader { file: $file, source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)) }
+        Shader { file: $file, source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)), trusted: false }
+    };
+    // `trusted`: see `Shader::trusted`.
+    (trusted $prelude:literal + $file:literal) => {
+        Shader { trusted: true, ..shader!($prelude + $file) }
     };
     // A shared prelude file prepended to `$file` (WGSL has no includes); errors name both.
     ($prelude:literal + $file:literal) => {
@@ -33,6 +45,7 @@ macro_rules! shader {
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $prelude)),
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
+            trusted: false,
         }
     };
 }
@@ -63,16 +76,25 @@ struct PipelineKey {
     read_only: Vec<bool>,
 }
 
+/// A bind group is fixed by its layout, the size of its uniform slot and the storage
+/// buffers it binds; pooled buffers repeat from step to step, so groups are reused.
+#[derive(Hash, PartialEq, Eq)]
+struct BindKey {
+    read_only: Vec<bool>,
+    uniform_size: u64,
+    buffers: Vec<wgpu::Buffer>,
+}
+
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
     layouts: HashMap<Vec<bool>, wgpu::BindGroupLayout>,
     pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
-    uniforms: HashMap<Vec<u8>, wgpu::Buffer>,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
 }
 
-/// Uniform buffers are cached by content; params repeat every step, so this stays small.
-const MAX_CACHED_UNIFORMS: usize = 8192;
+/// Bound on cached bind groups (cleared when reached; a training step uses a few hundred).
+const MAX_CACHED_BIND_GROUPS: usize = 16384;
 
 fn scoped<T>(gpu: &Gpu, make: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
     let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -92,7 +114,7 @@ impl Gpu {
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
                         ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
+                        has_dynamic_offset: true,
                         min_binding_size: None,
                     },
                     count: None,
@@ -137,10 +159,14 @@ impl Gpu {
         }
         if !cache.modules.contains_key(shader.file) {
             let (module, err) = scoped(self, || {
-                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(shader.file),
-                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-                })
+                let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.file), source: wgpu::ShaderSource::Wgsl(shader.source.into()) };
+                if shader.trusted && !self.runtime_checks.load(std::sync::atomic::Ordering::Relaxed) {
+                    // SAFETY: a trusted shader bounds-checks every access itself (see its
+                    // header) and every loop it has ends; `shader_runtime_checks` tests it.
+                    unsafe { self.device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+                } else {
+                    self.device.create_shader_module(desc)
+                }
             });
             if let Some(e) = err {
                 return Err(SopError::Shader { file: shader.file.to_string(), message: e.to_string() });
@@ -176,30 +202,26 @@ impl Gpu {
         Ok((pipeline, layout))
     }
 
-    fn uniform(&self, bytes: &[u8]) -> wgpu::Buffer {
+    /// The bind group for these storage buffers and a uniform slot of `uniform_size` bytes
+    /// in the ring (its offset is given per dispatch), created on first use.
+    fn bind_group(&self, layout: &wgpu::BindGroupLayout, read_only: Vec<bool>, uniform_size: u64, binds: &[Bind]) -> wgpu::BindGroup {
+        let key = BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| b.tensor().buffer().clone()).collect() };
         let mut cache = self.pipelines.lock().unwrap();
-        if let Some(b) = cache.uniforms.get(bytes) {
-            return b.clone();
+        if let Some(g) = cache.bind_groups.get(&key) {
+            return g.clone();
         }
-        if cache.uniforms.len() >= MAX_CACHED_UNIFORMS {
-            cache.uniforms.clear();
+        if cache.bind_groups.len() >= MAX_CACHED_BIND_GROUPS {
+            cache.bind_groups.clear();
         }
-        // Uniform buffers are 16-byte aligned in size.
-        let mut padded = bytes.to_vec();
-        padded.resize(bytes.len().max(16).div_ceil(16) * 16, 0);
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("sop params"),
-            size: padded.len() as u64,
-            usage: wgpu::BufferUsages::UNIFORM,
-            mapped_at_creation: true,
-        });
-        buf.slice(..)
-            .get_mapped_range_mut()
-            .expect("freshly created mapped buffer")
-            .copy_from_slice(&padded);
-        buf.unmap();
-        cache.uniforms.insert(bytes.to_vec(), buf.clone());
-        buf
+        let uniform = wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
+        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
+        for (i, b) in binds.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.tensor().buffer().as_entire_binding() });
+        }
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("sop bind group"), layout, entries: &entries });
+        Counters::add(&self.counters.bind_groups_created, 1);
+        cache.bind_groups.insert(key, group.clone());
+        group
     }
 
     /// Record one dispatch of `entry` from `shader` into the pending encoder.
@@ -229,32 +251,48 @@ impl Gpu {
                 });
             }
         }
+        let started = std::time::Instant::now();
         let read_only: Vec<bool> = binds.iter().map(Bind::read_only).collect();
         let (pipeline, layout) = self.pipeline(shader, entry, constants, &read_only)?;
-        let uniform = self.uniform(params);
-        let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() }];
-        for (i, b) in binds.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.tensor().buffer().as_entire_binding() });
+        // Uniform slots are 16-byte aligned in size.
+        let uniform_size = params.len().max(16).div_ceil(16) * 16;
+        if uniform_size as u64 > self.uniform_stride {
+            return Err(SopError::Limit { op: entry, detail: format!("{} bytes of params", params.len()), limit: self.uniform_stride });
         }
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &layout,
-            entries: &entries,
-        });
+        let group = self.bind_group(&layout, read_only, uniform_size as u64, binds);
         let profile = self.kernel_profile.get();
         if profile.is_some() {
             self.sync()?; // time this dispatch alone
         }
-        let started = std::time::Instant::now();
-        self.with_encoder(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &group, &[]);
-            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-        })?;
+        let kernel_started = std::time::Instant::now();
+        let full = {
+            let mut p = self.pending.lock().unwrap();
+            // This dispatch's params go into the next free slot of the ring, written once
+            // per submit (`flush`).
+            let offset = p.uniforms.len();
+            p.uniforms.extend_from_slice(params);
+            p.uniforms.resize(offset + self.uniform_stride as usize, 0);
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
+            });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[offset as u32]);
+                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+            }
+            p.dispatches += 1;
+            p.dispatches >= MAX_PENDING_DISPATCHES || p.uniforms.len() >= UNIFORM_RING_BYTES
+        };
+        Counters::add(&self.counters.dispatches, 1);
+        Counters::add(&self.counters.uniform_bytes, params.len() as u64);
+        Counters::add(&self.counters.record_ns, started.elapsed().as_nanos() as u64);
+        if full {
+            self.flush()?;
+        }
         if let Some(p) = profile {
             self.sync()?;
-            p.lock().unwrap().add(shader.file, entry, started.elapsed());
+            p.lock().unwrap().add(shader.file, entry, kernel_started.elapsed());
         }
         Ok(())
     }

@@ -13,6 +13,7 @@ use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static MATMUL: Shader = shader!("matmul_common.wgsl" + "matmul.wgsl");
 pub static MATMUL_SUBGROUP: Shader = shader!("matmul_common.wgsl" + "matmul_subgroup.wgsl");
+pub static MATMUL_BLOCKED: Shader = shader!(trusted "matmul_common.wgsl" + "matmul_blocked.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -30,7 +31,9 @@ struct Params {
     c_bs: u32,
     flags: u32,
     alpha: f32,
-    _pad: [u32; 3],
+    /// Split-K slice length (blocked variants only), 0 = no split.
+    k_chunk: u32,
+    _pad: [u32; 2],
 }
 
 /// How the kernel tiles the work (see the header of shaders/matmul.wgsl).
@@ -41,11 +44,22 @@ pub enum MatmulVariant {
     TiledShared,
     Tiled8x8,
     Subgroup16x4,
+    /// matmul_blocked.wgsl with 128 x 128 block tiles, BK 8 (256 invocations, 8 x 8 each).
+    Blocked128,
+    /// matmul_blocked.wgsl with 64 x 64 block tiles, BK 16 (64 invocations, 8 x 8 each).
+    Blocked64,
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 5] =
-        [MatmulVariant::Naive, MatmulVariant::Tiled, MatmulVariant::TiledShared, MatmulVariant::Tiled8x8, MatmulVariant::Subgroup16x4];
+    pub const ALL: [MatmulVariant; 7] = [
+        MatmulVariant::Naive,
+        MatmulVariant::Tiled,
+        MatmulVariant::TiledShared,
+        MatmulVariant::Tiled8x8,
+        MatmulVariant::Subgroup16x4,
+        MatmulVariant::Blocked128,
+        MatmulVariant::Blocked64,
+    ];
 
     /// Whether `gpu` can run this variant (`subgroup_16x4` needs subgroups of 8 or more lanes).
     pub fn available(self, gpu: &Gpu) -> bool {
@@ -113,11 +127,50 @@ impl MatmulVariant {
             MatmulVariant::TiledShared => "tiled_shared",
             MatmulVariant::Tiled8x8 => "tiled_8x8",
             MatmulVariant::Subgroup16x4 => "subgroup_16x4",
+            MatmulVariant::Blocked128 => "blocked_128",
+            MatmulVariant::Blocked64 => "blocked_64",
         }
     }
     pub fn parse(s: &str) -> Option<MatmulVariant> {
         MatmulVariant::ALL.into_iter().find(|v| v.name() == s)
     }
+
+    /// The split-K slice length this variant uses for a (batch, M, N, K) product, if any.
+    pub fn split_k(self, batch: usize, m: usize, n: usize, k: usize) -> Option<usize> {
+        let (bm, bn, bk) = self.block()?;
+        split_k_chunk(batch, k, m.div_ceil(bm as usize) * n.div_ceil(bn as usize), bk as usize)
+    }
+
+    /// (BM, BN, BK) of the blocked variants (matmul_blocked.wgsl's overrides).
+    fn block(self) -> Option<(u32, u32, u32)> {
+        match self {
+            MatmulVariant::Blocked128 => Some((128, 128, 8)),
+            MatmulVariant::Blocked64 => Some((64, 64, 16)),
+            _ => None,
+        }
+    }
+}
+
+/// Workgroups a split-K product aims for: enough to fill a large GPU (an H100 has 132
+/// multiprocessors) without making the reduction pass dominate.
+const SPLIT_K_TARGET_GROUPS: usize = 256;
+/// Each split-K slice keeps at least this much of K, so the partial sums stay long.
+const SPLIT_K_MIN_CHUNK: usize = 256;
+
+/// The split-K slice length for a blocked variant's (batch, M, N, K) product with `tiles`
+/// output tiles, or None when one workgroup per tile already fills the device (or the
+/// product is batched: slices then go through the batch index instead).
+fn split_k_chunk(batch: usize, k: usize, tiles: usize, bk: usize) -> Option<usize> {
+    if batch != 1 || tiles >= SPLIT_K_TARGET_GROUPS / 2 || k < 2 * SPLIT_K_MIN_CHUNK {
+        return None;
+    }
+    let splits = SPLIT_K_TARGET_GROUPS.div_ceil(tiles).min(k / SPLIT_K_MIN_CHUNK);
+    if splits < 2 {
+        return None;
+    }
+    // A whole number of BK-steps per slice, and every slice non-empty.
+    let chunk = k.div_ceil(splits).div_ceil(bk) * bk;
+    (k.div_ceil(chunk) >= 2).then_some(chunk)
 }
 
 /// One matmul call; build with `Matmul::new(a, b)` and the modifiers, then `run` or `run_into`.
@@ -234,7 +287,8 @@ impl<'a> Matmul<'a> {
             c_bs: m * n,
             flags: self.bias.is_some() as u32 | (accumulate as u32) << 1,
             alpha: self.alpha,
-            _pad: [0; 3],
+            k_chunk: 0,
+            _pad: [0; 2],
         };
         if d.m == 0 || d.n == 0 || d.batch == 0 {
             return Ok(());
@@ -252,29 +306,62 @@ impl<'a> Matmul<'a> {
             MatmulVariant::TiledShared => (&MATMUL, "matmul_tiled_shared", tiles64),
             MatmulVariant::Tiled8x8 => (&MATMUL, "matmul_tiled_8x8", tiles64),
             MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP, "matmul_subgroup_16x4", tiles64),
+            MatmulVariant::Blocked128 | MatmulVariant::Blocked64 => return self.encode_blocked(gpu, d, out, variant, params),
         };
         gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
     }
+
+    /// The blocked variants: one pass, or split-K (partials into a scratch tensor, then
+    /// `matmul_split_reduce`) when the output has too few tiles to fill the device.
+    fn encode_blocked(&self, gpu: &Gpu, d: &Dims, out: &Tensor, variant: MatmulVariant, params: Params) -> Result<()> {
+        let (bm, bn, bk) = variant.block().expect("a blocked variant");
+        debug_assert!(bk > 0);
+        let constants = [("BM", bm as f64), ("BN", bn as f64), ("BK", bk as f64)];
+        let (tx, ty) = ((d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm));
+        let bias = self.bias.unwrap_or(self.a);
+        let Some(chunk) = variant.split_k(d.batch, d.m, d.n, d.k) else {
+            let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
+            return gpu.dispatch(&MATMUL_BLOCKED, "matmul_blocked", &constants, bytemuck::bytes_of(&params), &binds, [tx, ty, d.batch as u32]);
+        };
+        let splits = d.k.div_ceil(chunk);
+        let partial = gpu.empty(&[splits, d.m, d.n], DType::F32)?;
+        let first = Params { k_chunk: chunk as u32, flags: 0, alpha: 1.0, c_bs: (d.m * d.n) as u32, ..params };
+        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(&partial)];
+        gpu.dispatch(&MATMUL_BLOCKED, "matmul_blocked", &constants, bytemuck::bytes_of(&first), &binds, [tx, ty, splits as u32])?;
+        let second = Params { batch: splits as u32, k_chunk: 0, ..params };
+        let binds = [Bind::Read(&partial), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
+        let groups = gpu.grid(((d.m * d.n) as u32).div_ceil(64));
+        gpu.dispatch(&MATMUL_BLOCKED, "matmul_split_reduce", &constants, bytemuck::bytes_of(&second), &binds, groups)
+    }
 }
 
-/// (M, K, N) of the product `for_adapter` times: the qkv / MLP shape of a small ViT's batch.
-pub const AUTOTUNE_SHAPE: (usize, usize, usize) = (2048, 256, 768);
+/// (M, K, N) of the product `for_adapter` times: an MLP product of ViT-S at a batch of
+/// 4096 tokens, large enough that the kernel, not the launch, decides.
+pub const AUTOTUNE_SHAPE: (usize, usize, usize) = (4096, 384, 1536);
 
-/// Median milliseconds of each variant on an (M, K)·(K, N) product, after one warm-up run
-/// that also builds the pipeline.
+/// Products per timed sample: one product followed by a wait measures the wait (about
+/// 0.4 ms on an H200, longer than the product itself), so a sample records this many
+/// back to back and divides.
+const AUTOTUNE_ITERS: usize = 20;
+
+/// Median milliseconds per product of each variant on an (M, K)·(K, N) product, after one
+/// warm-up run that also builds the pipeline; 3 samples of `AUTOTUNE_ITERS` products each.
 pub fn autotune(gpu: &Gpu, (m, k, n): (usize, usize, usize)) -> Result<Vec<(MatmulVariant, f64)>> {
     let a = gpu.upload_f32(&[m, k], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>())?;
     let b = gpu.upload_f32(&[k, n], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>())?;
+    let out = gpu.empty(&[m, n], DType::F32)?;
     let mut timings = Vec::new();
     for v in MatmulVariant::available_on(gpu) {
-        Matmul::new(&a, &b).variant(v).run(gpu)?;
+        Matmul::new(&a, &b).variant(v).run_into(gpu, &out, false)?;
         gpu.sync()?;
         let mut ms: Vec<f64> = (0..3)
             .map(|_| {
                 let t0 = std::time::Instant::now();
-                Matmul::new(&a, &b).variant(v).run(gpu)?;
+                for _ in 0..AUTOTUNE_ITERS {
+                    Matmul::new(&a, &b).variant(v).run_into(gpu, &out, false)?;
+                }
                 gpu.sync()?;
-                Ok(t0.elapsed().as_secs_f64() * 1e3)
+                Ok(t0.elapsed().as_secs_f64() * 1e3 / AUTOTUNE_ITERS as f64)
             })
             .collect::<Result<_>>()?;
         ms.sort_by(f64::total_cmp);

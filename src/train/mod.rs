@@ -292,15 +292,20 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
                 continue;
             }
             let t_step = Instant::now();
+            let counted = gpu.counters();
             let m = trainer.step(step, &std::mem::take(&mut pending))?;
             step += 1;
             let secs = t_step.elapsed().as_secs_f64();
+            let c = gpu.counters().since(&counted);
             final_loss = Some(m.loss);
             let line = serde_json::json!({
                 "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
                 "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
                 "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
                 "images_per_sec": (b * accum) as f64 / secs, "skipped_images": skipped_images,
+                "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
+                "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
+                "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
             });
             writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
             if let Some(bar) = &bar {

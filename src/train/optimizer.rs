@@ -60,15 +60,17 @@ impl AdamW {
         weight_decay: f32,
         clip: Option<(f32, ClipMode)>,
     ) -> Result<StepReport> {
-        // Squared norms of every gradient, read back together.
+        // Squared norms of every gradient, gathered into one tensor and read back with one
+        // wait (not one per tensor).
         let sq: Vec<Option<Tensor>> = grads.iter().map(|g| g.as_ref().map(|g| sum_squares(gpu, g)).transpose()).collect::<Result<_>>()?;
-        let mut norms = Vec::with_capacity(sq.len());
-        for s in &sq {
-            norms.push(match s {
-                Some(t) => (gpu.read_f32(t)?[0] as f64).sqrt(),
-                None => 0.0,
-            });
+        let all = gpu.zeros(&[sq.len().max(1)], DType::F32)?;
+        for (i, s) in sq.iter().enumerate() {
+            if let Some(t) = s {
+                gpu.copy_region(t, 0, &all, i, 1)?;
+            }
         }
+        let all = gpu.read_f32(&all)?;
+        let norms: Vec<f64> = sq.iter().zip(&all).map(|(s, &v)| if s.is_some() { (v as f64).sqrt() } else { 0.0 }).collect();
         let global = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         if !global.is_finite() {
             // Nothing is updated: the parameters stay as they were before this step.

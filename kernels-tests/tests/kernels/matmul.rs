@@ -1,4 +1,4 @@
-//! matmul_{naive,tiled,tiled_shared,tiled_8x8} and matmul_subgroup_16x4 against the f64 reference, and the reference backward
+//! Every matmul variant (matmul.wgsl, matmul_subgroup.wgsl, matmul_blocked.wgsl with split-K) against the f64 reference, and the reference backward
 //! against finite differences.
 //!
 //! Tolerance: f32 accumulation over K terms of products of values in [-1, 1] gives an
@@ -77,6 +77,51 @@ fn matmul_forward_transposes_bias_accumulate_batch() {
     check(&gpu, &mut rng, 3, 17, 9, 65, false, true, true, false, false);
     check(&gpu, &mut rng, 2, 65, 3, 5, false, false, false, true, false);
     check(&gpu, &mut rng, 2, 9, 70, 33, true, false, true, true, true);
+}
+
+/// Split-K (blocked variants; batch 1, few output tiles, long K): a short last slice, both
+/// transposes, bias and accumulate go through the reduction pass. Tolerance as above with
+/// K = 700: the slices sum in a different order, still within 1e-5·K.
+#[test]
+fn matmul_split_k_weight_gradient_shapes() {
+    let gpu = gpu();
+    let mut rng = rng();
+    let (m, n, k) = (33, 65, 700);
+    for v in [MatmulVariant::Blocked128, MatmulVariant::Blocked64] {
+        let chunk = v.split_k(1, m, n, k).expect("this shape is split");
+        assert!(k % chunk != 0 && k.div_ceil(chunk) >= 2, "{} slices of {chunk}", v.name());
+        assert_eq!(v.split_k(2, m, n, k), None, "batched products are not split");
+    }
+    check(&gpu, &mut rng, 1, m, n, k, true, false, false, false, false);
+    check(&gpu, &mut rng, 1, m, n, k, false, true, false, true, true);
+    check(&gpu, &mut rng, 1, 130, 129, 1100, true, false, false, true, false);
+}
+
+/// The blocked variants run without naga's runtime checks (trusted shader): the same
+/// products, split-K included, with checks on must give bit-identical results, so the
+/// shader's own guards cover every access on these awkward shapes.
+#[test]
+fn trusted_matmul_equals_the_checked_build() {
+    let unchecked = gpu();
+    let checked = gpu();
+    checked.force_runtime_checks();
+    let mut rng = rng();
+    for &(m, n, k, ta) in &[(1, 1, 1, false), (63, 130, 17, false), (130, 67, 257, true), (33, 65, 700, true)] {
+        let a = randn(&mut rng, m * k);
+        let b = randn(&mut rng, k * n);
+        let a_shape = if ta { [k, m] } else { [m, k] };
+        for v in [MatmulVariant::Blocked128, MatmulVariant::Blocked64] {
+            let run = |g: &sop::Gpu| {
+                let ga = g.upload_f32(&a_shape, &a).unwrap();
+                let gb = g.upload_f32(&[k, n], &b).unwrap();
+                let mut mm = Matmul::new(&ga, &gb).variant(v);
+                mm.trans_a = ta;
+                g.read_f32(&mm.run(g).unwrap()).unwrap()
+            };
+            let (x, y) = (run(&unchecked), run(&checked));
+            assert!(x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()), "{} M {m} N {n} K {k}", v.name());
+        }
+    }
 }
 
 #[test]
