@@ -74,5 +74,5 @@ pub fn poison_pool(gpu: &Gpu, shapes: &[&[usize]]) {
 
 /// A committed fixture in kernels-tests/fixtures/ (made by the scripts/make-*-fixtures scripts).
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels-tests").join("fixtures").join(name)
 }

@@ -1,5 +1,5 @@
 //! Every kernel test in one binary (one link against wgpu instead of one per file; run one
-//! kernel's tests with `cargo test --release -p kernels-tests --test kernels -- matmul`).
+//! kernel's tests with `cargo test --release --test kernels -- matmul`).
 //! Each module tests one kernel (or one reference) against the f64 CPU references of
 //! `sop_reference`.
 
