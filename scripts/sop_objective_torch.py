@@ -8,7 +8,7 @@ probabilities, then a [CLS] cross-entropy over view pairs and a masked patch cro
 with the random draws of each step (torch.randperm, torch.multinomial) replaced by the
 ones stored in the input file, everything in float64, and gradients from autograd.
 
-Deliberate differences from the authors' code, each one what SOP.md specifies:
+Deliberate differences from the authors' code, each one what docs/METHOD.md describes:
 - top-(E-1) uses a stable descending sort, so that equal similarities go to the lower pool
   position (torch.topk leaves the order of ties unspecified);
 - the kept anchors come from `*_keep` instead of torch.multinomial;

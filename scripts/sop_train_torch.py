@@ -3,7 +3,7 @@
 hyper-parameters of small runs quickly on a CPU (OpenBLAS is ~30x faster than a WGSL
 matmul on lavapipe) and for cross-checking the engine's training dynamics.
 
-It follows SOP.md and the engine's defaults (src/train/config.rs): student and EMA teacher
+It follows docs/METHOD.md and the engine's defaults (src/train/config.rs): student and EMA teacher
 ViT with an MLP head, block masks, the SOP objective of scripts/sop_objective_torch.py with
 fresh random draws, AdamW with the cosine schedules, per-tensor clipping, FIFO banks, and
 the weighted k-NN protocol on teacher backbone [CLS] features. Augmentations are a close
@@ -95,7 +95,7 @@ def augment(img, size, scale, blur_p, solarize_p, c, g):
 
 
 def block_mask(grid, ratio, g):
-    """BEiT block mask on a grid x grid patch grid (SOP.md "Masks")."""
+    """BEiT block mask on a grid x grid patch grid (docs/METHOD.md "Data views")."""
     mask = torch.zeros(grid, grid, dtype=torch.bool)
     target = int(ratio * grid * grid)
     min_area = max(1, (grid // 3) ** 2)
@@ -184,7 +184,7 @@ class Vit(nn.Module):
 
 
 def prototypes(bank, P, E, smoothing, g):
-    """One task's members D (M, W) and vote matrix Y (M, P') from the bank (SOP.md)."""
+    """One task's members D (M, W) and vote matrix Y (M, P') from the bank (docs/METHOD.md)."""
     n = bank.shape[0]
     perm = torch.randperm(n, generator=g)
     anchors, pool = bank[perm[:P]], bank[perm[P:]]

@@ -1,4 +1,4 @@
-//! Reference SOP objective (../shared/SOP.md "Memory banks", "Building the prototypes",
+//! Reference SOP objective (docs/METHOD.md "Memory banks", "Building the prototypes",
 //! "Losses") in f64 plain loops, given explicit random draws, with analytic gradients with
 //! respect to the student embeddings. It is the specification that the GPU objective
 //! (`src/sop/objective.rs`) and `sop objective` are checked against, and it is itself
@@ -135,7 +135,7 @@ pub fn top_k(scores: &[f64], k: usize) -> Vec<(usize, f64)> {
     order.into_iter().take(k).map(|j| (j, scores[j])).collect()
 }
 
-/// Steps 1-5 of SOP.md "Building the prototypes" for one task: anchors, top-(E−1) SEs
+/// Steps 1-5 of docs/METHOD.md "Building the prototypes" for one task: anchors, top-(E−1) SEs
 /// among the pool, anchor subsampling by `keep` (E > 1 only), D and Y.
 pub fn build_prototypes(
     bank: &[f64],

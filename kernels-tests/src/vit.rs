@@ -23,7 +23,7 @@ pub type Params = BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
 /// LayerNorm epsilon of every norm in the model.
 pub const LN_EPS: f64 = 1e-6;
-/// Epsilon of the head's final L2 normalisation (SOP.md).
+/// Epsilon of the head's final L2 normalisation (docs/METHOD.md "Networks").
 pub const L2_EPS: f64 = 1e-6;
 
 /// What the reference forward returns.

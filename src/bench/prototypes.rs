@@ -1,7 +1,8 @@
-//! Prototype building at SOP.md's [CLS] scale: a bank of N_C = 65,536 unit vectors of width
-//! 256, P = 64 anchors, E = 9 (8 SEs each): two gathers, the (64 × 65,472) similarity
-//! matmul, top-8 per row and the member gather. Validated against f64 similarities and a
-//! host top-k for every anchor.
+//! Prototype building at the authors' [CLS] scale (docs/METHOD.md "Official defaults
+//! against this engine's"): a bank of N_C = 65,536 unit vectors of width 256, P = 64
+//! anchors, E = 9 (8 SEs each): two gathers, the (64 × 65,472) similarity matmul, top-8 per
+//! row and the member gather. Validated against f64 similarities and a host top-k for every
+//! anchor.
 
 use rand::{Rng, SeedableRng};
 

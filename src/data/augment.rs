@@ -1,4 +1,4 @@
-//! Multi-crop augmentation (SOP.md "Data augmentation"), following the DINO/iBOT
+//! Multi-crop augmentation (docs/METHOD.md "Data views"), following the DINO/iBOT
 //! pipeline built from torchvision transforms:
 //!
 //! ```text
@@ -51,8 +51,8 @@ impl Default for JitterConfig {
     }
 }
 
-/// Every augmentation parameter, with SOP.md's defaults. Small runs set the sizes (e.g.
-/// 32 / 16 with `mask.patch_size` 4).
+/// Every augmentation parameter, with the authors' defaults (docs/METHOD.md "Data views").
+/// Small runs set the sizes (e.g. 32 / 16 with `mask.patch_size` 4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AugmentConfig {
@@ -60,7 +60,7 @@ pub struct AugmentConfig {
     pub global_size: usize,
     /// Side of the local crops, in pixels.
     pub local_size: usize,
-    /// Number of local crops per image (SOP.md: optional).
+    /// Number of local crops per image (optional in the method).
     pub local_crops: usize,
     /// Area fraction range of the global crops' random resized crop.
     pub global_scale: (f64, f64),

@@ -1,5 +1,5 @@
 //! Block-wise masks for the global crops: the BEiT/iBOT generator (iBOT's
-//! `ImageFolderMask._mask`, pred_shape "block"), as SOP.md specifies it.
+//! `ImageFolderMask._mask`, pred_shape "block"), as docs/METHOD.md "Data views" describes it.
 //!
 //! On an H x W patch grid, target = ratio * H * W (a float; with a ratio variance v the
 //! ratio is drawn uniformly from [r - v, r + v] per mask). While the masked count is below

@@ -2,8 +2,8 @@
 //!
 //! - `folder`: image folders (one subfolder per class, or a flat folder), decoded lazily.
 //! - `idx`: the IDX files of the MNIST family (Fashion-MNIST ships that way), read whole.
-//! - `augment`: the multi-crop pipeline of SOP.md (random resized crop, flip, colour
-//!   jitter, grayscale, blur, solarize, normalise) and the eval transform.
+//! - `augment`: the multi-crop pipeline of docs/METHOD.md "Data views" (random resized
+//!   crop, flip, colour jitter, grayscale, blur, solarize, normalise) and the eval transform.
 //! - `masks`: the BEiT/iBOT block-mask generator for the global crops.
 //! - `loader`: a background thread plus a rayon pool that prefetches augmented batches.
 //! - `preview`: a PNG grid of what the model is fed (`sop preview`).

@@ -1,8 +1,8 @@
-//! Weighted k-NN classification (SOP.md "Evaluation", DINO's protocol): cosine similarity of
-//! L2-normalised features, the k most similar training images vote for their label with
-//! weight exp(sim / T); top-1 and top-5 accuracy. Similarities are one GPU matmul per chunk
-//! of queries; the k largest per row are selected on the host (k may exceed the top-k
-//! kernel's 16).
+//! Weighted k-NN classification (docs/METHOD.md "Evaluation", DINO's protocol): cosine
+//! similarity of L2-normalised features, the k most similar training images vote for their
+//! label with weight exp(sim / T); top-1 and top-5 accuracy. Similarities are one GPU
+//! matmul per chunk of queries; the k largest per row are selected on the host (k may
+//! exceed the top-k kernel's 16).
 
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;

@@ -95,7 +95,7 @@ pub fn backbone_specs(cfg: &VitConfig) -> Vec<ParamSpec> {
     // The patch embedding is initialised like a Linear (trunc_normal 0.02, zero bias). Note:
     // iBOT's `_init_weights` leaves this Conv2d at PyTorch's default (uniform in
     // ±1/sqrt(C·P²)); the difference only matters for from-scratch training. The student's
-    // mask token starts at zero (SOP.md).
+    // mask token starts at zero (docs/METHOD.md "Networks").
     let mut s = vec![
         spec("backbone.cls_token".into(), vec![1, 1, d], TRUNC_002),
         spec("backbone.pos_embed".into(), vec![1, cfg.tokens(), d], TRUNC_002),

@@ -1,4 +1,5 @@
-//! The Vision Transformer backbone and the SOP head on the tape (SOP.md "Networks").
+//! The Vision Transformer backbone and the SOP head on the tape (docs/METHOD.md
+//! "Networks").
 //!
 //! backbone: patches (B·N, 3·P·P) → Linear (the conv weight (D, 3, P, P) seen as (D, 3·P·P))
 //!   → mask-token substitution (student) → [CLS] joined → + position embedding (bicubically

@@ -1,4 +1,5 @@
-//! Memory banks (SOP.md "Memory banks"): GPU-resident FIFO rings of unit vectors.
+//! Memory banks (docs/METHOD.md "Memory banks", "Bank updates"): GPU-resident FIFO rings
+//! of unit vectors.
 //!
 //! vectors (N, W) start as random normal rows, L2-normalised. `push` writes R rows at the
 //! ring pointer, wrapping around (N need not be a multiple of R). Each entry remembers the

@@ -1,4 +1,4 @@
-//! The SOP method (../shared/SOP.md): memory banks (`bank`), self-organizing prototypes
+//! The SOP method (docs/METHOD.md): memory banks (`bank`), self-organizing prototypes
 //! (`prototypes`), the [CLS] and SOP-MIM losses on the GPU (`objective`), and the file
 //! format that replays them (`objective_io`, `replay`).
 

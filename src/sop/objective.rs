@@ -1,5 +1,5 @@
-//! The SOP objective on the GPU (SOP.md "Losses"): [CLS] loss across views and the SOP-MIM
-//! patch loss, averaged over tasks, with gradients for the student embeddings only.
+//! The SOP objective on the GPU (docs/METHOD.md "Losses"): [CLS] loss across views and the
+//! SOP-MIM patch loss, averaged over tasks, with gradients for the student embeddings only.
 //!
 //! Per task, with prototypes (D (M, W), Y (M, P')):
 //!   P(u) = softmax(u·Dᵀ/τ)·Y                       (matmul + soft_assign)

@@ -1,4 +1,4 @@
-//! Self-organizing prototypes for one task (SOP.md "Building the prototypes").
+//! Self-organizing prototypes for one task (docs/METHOD.md "Building the prototypes").
 //!
 //! Given the bank and this task's draws (a permutation whose first P entries are the
 //! anchors, and when E > 1 the indices of the P/2 anchors kept):
@@ -115,7 +115,8 @@ pub fn build(
     Ok(Prototypes { members, votes, member_rows, se_sims: nb.sims, kept: pk })
 }
 
-/// How the P/2 kept anchors are drawn when E > 1 (SOP.md step 4).
+/// How the P/2 kept anchors are drawn when E > 1 (docs/METHOD.md "Building the prototypes",
+/// step 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AnchorSampling {

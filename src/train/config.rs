@@ -1,6 +1,7 @@
 //! Every hyper-parameter of `sop train`, as one TOML-(de)serialisable structure. Defaults
 //! are the bundled quick run (a small ViT on the bundled Fashion-MNIST subset, sized for a
-//! CPU software adapter); SOP.md's reference values are given in the comments.
+//! CPU software adapter); the authors' reference values are given in the comments, and
+//! docs/METHOD.md "Official defaults against this engine's" compares the two.
 
 use std::path::{Path, PathBuf};
 
@@ -45,13 +46,13 @@ pub struct DataConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SopConfig {
-    /// N_C (65,536 in SOP.md).
+    /// N_C (65,536 in the authors' defaults).
     pub cls_bank_size: usize,
-    /// N_P (8,192 in SOP.md).
+    /// N_P (8,192 in the authors' defaults).
     pub patch_bank_size: usize,
-    /// [CLS] prototypes: P 64, E 9, T 4 in SOP.md.
+    /// [CLS] prototypes: P 64, E 9, T 4 in the authors' defaults.
     pub cls: PrototypeConfig,
-    /// Patch prototypes: P 512, E 1, T 1 in SOP.md.
+    /// Patch prototypes: P 512, E 1, T 1 in the authors' defaults.
     pub patch: PrototypeConfig,
     pub smoothing: f32,
     pub student_temp: f32,
@@ -111,7 +112,7 @@ impl Default for TrainConfig {
             drop_path: 0.0,
             ..VitConfig::vit_tiny()
         };
-        // Blur sigma scaled from SOP.md's (0.1, 2) px at 224 px to 28 px crops.
+        // Blur sigma scaled from the authors' (0.1, 2) px at 224 px to 28 px crops.
         let mut augment = AugmentConfig {
             global_size: 28,
             local_size: 14,

@@ -1,5 +1,6 @@
-//! `sop train`: student and EMA teacher, the SOP objective, AdamW with the SOP.md schedules,
-//! memory-bank updates, checkpoints, metrics and k-NN evaluation.
+//! `sop train`: student and EMA teacher, the SOP objective, AdamW with the schedules of
+//! docs/METHOD.md ("Schedules", "Optimisation"), memory-bank updates ("Bank updates"),
+//! checkpoints, metrics and k-NN evaluation.
 //!
 //! One optimiser step (see README "One training step"):
 //! 1. teacher (no grad): backbone + head on the 2 global crops → [CLS] (2B, W), patches (2B, N, W)

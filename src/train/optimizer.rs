@@ -1,6 +1,6 @@
 //! AdamW over all parameters with gradient clipping, on the GPU.
 //!
-//! Clipping (SOP.md "Optimisation"): `per_tensor` scales each tensor's gradient by
+//! Clipping (docs/METHOD.md "Optimisation"): `per_tensor` scales each tensor's gradient by
 //! min(1, clip/(‖g‖ + 1e-6)) as the authors' `clip_gradients` does; `global` uses one norm
 //! over all gradients. Weight decay applies only to parameters with `decay` (2+ dims).
 //! The step itself is the `adamw` kernel: decoupled decay, bias-corrected moments.

@@ -1,5 +1,5 @@
 //! The f64 reference SOP objective against itself: its analytic gradients against central
-//! finite differences, and the properties SOP.md implies (rows of Y and of P(u) sum to 1,
+//! finite differences, and the properties docs/METHOD.md implies (rows of Y and of P(u) sum to 1,
 //! E = 1 with s = 0 is a softmax over the anchors, ties and keep order as specified).
 //! CPU only; the comparison with PyTorch is in `sop_objective_torch.rs`.
 

@@ -5,7 +5,7 @@
 //!
 //! Tolerance: relative error under 1e-6 on each loss; on gradients 1e-6 relative to the
 //! element plus 1e-6 of the tensor's largest magnitude (elements near zero have no useful
-//! relative error). Any misreading of SOP.md (pairs, averaging, Y, keep order, masks)
+//! relative error). Any misreading of docs/METHOD.md (pairs, averaging, Y, keep order, masks)
 //! changes the values by far more than that.
 
 use crate::common::fixture;
