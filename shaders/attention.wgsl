@@ -36,8 +36,9 @@
 // Measured on lavapipe (Mesa 25, LP_NUM_THREADS=1, forward at B=8 T=197 H=6 Dh=64: ~0.8
 // GFLOP/s): the time goes to the loops over d (per-lane loads and private-array accesses).
 // KB = 8 was ~5% faster than one key at a time; vec4 loads ~25% faster (not taken: they need
-// Dh % 4 == 0 and a vec4 view of qkv); 2 or 4 query rows per invocation no faster. Not yet
-// timed on a hardware GPU.
+// Dh % 4 == 0 and a vec4 view of qkv); 2 or 4 query rows per invocation no faster. On an
+// H100 and an H200 (benches/RESULTS.md): 167 and 568 GFLOP/s forward at ViT-S shapes, a
+// few percent of those cards' FP32 peak: a tiled (FlashAttention-style) kernel is still open.
 // Numerics: f32 throughout; the online softmax rescales its running sum and accumulator only
 // when the running max grows, so every exponent is ≤ 0 (no overflow). Sums run in a fixed
 // order: deterministic.

@@ -1,6 +1,7 @@
 // ema.wgsl: the teacher's exponential moving average of the student, in place:
 //   teacher ← momentum · teacher + (1 − momentum) · student
-// (momentum rises from 0.996 to 1 over training; 1 − momentum comes from the host in f64).
+// (momentum rises to 1 over training on a cosine, from 0.95 in `sop train`'s default and
+// 0.996 in the authors' recipe; 1 − momentum comes from the host in f64).
 //
 // Bindings: 0 params (uniform), 1 student (read), 2 teacher (read_write); n elements each.
 // Dispatch: one invocation per element, i = (wid.x + wid.y·nwg.x)·WG + lid < n, from

@@ -10,18 +10,20 @@
 // Entry points (variants share the math, differ in how work is tiled):
 //   matmul_naive        one output per invocation; workgroup WG_X x WG_Y; dispatch
 //                       (ceil(N/WG_X), ceil(M/WG_Y), batch).
-//   matmul_tiled        register tiling, no barriers: each invocation computes a 4x4 block,
-//                       a workgroup 16x16 covers 64x64 of C; dispatch (ceil(N/64),
-//                       ceil(M/64), batch).
 //   matmul_tiled_8x8    8x8 register tiling, no barriers: each invocation computes an 8x8
 //                       block (rows i0 + 8*r, columns j0 + 8*q), a workgroup 8x8 covers
 //                       64x64 of C; dispatch (ceil(N/64), ceil(M/64), batch). Per k, 16
-//                       loads feed 64 FMAs (8 feed 16 in matmul_tiled): on lavapipe every
+//                       loads feed 64 FMAs (8 fed 16 in the 4x4 variant this file had): on lavapipe every
 //                       storage load costs about the same whatever its pattern, so loads
 //                       per FMA decide the speed. The default on CPU adapters.
 //   matmul_tiled_shared 64x64 tile staged through workgroup memory in K-steps of 16, each
-//                       invocation a 4x4 block; same dispatch as matmul_tiled. The usual
-//                       winner on real GPUs.
+//                       invocation a 4x4 block; dispatch (ceil(N/64), ceil(M/64), batch).
+//                       The fastest at 4096³ on an H200 (12.0 TFLOP/s); matmul_blocked.wgsl
+//                       wins the ViT shapes there (benches/RESULTS.md).
+// Which variant wins where (benches/RESULTS.md): naive is the readable baseline every other
+// variant's speed-up is quoted against; tiled_8x8 is the CPU-adapter choice without
+// subgroups; a 4x4 register-tiled variant without workgroup memory (`tiled`) lost on every
+// adapter measured (lavapipe, H100, H200) and was removed, its numbers kept there.
 // Backward of C = A·B (derivation): dA = dC · Bᵀ, dB = Aᵀ · dC, dbias[j] = Σ_i dC[i, j];
 // the Rust op issues those as further matmul dispatches with swapped strides.
 
@@ -43,39 +45,6 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc += a[a0 + k * p.a_cs] * b[b0 + k * p.b_rs];
     }
     finish(bi, i, j, acc);
-}
-
-@compute @workgroup_size(16, 16, 1)
-fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let bi = wid.z;
-    // This invocation's 4x4 block: rows i0 + 16*r, columns j0 + 16*c (strided so that
-    // neighbouring invocations read neighbouring addresses).
-    let i0 = wid.y * 64u + lid.y;
-    let j0 = wid.x * 64u + lid.x;
-    var rows: array<u32, 4>;
-    var cols: array<u32, 4>;
-    for (var r = 0u; r < 4u; r++) {
-        rows[r] = bi * p.a_bs + min(i0 + 16u * r, p.M - 1u) * p.a_rs;
-        cols[r] = bi * p.b_bs + min(j0 + 16u * r, p.N - 1u) * p.b_cs;
-    }
-    var acc: array<vec4<f32>, 4>;
-    for (var k = 0u; k < p.K; k++) {
-        let ka = k * p.a_cs;
-        let kb = k * p.b_rs;
-        let bv = vec4<f32>(b[cols[0] + kb], b[cols[1] + kb], b[cols[2] + kb], b[cols[3] + kb]);
-        acc[0] += a[rows[0] + ka] * bv;
-        acc[1] += a[rows[1] + ka] * bv;
-        acc[2] += a[rows[2] + ka] * bv;
-        acc[3] += a[rows[3] + ka] * bv;
-    }
-    for (var r = 0u; r < 4u; r++) {
-        let i = i0 + 16u * r;
-        if (i >= p.M) { continue; }
-        for (var q = 0u; q < 4u; q++) {
-            let j = j0 + 16u * q;
-            if (j < p.N) { finish(bi, i, j, acc[r][q]); }
-        }
-    }
 }
 
 @compute @workgroup_size(8, 8, 1)

@@ -22,7 +22,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
-    let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu).name();
+    let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?.name();
     if args.json {
         eprintln!("adapter: {adapter}; default matmul variant: {matmul}");
     } else {

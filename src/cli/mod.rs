@@ -29,8 +29,13 @@ pub struct AdapterArg {
 }
 
 impl AdapterArg {
+    /// The device, with a `SOP_MATMUL` override checked and fixed before any work.
     pub fn gpu(&self) -> anyhow::Result<crate::gpu::Gpu> {
-        Ok(crate::gpu::Gpu::new(self.adapter.as_deref())?)
+        let gpu = crate::gpu::Gpu::new(self.adapter.as_deref())?;
+        if std::env::var_os("SOP_MATMUL").is_some() {
+            crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?;
+        }
+        Ok(gpu)
     }
 }
 

@@ -6,6 +6,7 @@
 //! hardware has them. Validation errors raised outside an error scope are caught by an
 //! uncaptured-error handler and returned by the next `flush`, never a panic.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Result, SopError, ADAPTER_HINT};
@@ -34,9 +35,8 @@ pub struct Gpu {
     pub(crate) pipelines: Mutex<PipelineCache>,
     pub(crate) pending: Mutex<Pending>,
     uncaptured: Arc<Mutex<Option<String>>>,
-    /// The matmul variant fixed for this adapter (`SOP_MATMUL`, a pin, or the first use's
-    /// choice; see `MatmulVariant::for_adapter`).
-    pub(crate) matmul_variant: OnceLock<crate::ops::matmul::MatmulVariant>,
+    /// Kernel variants fixed for this device, one per op family (see `KernelChoices`).
+    pub kernel_choices: KernelChoices,
     /// Per-kernel wall times, once `enable_kernel_profile` turned them on (unset: no cost
     /// per dispatch beyond one check).
     pub(crate) kernel_profile: OnceLock<Mutex<KernelProfile>>,
@@ -48,6 +48,31 @@ pub struct Gpu {
     pub(crate) counters: Counters,
     /// Compile trusted shaders with naga's runtime checks too (set before their first use).
     pub(crate) runtime_checks: std::sync::atomic::AtomicBool,
+}
+
+/// Kernel variants fixed for a device, one per op family ("matmul" -> "blocked_128"). The
+/// runtime only keeps them: the ops above it decide (an environment override, a resumed
+/// run's pin, a rule or an autotune; see `ops::matmul::MatmulVariant::for_adapter`).
+#[derive(Default)]
+pub struct KernelChoices(Mutex<HashMap<&'static str, &'static str>>);
+
+impl KernelChoices {
+    /// The variant fixed for `family`, if any.
+    pub fn get(&self, family: &'static str) -> Option<&'static str> {
+        self.0.lock().unwrap().get(family).copied()
+    }
+
+    /// The variant fixed for `family`, fixing `choose()`'s when none is (`choose` runs under
+    /// the lock, so two threads never choose twice).
+    pub fn get_or_try_set(&self, family: &'static str, choose: impl FnOnce() -> Result<&'static str>) -> Result<&'static str> {
+        let mut map = self.0.lock().unwrap();
+        if let Some(&v) = map.get(family) {
+            return Ok(v);
+        }
+        let v = choose()?;
+        map.insert(family, v);
+        Ok(v)
+    }
 }
 
 /// Commands recorded since the last submit.
@@ -146,20 +171,12 @@ impl Gpu {
     }
 
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
-        // Read once here, so a bad value is an error before any work and no matmul reads it.
-        let matmul_variant = OnceLock::new();
-        if let Some(v) = crate::ops::matmul::MatmulVariant::from_env()? {
-            let _ = matmul_variant.set(v);
-        }
         let info = adapter.get_info();
         let limits = adapter.limits();
         // Subgroup operations, where the adapter has them in groups of at least 8 lanes (what
         // matmul_subgroup.wgsl shares A values across).
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
         let features = if subgroups { wgpu::Features::SUBGROUP } else { wgpu::Features::empty() };
-        if let Some(v) = matmul_variant.get().filter(|v| !v.runs_with(subgroups)) {
-            return Err(SopError::Invalid(format!("SOP_MATMUL={} needs subgroup operations, which {} lacks", v.name(), info.name)));
-        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("sop device"),
             required_features: features,
@@ -196,7 +213,7 @@ impl Gpu {
             pipelines: Mutex::new(PipelineCache::default()),
             pending: Mutex::new(Pending { encoder: None, dispatches: 0, uniforms: Vec::with_capacity(UNIFORM_RING_BYTES) }),
             uncaptured,
-            matmul_variant,
+            kernel_choices: KernelChoices::default(),
             kernel_profile: OnceLock::new(),
             subgroups,
             uniform_ring,

@@ -36,11 +36,13 @@ struct Params {
     _pad: [u32; 2],
 }
 
+/// The op family name under which the device keeps its matmul choice.
+const FAMILY: &str = "matmul";
+
 /// How the kernel tiles the work (see the header of shaders/matmul.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulVariant {
     Naive,
-    Tiled,
     TiledShared,
     Tiled8x8,
     Subgroup16x4,
@@ -51,9 +53,8 @@ pub enum MatmulVariant {
 }
 
 impl MatmulVariant {
-    pub const ALL: [MatmulVariant; 7] = [
+    pub const ALL: [MatmulVariant; 6] = [
         MatmulVariant::Naive,
-        MatmulVariant::Tiled,
         MatmulVariant::TiledShared,
         MatmulVariant::Tiled8x8,
         MatmulVariant::Subgroup16x4,
@@ -76,38 +77,44 @@ impl MatmulVariant {
         MatmulVariant::ALL.into_iter().filter(|v| v.available(gpu)).collect()
     }
 
-    /// The variant `Matmul` uses when none is set: the one fixed for this adapter (by
-    /// `SOP_MATMUL=<name>` when the device was made, or by `pin`: a resumed run keeps its
-    /// own), else on CPU adapters `subgroup_16x4` where subgroups are available and
-    /// `tiled_8x8` elsewhere (lavapipe's cost is per storage load, and timing there would cost
-    /// seconds), else the fastest available variant, timed once on first use (on an H100 the
-    /// plain `naive` kernel beat the tiled ones).
-    pub fn for_adapter(gpu: &Gpu) -> MatmulVariant {
-        if let Some(&v) = gpu.matmul_variant.get() {
-            return v;
-        }
-        if gpu.is_cpu() {
-            return if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 };
-        }
-        *gpu.matmul_variant.get_or_init(|| match autotune(gpu, AUTOTUNE_SHAPE) {
-            Ok(timings) => {
-                let (best, _) = fastest(&timings);
-                let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
-                log::info!("matmul variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
-                best
+    /// The variant `Matmul` uses when none is set: the one fixed for this device (by
+    /// `SOP_MATMUL=<name>`, or by `pin`: a resumed run keeps its own), else on CPU adapters
+    /// `subgroup_16x4` where subgroups are available and `tiled_8x8` elsewhere (lavapipe's
+    /// cost is per storage load, and timing there would cost seconds), else the fastest
+    /// available variant, timed once on first use (`autotune`). A `SOP_MATMUL` that is not a
+    /// variant, or names one the adapter cannot run, is an error.
+    pub fn for_adapter(gpu: &Gpu) -> Result<MatmulVariant> {
+        let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
+            if let Some(v) = MatmulVariant::from_env()? {
+                if !v.available(gpu) {
+                    return Err(SopError::Invalid(format!("SOP_MATMUL={} needs subgroup operations, which {} lacks", v.name(), gpu.adapter_name())));
+                }
+                return Ok(v.name());
             }
-            Err(e) => {
-                log::warn!("matmul autotune failed ({e}); using tiled_shared");
-                MatmulVariant::TiledShared
+            if gpu.is_cpu() {
+                return Ok(if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 }.name());
             }
-        })
+            Ok(match autotune(gpu, AUTOTUNE_SHAPE) {
+                Ok(timings) => {
+                    let (best, _) = fastest(&timings);
+                    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
+                    log::info!("matmul variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
+                    best.name()
+                }
+                Err(e) => {
+                    log::warn!("matmul autotune failed ({e}); using tiled_shared");
+                    MatmulVariant::TiledShared.name()
+                }
+            })
+        })?;
+        Ok(MatmulVariant::parse(name).expect("only variant names are stored"))
     }
 
-    /// Use `v` on this adapter from now on (before any matmul ran): variants sum in different
+    /// Use `v` on this device from now on (before any matmul ran): variants sum in different
     /// orders, so a resumed run must keep the variant it started with to repeat the
     /// uninterrupted run bit for bit. False when another variant is already fixed.
     pub fn pin(gpu: &Gpu, v: MatmulVariant) -> bool {
-        *gpu.matmul_variant.get_or_init(|| v) == v
+        gpu.kernel_choices.get_or_try_set(FAMILY, || Ok(v.name())).is_ok_and(|name| name == v.name())
     }
 
     /// `SOP_MATMUL`, if set: a variant name, or an error that lists the valid ones.
@@ -123,7 +130,6 @@ impl MatmulVariant {
     pub fn name(self) -> &'static str {
         match self {
             MatmulVariant::Naive => "naive",
-            MatmulVariant::Tiled => "tiled",
             MatmulVariant::TiledShared => "tiled_shared",
             MatmulVariant::Tiled8x8 => "tiled_8x8",
             MatmulVariant::Subgroup16x4 => "subgroup_16x4",
@@ -293,7 +299,10 @@ impl<'a> Matmul<'a> {
         if d.m == 0 || d.n == 0 || d.batch == 0 {
             return Ok(());
         }
-        let variant = self.variant.unwrap_or_else(|| MatmulVariant::for_adapter(gpu));
+        let variant = match self.variant {
+            Some(v) => v,
+            None => MatmulVariant::for_adapter(gpu)?,
+        };
         if !variant.available(gpu) {
             return Err(SopError::Invalid(format!("matmul variant {} needs subgroup operations, which {} lacks", variant.name(), gpu.adapter_name())));
         }
@@ -302,7 +311,6 @@ impl<'a> Matmul<'a> {
         let tiles64 = [n.div_ceil(64), m.div_ceil(64), d.batch as u32];
         let (shader, entry, groups) = match variant {
             MatmulVariant::Naive => (&MATMUL, "matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
-            MatmulVariant::Tiled => (&MATMUL, "matmul_tiled", tiles64),
             MatmulVariant::TiledShared => (&MATMUL, "matmul_tiled_shared", tiles64),
             MatmulVariant::Tiled8x8 => (&MATMUL, "matmul_tiled_8x8", tiles64),
             MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP, "matmul_subgroup_16x4", tiles64),

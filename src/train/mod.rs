@@ -48,6 +48,8 @@ const RNG_DRAWS: u64 = 1;
 const RNG_DROP_PATH: u64 = 2;
 const RNG_BANK_PATCH: u64 = 3;
 const RNG_INIT: u64 = 4;
+/// The kept-anchor draws (101 rather than 5: the value runs have always used).
+const RNG_KEEP: u64 = 101;
 
 /// splitmix64 of (seed, a, b, c): independent streams per step and purpose.
 pub fn stream_seed(seed: u64, a: u64, b: u64, c: u64) -> u64 {
@@ -80,7 +82,6 @@ struct Model {
     vit: Vit,
     student: Weights,
     teacher: Weights,
-    decay: Vec<bool>,
 }
 
 fn weights_from_map(gpu: &Gpu, names: &[String], map: &TensorMap) -> Result<Weights> {
@@ -201,7 +202,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
         )));
     }
     let schedule_steps = cfg.optim.epochs * steps_per_epoch;
-    let total_steps = cfg.optim.steps.unwrap_or(schedule_steps).min(schedule_steps.max(cfg.optim.steps.unwrap_or(0)));
+    let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
 
     // Model, optimiser, banks: fresh or restored.
     let specs = param_specs(&cfg.model);
@@ -222,7 +223,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
             let pb = state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
             let vit = Vit::new(cfg.model.clone());
-            (Model { vit, student, teacher, decay }, opt, cb, pb, r.progress.step)
+            (Model { vit, student, teacher }, opt, cb, pb, r.progress.step)
         }
         None => {
             let host = init_params(&cfg.model, stream_seed(seed, 0, 0, RNG_INIT));
@@ -232,7 +233,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, RNG_INIT))?;
             let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, RNG_INIT))?;
             let vit = Vit::new(cfg.model.clone());
-            (Model { vit, student, teacher, decay }, opt, cb, pb, 0)
+            (Model { vit, student, teacher }, opt, cb, pb, 0)
         }
     };
 
@@ -436,7 +437,6 @@ impl Trainer<'_> {
             self.cls_bank.push(gpu, &rows.cls, &rows.sources)?;
             self.patch_bank.push(gpu, &rows.patch, &rows.sources)?;
         }
-        let _ = &self.model.decay;
         Ok(StepMetrics {
             loss,
             loss_cls,
@@ -517,7 +517,7 @@ impl Trainer<'_> {
             local_views: l,
         };
         let sampling = cfg.sop.anchor_sampling;
-        let mut keep_rng = rng_for(seed, step, mi, RNG_DRAWS + 100);
+        let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
         let out = sop_objective(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
             let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
             sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)

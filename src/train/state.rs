@@ -82,7 +82,7 @@ pub fn save_all(
     meta.insert("cls_bank_ptr".into(), banks.0.ptr.to_string());
     meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
     meta.insert("config".into(), config_toml.to_string());
-    meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu).name().to_string());
+    meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu)?.name().to_string());
     // State first: if we crash before the weights are renamed, the step check refuses it.
     checkpoint::save(&dir.join(STATE), &map, &meta)?;
     save_weights(gpu, &dir.join(STUDENT), student, cfg, progress.step)?;
