@@ -112,12 +112,6 @@ fn extras_note(unexpected: &[String]) -> String {
     }
 }
 
-impl From<CheckpointError> for crate::SopError {
-    fn from(e: CheckpointError) -> Self {
-        crate::SopError::Invalid(e.to_string())
-    }
-}
-
 type CResult<T> = Result<T, CheckpointError>;
 
 /// Builds a `TensorMap` from `init_params`-style triples.

@@ -35,6 +35,11 @@ pub enum SopError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
+    /// A checkpoint that could not be read or written, with its structure kept (which
+    /// file, which tensor, what was expected) so callers and tests can match on it.
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -375,3 +375,22 @@ fn backbone_only_load_accepts_prefixless_timm_names() {
         other => panic!("expected Unexpected, got {other:?}"),
     }
 }
+
+/// A damaged run file reaches the caller as the structured checkpoint error (which file,
+/// what was expected), not as a flattened string.
+#[test]
+fn run_state_errors_keep_their_structure() {
+    use sop::train::state;
+    let dir = TempDir::new("structured");
+    let good = dir.join("good.safetensors");
+    checkpoint::save_model(&good, &params(3), &cfg(), &BTreeMap::new()).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    for f in [state::STATE, state::STUDENT, state::TEACHER] {
+        std::fs::write(dir.join(f), &bytes[..bytes.len() - 1]).unwrap();
+    }
+    match state::load_all(&dir.0, &param_specs(&cfg())) {
+        Err(sop::SopError::Checkpoint(CheckpointError::Truncated { path, .. })) => assert!(path.ends_with(state::STATE), "{path:?}"),
+        Err(e) => panic!("expected a truncated-checkpoint error, got {e:?}"),
+        Ok(_) => panic!("a truncated run state was accepted"),
+    }
+}
