@@ -5,6 +5,7 @@
 pub mod buffers;
 pub mod context;
 pub mod counters;
+pub mod params_layout;
 pub mod pipelines;
 pub mod profile;
 

@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -106,4 +107,11 @@ pub fn adamw_step(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tens
     let binds = [Bind::Read(grad), Bind::Write(param), Bind::Write(m), Bind::Write(v)];
     let groups = gpu.grid((n as u32).div_ceil(WG));
     gpu.dispatch(&ADAMW, "adamw_step", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(ADAMW, Params, [n, decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, inv_sqrt_bc2, eps, grad_scale]),
+    ]
 }

@@ -8,6 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -164,4 +165,11 @@ pub fn attention_cls_probs(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<Tens
     let binds = [Bind::Read(qkv), Bind::Write(&probs)];
     dispatch(gpu, "attention_cls_probs", dm, Layout::Heads, &binds)?;
     Ok(probs)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale]),
+    ]
 }

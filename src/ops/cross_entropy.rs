@@ -11,6 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -91,4 +92,11 @@ pub fn cross_entropy_backward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor, dlo
     let groups = gpu.grid(((r * k) as u32).div_ceil(WG));
     gpu.dispatch(&CROSS_ENTROPY, "cross_entropy_backward", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
     Ok(dp)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(CROSS_ENTROPY, Params, [r, k, n, dloss]),
+    ]
 }

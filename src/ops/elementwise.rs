@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, groups_vec4, u32_of};
@@ -111,4 +112,11 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
         launch(gpu, entry, x, s, &out, per_sample.max(1), 1.0)?;
     }
     Ok(out)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(ELEMENTWISE, Params, [n, m, alpha]),
+    ]
 }

@@ -4,6 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -40,4 +41,11 @@ pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) 
     let binds = [Bind::Read(student), Bind::Write(teacher)];
     let groups = gpu.grid((n as u32).div_ceil(WG));
     gpu.dispatch(&EMA, "ema_update", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(EMA, Params, [n, momentum, one_minus_momentum]),
+    ]
 }

@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -90,4 +91,11 @@ pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) ->
     let binds = [Bind::Read(src), Bind::Read(src), Bind::Write(dst)];
     let groups = gpu.grid(((r * c) as u32).div_ceil(WG));
     gpu.dispatch(&GATHER, "scatter_rows_ring", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(GATHER, Params, [n, c, r, start]),
+    ]
 }

@@ -9,6 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
@@ -71,4 +72,11 @@ pub fn l2norm_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor, norm: &Tensor, eps: f
         groups(gpu, op, r)?,
     )?;
     Ok(dx)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(L2NORM, Params, [r, c, eps]),
+    ]
 }

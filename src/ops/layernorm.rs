@@ -10,6 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
@@ -145,4 +146,11 @@ pub fn layernorm_backward(
         (sum_rows(gpu, &dgamma_part)?, sum_rows(gpu, &dbeta_part)?)
     };
     Ok((dx, dgamma, dbeta))
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(LAYERNORM, Params, [r, d, eps, chunk]),
+    ]
 }

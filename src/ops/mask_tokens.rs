@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -79,4 +80,11 @@ pub fn mask_tokens_backward(gpu: &Gpu, dy: &Tensor, mask: &Tensor) -> Result<(Te
     gpu.dispatch(&MASK_TOKENS, "mask_tokens_backward_partial", &wg, bytemuck::bytes_of(&prm), &binds[..5], groups)?;
     gpu.dispatch(&MASK_TOKENS, "mask_tokens_backward", &wg, bytemuck::bytes_of(&prm), &binds, gpu.grid((d as u32).div_ceil(WG)))?;
     Ok((dx, dtoken))
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(MASK_TOKENS, Params, [rows, d, chunks]),
+    ]
 }

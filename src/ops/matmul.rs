@@ -8,6 +8,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -397,4 +398,13 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -
     mm.trans_a = trans_a;
     mm.trans_b = trans_b;
     mm.run(gpu)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(MATMUL, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
+        params_layout!(MATMUL_SUBGROUP, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
+        params_layout!(MATMUL_BLOCKED, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
+    ]
 }

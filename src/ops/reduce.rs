@@ -11,6 +11,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, groups, u32_of};
@@ -116,4 +117,11 @@ pub fn sum(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 /// Σ x² over every element: (1) (the squared L2 norm, for gradient clipping).
 pub fn sum_squares(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     total(gpu, "sum_squares", x, true)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(REDUCE, Params, [n, cols, rows, chunk, nchunks, square]),
+    ]
 }

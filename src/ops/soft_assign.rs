@@ -9,6 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -102,4 +103,11 @@ pub fn soft_assign_backward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32, dp
     let groups = gpu.grid((d.r as u32).div_ceil(WG));
     gpu.dispatch(&SOFT_ASSIGN, "soft_assign_backward", &wg, bytemuck::bytes_of(&prm), &binds, groups)?;
     Ok(dlogits)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(SOFT_ASSIGN, Params, [r, m, k, tiles, inv_tau]),
+    ]
 }

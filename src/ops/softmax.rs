@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
@@ -50,4 +51,11 @@ pub fn softmax_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32) -> Resul
     let dx = gpu.empty(&y.shape, DType::F32)?;
     launch(gpu, "softmax_backward", y, scale, &[Bind::Read(y), Bind::Write(&dx), Bind::Read(dy)])?;
     Ok(dx)
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(SOFTMAX, Params, [r, c, scale]),
+    ]
 }

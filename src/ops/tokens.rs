@@ -5,6 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -88,4 +89,11 @@ pub fn tokens_split(gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let params = Params { b: b as u32, n: n as u32, d: d as u32, ..Default::default() };
     launch(gpu, "tokens_split", params, &[Bind::Read(x), Bind::Read(x), Bind::Write(&rest), Bind::Write(&cls)], x.numel())?;
     Ok((cls, rest))
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(TOKENS, Params, [b, c, s, p, g, n, d, flags]),
+    ]
 }

@@ -9,6 +9,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::error::{Result, SopError};
+use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
@@ -66,4 +67,11 @@ pub fn topk_forward(gpu: &Gpu, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)>
     gpu.dispatch(&TOPK, "topk_forward_candidates", &wg, bytemuck::bytes_of(&params), &binds, candidates_groups)?;
     gpu.dispatch(&TOPK, "topk_forward", &wg, bytemuck::bytes_of(&params), &binds, gpu.grid((r as u32).div_ceil(WG)))?;
     Ok((values, indices))
+}
+
+/// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
+pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+    vec![
+        params_layout!(TOPK, Params, [r, c, k, lanes]),
+    ]
 }
