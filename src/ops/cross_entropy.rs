@@ -95,7 +95,7 @@ pub fn cross_entropy_backward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor, dlo
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(CROSS_ENTROPY, Params, [r, k, n, dloss]),
     ]

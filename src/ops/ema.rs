@@ -44,7 +44,7 @@ pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) 
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(EMA, Params, [n, momentum, one_minus_momentum]),
     ]

@@ -75,7 +75,7 @@ pub fn l2norm_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor, norm: &Tensor, eps: f
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(L2NORM, Params, [r, c, eps]),
     ]

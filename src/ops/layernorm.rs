@@ -149,7 +149,7 @@ pub fn layernorm_backward(
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(LAYERNORM, Params, [r, d, eps, chunk]),
     ]

@@ -83,7 +83,7 @@ pub fn mask_tokens_backward(gpu: &Gpu, dy: &Tensor, mask: &Tensor) -> Result<(Te
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(MASK_TOKENS, Params, [rows, d, chunks]),
     ]

@@ -401,7 +401,7 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(MATMUL, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
         params_layout!(MATMUL_SUBGROUP, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),

@@ -120,7 +120,7 @@ pub fn sum_squares(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(REDUCE, Params, [n, cols, rows, chunk, nchunks, square]),
     ]

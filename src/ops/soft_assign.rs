@@ -106,7 +106,7 @@ pub fn soft_assign_backward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32, dp
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(SOFT_ASSIGN, Params, [r, m, k, tiles, inv_tau]),
     ]

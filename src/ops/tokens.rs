@@ -92,7 +92,7 @@ pub fn tokens_split(gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(TOKENS, Params, [b, c, s, p, g, n, d, flags]),
     ]

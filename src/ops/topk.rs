@@ -70,7 +70,7 @@ pub fn topk_forward(gpu: &Gpu, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)>
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
-pub(crate) fn params_layouts() -> Vec<ParamsLayout> {
+pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(TOPK, Params, [r, c, k, lanes]),
     ]
