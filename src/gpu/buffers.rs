@@ -282,6 +282,26 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// The raw 4-byte words of several tensors (any dtype) with one wait: they are copied
+    /// side by side into one scratch tensor, in command order, and read back together.
+    pub fn read_words(&self, parts: &[&Tensor]) -> Result<Vec<Vec<u32>>> {
+        let total: usize = parts.iter().map(|t| t.numel()).sum();
+        let all = self.empty(&[total.max(1)], DType::U32)?;
+        let mut at = 0;
+        for t in parts {
+            self.copy_region(t, 0, &all, at, t.numel())?;
+            at += t.numel();
+        }
+        let words = if total == 0 { Vec::new() } else { self.read_u32(&all)? };
+        let mut out = Vec::with_capacity(parts.len());
+        let mut at = 0;
+        for t in parts {
+            out.push(words[at..at + t.numel()].to_vec());
+            at += t.numel();
+        }
+        Ok(out)
+    }
+
     pub fn read_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(t)?))
     }

@@ -66,6 +66,50 @@ pub struct Embeddings<'a> {
     pub local_views: usize,
 }
 
+/// The objective as device tensors, before any readback: what a training step keeps on the
+/// GPU until its one read of the step's scalars.
+pub struct ObjectiveTensors {
+    /// One (1) loss tensor per [CLS] task and per patch task.
+    pub cls_losses: Vec<Tensor>,
+    pub mim_losses: Vec<Tensor>,
+    pub dstudent_cls: Tensor,
+    pub dstudent_patch: Tensor,
+    /// Arg-max prototype of each [CLS] student row and of its target (first task), u32.
+    pub agreement_idx: [Tensor; 2],
+}
+
+impl ObjectiveTensors {
+    /// The tensors whose words `finish_words` expects, in its order.
+    pub fn scalar_tensors(&self) -> Vec<&Tensor> {
+        self.cls_losses.iter().chain(&self.mim_losses).chain(&self.agreement_idx).collect()
+    }
+
+    /// The output, from the words of `scalar_tensors` read back (one read for many).
+    pub fn finish_words(self, words: &[Vec<u32>]) -> ObjectiveOutput {
+        let (nc, nm) = (self.cls_losses.len(), self.mim_losses.len());
+        let f = |w: &Vec<u32>| f32::from_bits(w[0]);
+        // Summed in task order in f32, as the tasks' losses always were.
+        let loss_cls = words[..nc].iter().map(f).fold(0.0f32, |a, x| a + x);
+        let loss_mim = words[nc..nc + nm].iter().map(f).fold(0.0f32, |a, x| a + x);
+        let (ip, iq) = (&words[nc + nm], &words[nc + nm + 1]);
+        let same = ip.iter().zip(iq).filter(|(a, b)| a == b).count();
+        ObjectiveOutput {
+            loss_cls,
+            loss_mim,
+            loss: loss_cls + loss_mim,
+            dstudent_cls: self.dstudent_cls,
+            dstudent_patch: self.dstudent_patch,
+            agreement_cls: same as f32 / ip.len().max(1) as f32,
+        }
+    }
+
+    /// Read the scalars back (one wait) and return the output.
+    pub fn finish(self, gpu: &Gpu) -> Result<ObjectiveOutput> {
+        let words = gpu.read_words(&self.scalar_tensors())?;
+        Ok(self.finish_words(&words))
+    }
+}
+
 pub struct ObjectiveOutput {
     pub loss_cls: f32,
     pub loss_mim: f32,
@@ -84,10 +128,10 @@ fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<(Tensor
     Ok((logits, p))
 }
 
-/// One cross-entropy term: loss, and du (R, W) of the student rows.
-fn term(gpu: &Gpu, u_s: &Tensor, target: &Tensor, w: &Tensor, proto: &Prototypes, tau_s: f32) -> Result<(f32, Tensor, Tensor)> {
+/// One cross-entropy term: loss (a (1) tensor), and du (R, W) of the student rows.
+fn term(gpu: &Gpu, u_s: &Tensor, target: &Tensor, w: &Tensor, proto: &Prototypes, tau_s: f32) -> Result<(Tensor, Tensor, Tensor)> {
     let (logits, p_s) = assign(gpu, u_s, proto, tau_s)?;
-    let loss = gpu.read_f32(&cross_entropy_forward(gpu, target, &p_s, w)?)?[0];
+    let loss = cross_entropy_forward(gpu, target, &p_s, w)?;
     let dp = cross_entropy_backward(gpu, target, &p_s, w, 1.0)?;
     let dlogits = soft_assign_backward(gpu, &logits, &proto.votes, tau_s, &dp)?;
     let du = Matmul::new(&dlogits, &proto.members).run(gpu)?;
@@ -121,6 +165,7 @@ fn check(e: &Embeddings) -> Result<usize> {
 
 /// The whole objective. `cls_draws` / `patch_draws` have one entry per task; a draw whose
 /// `keep` is None gets it from `choose_keep(task, neighbours)`.
+#[allow(clippy::too_many_arguments)]
 pub fn sop_objective(
     gpu: &Gpu,
     cfg: &ObjectiveConfig,
@@ -129,8 +174,23 @@ pub fn sop_objective(
     patch_bank: &Bank,
     cls_draws: &[TaskDraw],
     patch_draws: &[TaskDraw],
-    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
 ) -> Result<ObjectiveOutput> {
+    sop_objective_tensors(gpu, cfg, e, cls_bank, patch_bank, cls_draws, patch_draws, choose_keep)?.finish(gpu)
+}
+
+/// `sop_objective` without the readback: losses and agreement stay on the device.
+#[allow(clippy::too_many_arguments)]
+pub fn sop_objective_tensors(
+    gpu: &Gpu,
+    cfg: &ObjectiveConfig,
+    e: &Embeddings,
+    cls_bank: &Bank,
+    patch_bank: &Bank,
+    cls_draws: &[TaskDraw],
+    patch_draws: &[TaskDraw],
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+) -> Result<ObjectiveTensors> {
     let t = check(e)?;
     let (b, l, w) = (e.batch, e.local_views, e.teacher_cls.shape[1]);
     if cls_draws.len() != cfg.cls.tasks || patch_draws.len() != cfg.patch.tasks || cfg.cls.tasks == 0 || cfg.patch.tasks == 0 {
@@ -158,9 +218,9 @@ pub fn sop_objective(
     }
     let sel = gpu.upload_f32(&[rows_s, 2 * b], &sel)?;
     let w_cls = gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?;
-    let mut loss_cls = 0.0;
+    let mut cls_losses = Vec::with_capacity(cls_draws.len());
     let mut dcls: Option<Tensor> = None;
-    let mut agreement_cls = 0.0;
+    let mut agreement_idx = None;
     for (task, draw) in cls_draws.iter().enumerate() {
         let proto = build(gpu, cls_bank, &draw.perm, &cfg.cls, cfg.smoothing, |nb| match &draw.keep {
             Some(k) => k.clone(),
@@ -169,13 +229,13 @@ pub fn sop_objective(
         let (_, q) = assign(gpu, e.teacher_cls, &proto, cfg.teacher_temp)?;
         let target = Matmul::new(&sel, &q).run(gpu)?;
         let (loss, du, p_s) = term(gpu, e.student_cls, &target, &w_cls, &proto, cfg.student_temp)?;
-        loss_cls += loss;
+        cls_losses.push(loss);
         dcls = Some(match dcls {
             Some(acc) => add(gpu, &acc, &du)?,
             None => du,
         });
         if task == 0 {
-            agreement_cls = agreement(gpu, &p_s, &target)?;
+            agreement_idx = Some(argmax_pair(gpu, &p_s, &target)?);
         }
     }
 
@@ -193,7 +253,7 @@ pub fn sop_objective(
     let w_mim = gpu.upload_f32(&[2 * b * t], &w_mim)?;
     let s_rows = e.student_patch.reshape(&[2 * b * t, w])?;
     let t_rows = e.teacher_patch.reshape(&[2 * b * t, w])?;
-    let mut loss_mim = 0.0;
+    let mut mim_losses = Vec::with_capacity(patch_draws.len());
     let mut dpatch: Option<Tensor> = None;
     for (task, draw) in patch_draws.iter().enumerate() {
         let proto = build(gpu, patch_bank, &draw.perm, &cfg.patch, cfg.smoothing, |nb| match &draw.keep {
@@ -202,7 +262,7 @@ pub fn sop_objective(
         })?;
         let (_, q) = assign(gpu, &t_rows, &proto, cfg.teacher_temp)?;
         let (loss, du, _) = term(gpu, &s_rows, &q, &w_mim, &proto, cfg.student_temp)?;
-        loss_mim += loss;
+        mim_losses.push(loss);
         dpatch = Some(match dpatch {
             Some(acc) => add(gpu, &acc, &du)?,
             None => du,
@@ -210,14 +270,13 @@ pub fn sop_objective(
     }
     let dstudent_cls = dcls.expect("at least one task").reshape(&e.student_cls.shape)?;
     let dstudent_patch = dpatch.expect("at least one task").reshape(&e.student_patch.shape)?;
-    Ok(ObjectiveOutput { loss_cls, loss_mim, loss: loss_cls + loss_mim, dstudent_cls, dstudent_patch, agreement_cls })
+    let agreement_idx = agreement_idx.expect("at least one task");
+    Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx })
 }
 
-/// Fraction of rows whose arg-max agrees between two (R, K) distributions.
-fn agreement(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<f32> {
+/// Arg-max rows of two (R, K) distributions (the agreement metric compares them).
+fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
     let (_, ip) = topk_forward(gpu, p, 1)?;
     let (_, iq) = topk_forward(gpu, q, 1)?;
-    let (ip, iq) = (gpu.read_u32(&ip)?, gpu.read_u32(&iq)?);
-    let same = ip.iter().zip(&iq).filter(|(a, b)| a == b).count();
-    Ok(same as f32 / ip.len().max(1) as f32)
+    Ok([ip, iq])
 }

@@ -36,7 +36,7 @@ use crate::ops::ema::ema_update;
 use crate::ops::gather::gather_rows;
 use crate::ops::reduce::sum_squares;
 use crate::sop::bank::Bank;
-use crate::sop::objective::{sop_objective, Embeddings, TaskDraw};
+use crate::sop::objective::{sop_objective_tensors, Embeddings, ObjectiveTensors, TaskDraw};
 use crate::sop::prototypes::sample_keep;
 use crate::tape::Tape;
 use config::TrainConfig;
@@ -407,25 +407,64 @@ impl Trainer<'_> {
 
         let n_params = self.model.student.tensors.len();
         let mut grads: Vec<Option<Tensor>> = vec![None; n_params];
-        let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
         let mut bank_rows = Vec::with_capacity(micro.len());
+        let mut scalars = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (out, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_sq, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
                     (a, g) => a.or(g),
                 };
             }
-            let n = micro.len() as f64;
+            scalars.push((obj, embed_sq));
+            bank_rows.push(rows);
+        }
+        // The step's one wait: losses, agreement, the embeddings' finiteness check and the
+        // gradients' norms come back together.
+        let sq = optimizer::grad_squares(gpu, &grads)?;
+        let mut parts: Vec<&Tensor> = Vec::new();
+        for (obj, embed_sq) in &scalars {
+            parts.extend(obj.scalar_tensors());
+            parts.push(embed_sq);
+        }
+        parts.extend(sq.iter().flatten());
+        let words = gpu.read_words(&parts)?;
+        let mut at = 0;
+        let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
+        let n = micro.len() as f64;
+        for (obj, _) in scalars {
+            let k = obj.scalar_tensors().len();
+            let out = obj.finish_words(&words[at..at + k]);
+            // A NaN can hide inside clamped logs, so the embeddings are checked as well: the
+            // summed squares of all four (unit rows, so no finite sum overflows).
+            let embeddings_finite = f32::from_bits(words[at + k][0]).is_finite();
+            at += k + 1;
+            if !out.loss.is_finite() || !embeddings_finite {
+                return Err(SopError::Invalid(format!(
+                    "step {}: the loss is not finite (cls {}, mim {}{}); training stopped, the last checkpoint in the run folder is kept as it was",
+                    step + 1,
+                    out.loss_cls,
+                    out.loss_mim,
+                    if embeddings_finite { "" } else { ", non-finite embeddings" }
+                )));
+            }
             loss += out.loss as f64 / n;
             loss_cls += out.loss_cls as f64 / n;
             loss_mim += out.loss_mim as f64 / n;
             agreement += out.agreement_cls as f64 / n;
-            bank_rows.push(rows);
         }
+        let sq_host: Vec<Option<f32>> = sq
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|_| {
+                    at += 1;
+                    f32::from_bits(words[at - 1][0])
+                })
+            })
+            .collect();
         let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
-        let report = self.opt.step(gpu, &self.model.student.tensors, &grads, lr as f32, wd as f32, clip).map_err(|e| {
+        let report = self.opt.apply(gpu, &self.model.student.tensors, &grads, &sq_host, lr as f32, wd as f32, clip).map_err(|e| {
             SopError::Invalid(format!("step {}: {e}; training stopped, the last checkpoint in the run folder is kept as it was", step + 1))
         })?;
         drop(grads);
@@ -459,7 +498,7 @@ impl Trainer<'_> {
         batch: &Batch,
         obj_cfg: &crate::sop::objective::ObjectiveConfig,
         n_micro: usize,
-    ) -> Result<(crate::sop::objective::ObjectiveOutput, BankRows, Vec<Option<Tensor>>)> {
+    ) -> Result<(ObjectiveTensors, Tensor, BankRows, Vec<Option<Tensor>>)> {
         let (gpu, cfg, vit) = (self.gpu, self.cfg, &self.model.vit);
         let b = batch.batch_size;
         let (s, l, ls) = (batch.global_size, batch.n_local, batch.local_size);
@@ -518,25 +557,15 @@ impl Trainer<'_> {
         };
         let sampling = cfg.sop.anchor_sampling;
         let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
-        let out = sop_objective(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
+        let out = sop_objective_tensors(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
             let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
             sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
         })?;
-        // A NaN can hide inside clamped logs, so the embeddings are checked as well: one read
-        // of the summed squares of all four (unit rows, so no finite sum overflows).
+        // Summed squares of all four embeddings, checked for finiteness with the step's
+        // other scalars (`step`).
         let ss = |t: &Tensor| sum_squares(gpu, t);
         let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
-        let total = add(&add(&ss(&student_cls)?, &ss(&s_patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
-        let embeddings_finite = gpu.read_f32(&total)?[0].is_finite();
-        if !out.loss.is_finite() || !embeddings_finite {
-            return Err(SopError::Invalid(format!(
-                "step {}: the loss is not finite (cls {}, mim {}{}); training stopped, the last checkpoint in the run folder is kept as it was",
-                step + 1,
-                out.loss_cls,
-                out.loss_mim,
-                if embeddings_finite { "" } else { ", non-finite embeddings" }
-            )));
-        }
+        let embed_sq = add(&add(&ss(&student_cls)?, &ss(&s_patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
         let inv = 1.0 / n_micro as f32;
         let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
         let w = cfg.model.head_bottleneck;
@@ -556,6 +585,6 @@ impl Trainer<'_> {
         let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
         let patch_rows = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
         let sources = batch.indices.iter().map(|&i| i as i64).collect();
-        Ok((out, BankRows { cls: cls_rows, patch: patch_rows, sources }, grads))
+        Ok((out, embed_sq, BankRows { cls: cls_rows, patch: patch_rows, sources }, grads))
     }
 }

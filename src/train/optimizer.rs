@@ -31,6 +31,11 @@ pub struct AdamW {
 }
 
 /// What one step did, for the metrics.
+/// Each gradient's sum of squares as a (1) tensor (None where there is no gradient).
+pub fn grad_squares(gpu: &Gpu, grads: &[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> {
+    grads.iter().map(|g| g.as_ref().map(|g| sum_squares(gpu, g)).transpose()).collect()
+}
+
 pub struct StepReport {
     /// Gradient norm before clipping (global, over all tensors).
     pub grad_norm: f64,
@@ -50,7 +55,8 @@ impl AdamW {
         })
     }
 
-    /// One step over every parameter with its gradient (None = no gradient this step).
+    /// One step over every parameter with its gradient (None = no gradient this step),
+    /// reading the gradients' norms back itself (one wait).
     pub fn step(
         &mut self,
         gpu: &Gpu,
@@ -60,17 +66,27 @@ impl AdamW {
         weight_decay: f32,
         clip: Option<(f32, ClipMode)>,
     ) -> Result<StepReport> {
-        // Squared norms of every gradient, gathered into one tensor and read back with one
-        // wait (not one per tensor).
-        let sq: Vec<Option<Tensor>> = grads.iter().map(|g| g.as_ref().map(|g| sum_squares(gpu, g)).transpose()).collect::<Result<_>>()?;
-        let all = gpu.zeros(&[sq.len().max(1)], DType::F32)?;
-        for (i, s) in sq.iter().enumerate() {
-            if let Some(t) = s {
-                gpu.copy_region(t, 0, &all, i, 1)?;
-            }
-        }
-        let all = gpu.read_f32(&all)?;
-        let norms: Vec<f64> = sq.iter().zip(&all).map(|(s, &v)| if s.is_some() { (v as f64).sqrt() } else { 0.0 }).collect();
+        let sq = grad_squares(gpu, grads)?;
+        let present: Vec<&Tensor> = sq.iter().flatten().collect();
+        let mut words = gpu.read_words(&present)?.into_iter();
+        let sq_host: Vec<Option<f32>> = sq.iter().map(|s| s.as_ref().and_then(|_| words.next()).map(|w| f32::from_bits(w[0]))).collect();
+        self.apply(gpu, params, grads, &sq_host, lr, weight_decay, clip)
+    }
+
+    /// The step, given each gradient's sum of squares as read back (None = no gradient):
+    /// a training step reads them with its other scalars, in one wait.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        gpu: &Gpu,
+        params: &[Tensor],
+        grads: &[Option<Tensor>],
+        sq: &[Option<f32>],
+        lr: f32,
+        weight_decay: f32,
+        clip: Option<(f32, ClipMode)>,
+    ) -> Result<StepReport> {
+        let norms: Vec<f64> = sq.iter().map(|s| s.map_or(0.0, |v| (v as f64).sqrt())).collect();
         let global = norms.iter().map(|n| n * n).sum::<f64>().sqrt();
         if !global.is_finite() {
             // Nothing is updated: the parameters stay as they were before this step.
