@@ -13,6 +13,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod prototypes;
 pub mod soft_assign;
+pub mod step;
 pub mod topk;
 
 /// What a case does per run, for the throughput column.

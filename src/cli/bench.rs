@@ -16,10 +16,49 @@ pub struct BenchArgs {
     /// Repetitions per case; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Time whole training steps instead of kernels (the default run's model unless the
+    /// options below say otherwise): ms per step, images/s and per-step counters.
+    #[arg(long)]
+    pub step: bool,
+    /// With --step: vit_tiny, vit_small, vit_base, vit_large.
+    #[arg(long, requires = "step")]
+    pub arch: Option<String>,
+    /// With --step: patch side in pixels.
+    #[arg(long, requires = "step")]
+    pub patch_size: Option<usize>,
+    /// With --step: image (global crop) side in pixels.
+    #[arg(long, requires = "step")]
+    pub img_size: Option<usize>,
+    /// With --step: images per step.
+    #[arg(long, requires = "step")]
+    pub batch_size: Option<usize>,
+    /// With --step: training images (default: the bundled data).
+    #[arg(long, requires = "step")]
+    pub data: Option<std::path::PathBuf>,
+    /// With --step: steps timed after the banks filled.
+    #[arg(long, requires = "step")]
+    pub steps: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
+    if args.step {
+        let step_args = crate::bench::step::StepBenchArgs {
+            arch: args.arch.clone(),
+            patch_size: args.patch_size,
+            img_size: args.img_size,
+            batch_size: args.batch_size,
+            data: args.data.clone(),
+            steps: args.steps,
+        };
+        let r = crate::bench::step::run(&gpu, &step_args)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("{}", r.table());
+        }
+        return Ok(());
+    }
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
     let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?.name();

@@ -1,0 +1,25 @@
+//! `sop bench --step` end to end: whole default-model training steps after the banks filled,
+//! with the per-step counters; a steady-state step creates no buffers.
+
+use std::process::Command;
+
+#[test]
+fn bench_step_reports_steady_state_steps_and_counters() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--step", "--steps", "2", "--json"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["steps_timed"], 2, "{r}");
+    assert_eq!(r["batch_size"], 64, "{r}");
+    assert!(r["ms_per_step"].as_f64().unwrap() > 0.0 && r["images_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["dispatches"].as_f64().unwrap() > 100.0, "{r}");
+    // The pool and the cached bind groups make a steady-state step allocate nothing.
+    assert_eq!(r["buffers_created"].as_f64().unwrap(), 0.0, "{r}");
+}
+
+#[test]
+fn bench_step_options_need_step() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--img-size", "224"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--step"));
+}
