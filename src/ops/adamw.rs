@@ -8,11 +8,13 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static ADAMW: Shader = shader!("adamw.wgsl");
 
-const WG: u32 = 64;
+const ADAMW_STEP: Kernel = Kernel { shader: &ADAMW, entry: "adamw_step", wg: WG };
+
 
 /// Hyper-parameters of one step. `step` counts from 1 (the first update), as PyTorch's.
 #[derive(Clone, Copy, Debug)]
@@ -105,8 +107,7 @@ pub fn adamw_step(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tens
     }
     let prm = hp.params(n);
     let binds = [Bind::Read(grad), Bind::Write(param), Bind::Write(m), Bind::Write(v)];
-    let groups = gpu.grid((n as u32).div_ceil(WG));
-    gpu.dispatch(&ADAMW, "adamw_step", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+    launch(gpu, &ADAMW_STEP, &prm, &binds, Grid::Items(n))
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).

@@ -10,14 +10,20 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch_with, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static ATTENTION: Shader = shader!("attention.wgsl");
 
+const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
+const ATTENTION_BACKWARD_DELTA: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_delta", wg: WG };
+const ATTENTION_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dq", wg: WG };
+const ATTENTION_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dkv", wg: WG };
+const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attention_cls_probs", wg: WG };
+
 /// Widest head the kernels hold in their private arrays (`MAX_DH` in the shader).
 pub const MAX_HEAD_DIM: usize = 64;
 
-const WG: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -79,8 +85,8 @@ enum Layout {
     Heads,
 }
 
-fn dispatch(gpu: &Gpu, entry: &'static str, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
-    let too_big = || SopError::shape(entry, format!("B·H = {}·{} or T = {} does not fit in u32", dm.b, dm.h, dm.t));
+fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
+    let too_big = || SopError::shape(kernel.entry, format!("B·H = {}·{} or T = {} does not fit in u32", dm.b, dm.h, dm.t));
     let heads = u32::try_from(dm.b * dm.h).map_err(|_| too_big())?;
     let t = u32::try_from(dm.t).map_err(|_| too_big())?;
     let params = Params {
@@ -100,7 +106,7 @@ fn dispatch(gpu: &Gpu, entry: &'static str, dm: Dims, layout: Layout, binds: &[B
         Layout::Heads => gpu.grid(heads.div_ceil(WG)),
     };
     let constants = [("WG", WG as f64), ("DH", dm.dh as f64)];
-    gpu.dispatch(&ATTENTION, entry, &constants, bytemuck::bytes_of(&params), binds, groups)
+    launch_with(gpu, kernel, &constants, &params, binds, Grid::Groups(groups))
 }
 
 /// out = softmax(scale·q·kᵀ)·v per head: qkv (B, T, 3D) -> (out (B, T, D), lse (B, H, T)),
@@ -110,7 +116,7 @@ pub fn attention_forward(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<(Tenso
     let out = gpu.empty(&[dm.b, dm.t, dm.d], DType::F32)?;
     let lse = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;
     let binds = [Bind::Read(qkv), Bind::Write(&out), Bind::Write(&lse)];
-    dispatch(gpu, "attention_forward", dm, Layout::Rows, &binds)?;
+    dispatch(gpu, &ATTENTION_FORWARD, dm, Layout::Rows, &binds)?;
     Ok((out, lse))
 }
 
@@ -148,9 +154,9 @@ pub fn attention_backward(
         Bind::Write(&delta),
         Bind::Write(&dqkv),
     ];
-    dispatch(gpu, "attention_backward_delta", dm, Layout::Rows, &binds)?;
-    dispatch(gpu, "attention_backward_dq", dm, Layout::Rows, &binds)?;
-    dispatch(gpu, "attention_backward_dkv", dm, Layout::Rows, &binds)?;
+    dispatch(gpu, &ATTENTION_BACKWARD_DELTA, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, &ATTENTION_BACKWARD_DQ, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, &ATTENTION_BACKWARD_DKV, dm, Layout::Rows, &binds)?;
     Ok(dqkv)
 }
 
@@ -163,7 +169,7 @@ pub fn attention_cls_probs(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<Tens
         return Ok(probs); // no keys: nothing to normalise (the kernel assumes T ≥ 1)
     }
     let binds = [Bind::Read(qkv), Bind::Write(&probs)];
-    dispatch(gpu, "attention_cls_probs", dm, Layout::Heads, &binds)?;
+    dispatch(gpu, &ATTENTION_CLS_PROBS, dm, Layout::Heads, &binds)?;
     Ok(probs)
 }
 

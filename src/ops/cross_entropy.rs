@@ -13,11 +13,15 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static CROSS_ENTROPY: Shader = shader!("cross_entropy.wgsl");
 
-const WG: u32 = 64;
+const CROSS_ENTROPY_FORWARD_ROWS: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_rows", wg: WG };
+const CROSS_ENTROPY_FORWARD_SUM: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_sum", wg: WG };
+const CROSS_ENTROPY_BACKWARD: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_backward", wg: WG };
+
 /// Entries one invocation of `cross_entropy_forward_sum` adds (`CHUNK` in the shader).
 const CHUNK: usize = 64;
 
@@ -58,12 +62,11 @@ pub fn cross_entropy_forward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor) -> R
     if r == 0 {
         return gpu.zeros(&[1], DType::F32);
     }
-    let wg = [("WG", WG as f64)];
     let mut prm = Params { r: r as u32, k: k as u32, n: 0, _p0: 0, dloss: 0.0, _pad: [0; 3] };
     let mut src = gpu.empty(&[r], DType::F32)?;
     {
         let binds = [Bind::Read(q), Bind::Read(p), Bind::Read(w), Bind::Write(&src), Bind::Write(&src)];
-        gpu.dispatch(&CROSS_ENTROPY, "cross_entropy_forward_rows", &wg, bytemuck::bytes_of(&prm), &binds, gpu.grid((r as u32).div_ceil(WG)))?;
+        launch(gpu, &CROSS_ENTROPY_FORWARD_ROWS, &prm, &binds, Grid::Items(r))?;
     }
     // Sum chunks of 64 until one value is left (at least once, so R = 1 also lands in a
     // fresh (1) tensor).
@@ -73,7 +76,7 @@ pub fn cross_entropy_forward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor) -> R
         let dst = gpu.empty(&[m], DType::F32)?;
         prm.n = n as u32;
         let binds = [Bind::Read(q), Bind::Read(p), Bind::Read(w), Bind::Write(&src), Bind::Write(&dst)];
-        gpu.dispatch(&CROSS_ENTROPY, "cross_entropy_forward_sum", &wg, bytemuck::bytes_of(&prm), &binds, gpu.grid((m as u32).div_ceil(WG)))?;
+        launch(gpu, &CROSS_ENTROPY_FORWARD_SUM, &prm, &binds, Grid::Items(m))?;
         src = dst;
         n = m;
         if n == 1 {
@@ -89,8 +92,7 @@ pub fn cross_entropy_backward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor, dlo
     let dp = gpu.empty(&p.shape, DType::F32)?;
     let prm = Params { r: r as u32, k: k as u32, n: 0, _p0: 0, dloss, _pad: [0; 3] };
     let binds = [Bind::Read(q), Bind::Read(p), Bind::Read(w), Bind::Write(&dp), Bind::Write(&dp)];
-    let groups = gpu.grid(((r * k) as u32).div_ceil(WG));
-    gpu.dispatch(&CROSS_ENTROPY, "cross_entropy_backward", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &CROSS_ENTROPY_BACKWARD, &prm, &binds, Grid::Items(r * k))?;
     Ok(dp)
 }
 

@@ -9,9 +9,19 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups_vec4, u32_of};
+use crate::ops::launch::{check_f32, launch, u32_of, vec4_items, Grid, Kernel, WG};
 
 pub static ELEMENTWISE: Shader = shader!("elementwise.wgsl");
+
+const ADD: Kernel = Kernel { shader: &ELEMENTWISE, entry: "add", wg: WG };
+const SUB: Kernel = Kernel { shader: &ELEMENTWISE, entry: "sub", wg: WG };
+const MUL: Kernel = Kernel { shader: &ELEMENTWISE, entry: "mul", wg: WG };
+const SCALE: Kernel = Kernel { shader: &ELEMENTWISE, entry: "scale", wg: WG };
+const ADD_SCALED_INTO: Kernel = Kernel { shader: &ELEMENTWISE, entry: "add_scaled_into", wg: WG };
+const ADD_BROADCAST: Kernel = Kernel { shader: &ELEMENTWISE, entry: "add_broadcast", wg: WG };
+const ADD_BROADCAST_UNALIGNED: Kernel = Kernel { shader: &ELEMENTWISE, entry: "add_broadcast_unaligned", wg: WG };
+const SCALE_SAMPLES: Kernel = Kernel { shader: &ELEMENTWISE, entry: "scale_samples", wg: WG };
+const SCALE_SAMPLES_UNALIGNED: Kernel = Kernel { shader: &ELEMENTWISE, entry: "scale_samples_unaligned", wg: WG };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -22,12 +32,13 @@ struct Params {
     _pad: u32,
 }
 
-/// Record `entry` over out's elements: out[e] = f(a, b, out) as the shader defines it.
-fn launch(gpu: &Gpu, entry: &'static str, a: &Tensor, b: &Tensor, out: &Tensor, m: usize, alpha: f32) -> Result<()> {
+/// Record `kernel` over out's elements: out[e] = f(a, b, out) as the shader defines it.
+fn run(gpu: &Gpu, kernel: &Kernel, a: &Tensor, b: &Tensor, out: &Tensor, m: usize, alpha: f32) -> Result<()> {
+    let entry = kernel.entry;
     let n = out.numel();
     let params = Params { n: u32_of(entry, "elements", n)?, m: u32_of(entry, "m", m)?, alpha, _pad: 0 };
     let binds = [Bind::Read(a), Bind::Read(b), Bind::Write(out)];
-    gpu.dispatch(&ELEMENTWISE, entry, &[], bytemuck::bytes_of(&params), &binds, groups_vec4(gpu, entry, n)?)
+    launch(gpu, kernel, &params, &binds, Grid::Items(vec4_items(n)))
 }
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
@@ -38,33 +49,33 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn binary(gpu: &Gpu, op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    same_shape(op, a, b)?;
+fn binary(gpu: &Gpu, kernel: &Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape(kernel.entry, a, b)?;
     let out = gpu.empty(&a.shape, DType::F32)?;
-    launch(gpu, op, a, b, &out, 1, 1.0)?;
+    run(gpu, kernel, a, b, &out, 1, 1.0)?;
     Ok(out)
 }
 
 /// a + b (same shape). Backward: da = dy, db = dy.
 pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary(gpu, "add", a, b)
+    binary(gpu, &ADD, a, b)
 }
 
 /// a − b (same shape). Backward: da = dy, db = −dy (`scale(dy, -1)`).
 pub fn sub(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary(gpu, "sub", a, b)
+    binary(gpu, &SUB, a, b)
 }
 
 /// a ⊙ b (same shape). Backward: da = dy ⊙ b, db = dy ⊙ a (`mul` again).
 pub fn mul(gpu: &Gpu, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    binary(gpu, "mul", a, b)
+    binary(gpu, &MUL, a, b)
 }
 
 /// s · a. Backward: da = s · dy (`scale` again).
 pub fn scale(gpu: &Gpu, a: &Tensor, s: f32) -> Result<Tensor> {
     check_f32("scale", &[("a", a)])?;
     let out = gpu.empty(&a.shape, DType::F32)?;
-    launch(gpu, "scale", a, a, &out, 1, s)?;
+    run(gpu, &SCALE, a, a, &out, 1, s)?;
     Ok(out)
 }
 
@@ -79,7 +90,7 @@ pub fn add_scaled_into(gpu: &Gpu, y: &Tensor, x: &Tensor, alpha: f32) -> Result<
         // A buffer cannot be bound read-only and writable in one dispatch; y += a·y is a scale.
         return Err(SopError::shape("add_scaled_into", "y and x share one buffer (use scale)"));
     }
-    launch(gpu, "add_scaled_into", x, x, y, 1, alpha)
+    run(gpu, &ADD_SCALED_INTO, x, x, y, 1, alpha)
 }
 
 /// y = x + b where b repeats along the leading dims of x: y[i] = x[i] + b[i mod len(b)]
@@ -92,8 +103,8 @@ pub fn add_broadcast(gpu: &Gpu, x: &Tensor, b: &Tensor) -> Result<Tensor> {
         return Err(SopError::shape("add_broadcast", format!("b {:?} does not tile x {:?}", b.shape, x.shape)));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
-    let entry = if m.is_multiple_of(4) { "add_broadcast" } else { "add_broadcast_unaligned" };
-    launch(gpu, entry, x, b, &out, m, 1.0)?;
+    let kernel = if m.is_multiple_of(4) { &ADD_BROADCAST } else { &ADD_BROADCAST_UNALIGNED };
+    run(gpu, kernel, x, b, &out, m, 1.0)?;
     Ok(out)
 }
 
@@ -108,8 +119,8 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
     if let Some(per_sample) = x.numel().checked_div(batch) {
-        let entry = if per_sample.is_multiple_of(4) { "scale_samples" } else { "scale_samples_unaligned" };
-        launch(gpu, entry, x, s, &out, per_sample.max(1), 1.0)?;
+        let kernel = if per_sample.is_multiple_of(4) { &SCALE_SAMPLES } else { &SCALE_SAMPLES_UNALIGNED };
+        run(gpu, kernel, x, s, &out, per_sample.max(1), 1.0)?;
     }
     Ok(out)
 }

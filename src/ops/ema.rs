@@ -6,11 +6,13 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static EMA: Shader = shader!("ema.wgsl");
 
-const WG: u32 = 64;
+const EMA_UPDATE: Kernel = Kernel { shader: &EMA, entry: "ema_update", wg: WG };
+
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -39,8 +41,7 @@ pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) 
     }
     let prm = Params { n: n as u32, momentum, one_minus_momentum: (1.0 - momentum as f64) as f32, _p0: 0 };
     let binds = [Bind::Read(student), Bind::Write(teacher)];
-    let groups = gpu.grid((n as u32).div_ceil(WG));
-    gpu.dispatch(&EMA, "ema_update", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+    launch(gpu, &EMA_UPDATE, &prm, &binds, Grid::Items(n))
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).

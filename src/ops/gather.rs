@@ -8,11 +8,14 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static GATHER: Shader = shader!("gather.wgsl");
 
-const WG: u32 = 64;
+const GATHER_ROWS: Kernel = Kernel { shader: &GATHER, entry: "gather_rows", wg: WG };
+const SCATTER_ROWS_RING: Kernel = Kernel { shader: &GATHER, entry: "scatter_rows_ring", wg: WG };
+
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -48,8 +51,7 @@ pub fn gather_rows(gpu: &Gpu, src: &Tensor, idx: &Tensor) -> Result<Tensor> {
     let dst = gpu.empty(&[r, c], src.dtype)?;
     let prm = Params { n: n as u32, c: c as u32, r: r as u32, start: 0 };
     let binds = [Bind::Read(src), Bind::Read(idx), Bind::Write(&dst)];
-    let groups = gpu.grid(((r * c) as u32).div_ceil(WG));
-    gpu.dispatch(&GATHER, "gather_rows", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &GATHER_ROWS, &prm, &binds, Grid::Items(r * c))?;
     Ok(dst)
 }
 
@@ -89,8 +91,7 @@ pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) ->
     }
     let prm = Params { n: n as u32, c: c as u32, r: r as u32, start: (start % n) as u32 };
     let binds = [Bind::Read(src), Bind::Read(src), Bind::Write(dst)];
-    let groups = gpu.grid(((r * c) as u32).div_ceil(WG));
-    gpu.dispatch(&GATHER, "scatter_rows_ring", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)
+    launch(gpu, &SCATTER_ROWS_RING, &prm, &binds, Grid::Items(r * c))
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).

@@ -8,9 +8,12 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups_vec4, u32_of};
+use crate::ops::launch::{check_f32, launch, u32_of, vec4_items, Grid, Kernel, WG};
 
 pub static GELU: Shader = shader!("gelu.wgsl");
+
+const GELU_FORWARD: Kernel = Kernel { shader: &GELU, entry: "gelu_forward", wg: WG };
+const GELU_BACKWARD: Kernel = Kernel { shader: &GELU, entry: "gelu_backward", wg: WG };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -28,14 +31,7 @@ pub fn gelu_forward(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     check_f32("gelu_forward", &[("x", x)])?;
     let y = gpu.empty(&x.shape, DType::F32)?;
     let n = x.numel();
-    gpu.dispatch(
-        &GELU,
-        "gelu_forward",
-        &[],
-        bytemuck::bytes_of(&params("gelu_forward", n)?),
-        &[Bind::Read(x), Bind::Write(&y)],
-        groups_vec4(gpu, "gelu_forward", n)?,
-    )?;
+    launch(gpu, &GELU_FORWARD, &params("gelu_forward", n)?, &[Bind::Read(x), Bind::Write(&y)], Grid::Items(vec4_items(n)))?;
     Ok(y)
 }
 
@@ -47,14 +43,7 @@ pub fn gelu_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     let dx = gpu.empty(&x.shape, DType::F32)?;
     let n = x.numel();
-    gpu.dispatch(
-        &GELU,
-        "gelu_backward",
-        &[],
-        bytemuck::bytes_of(&params("gelu_backward", n)?),
-        &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)],
-        groups_vec4(gpu, "gelu_backward", n)?,
-    )?;
+    launch(gpu, &GELU_BACKWARD, &params("gelu_backward", n)?, &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)], Grid::Items(vec4_items(n)))?;
     Ok(dx)
 }
 

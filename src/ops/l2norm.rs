@@ -12,9 +12,12 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
+use crate::ops::launch::{check_f32, launch, rows_of, u32_of, Grid, Kernel, WG};
 
 pub static L2NORM: Shader = shader!("l2norm.wgsl");
+
+const L2NORM_FORWARD: Kernel = Kernel { shader: &L2NORM, entry: "l2norm_forward", wg: WG };
+const L2NORM_BACKWARD: Kernel = Kernel { shader: &L2NORM, entry: "l2norm_backward", wg: WG };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -42,14 +45,7 @@ pub fn l2norm_forward(gpu: &Gpu, x: &Tensor, eps: f32) -> Result<(Tensor, Tensor
     let (p, r) = params("l2norm_forward", x, eps)?;
     let y = gpu.empty(&x.shape, DType::F32)?;
     let norm = gpu.empty(&[r], DType::F32)?;
-    gpu.dispatch(
-        &L2NORM,
-        "l2norm_forward",
-        &[],
-        bytemuck::bytes_of(&p),
-        &[Bind::Read(x), Bind::Write(&y), Bind::Write(&norm)],
-        groups(gpu, "l2norm_forward", r)?,
-    )?;
+    launch(gpu, &L2NORM_FORWARD, &p, &[Bind::Read(x), Bind::Write(&y), Bind::Write(&norm)], Grid::Items(r))?;
     Ok((y, norm))
 }
 
@@ -63,14 +59,7 @@ pub fn l2norm_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor, norm: &Tensor, eps: f
     }
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // norm is a writable binding of the shader (the forward writes it); only read here.
-    gpu.dispatch(
-        &L2NORM,
-        op,
-        &[],
-        bytemuck::bytes_of(&p),
-        &[Bind::Read(x), Bind::Write(&dx), Bind::Write(norm), Bind::Read(dy)],
-        groups(gpu, op, r)?,
-    )?;
+    launch(gpu, &L2NORM_BACKWARD, &p, &[Bind::Read(x), Bind::Write(&dx), Bind::Write(norm), Bind::Read(dy)], Grid::Items(r))?;
     Ok(dx)
 }
 

@@ -13,10 +13,17 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
+use crate::ops::launch::{check_f32, launch, rows_of, u32_of, Grid, Kernel, WG};
 use crate::ops::reduce::sum_rows;
 
 pub static LAYERNORM: Shader = shader!("layernorm.wgsl");
+
+const LAYERNORM_FORWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_forward", wg: WG };
+const LAYERNORM_FORWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_forward_unaligned", wg: WG };
+const LAYERNORM_BACKWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward", wg: WG };
+const LAYERNORM_BACKWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_unaligned", wg: WG };
+const LAYERNORM_BACKWARD_PARAMS: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params", wg: WG };
+const LAYERNORM_BACKWARD_PARAMS_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_unaligned", wg: WG };
 
 /// Rows per partial sum of dγ, dβ: enough invocations to fill a GPU at ViT shapes
 /// (R = 12,608, D = 384 gives 197 chunks × 96 vec4 columns), few enough chunks to sum quickly.
@@ -33,7 +40,7 @@ struct Params {
 
 /// The entry point for this width, and its invocation count for `r` rows: one per row with
 /// vec4 access when D % 4 == 0, else one per group of 4 rows (see the shader's header).
-fn row_entry(aligned: &'static str, unaligned: &'static str, r: usize, d: usize) -> (&'static str, usize) {
+fn row_entry(aligned: &'static Kernel, unaligned: &'static Kernel, r: usize, d: usize) -> (&'static Kernel, usize) {
     if d.is_multiple_of(4) {
         (aligned, r)
     } else {
@@ -71,14 +78,13 @@ pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, e
     let y = gpu.empty(&x.shape, DType::F32)?;
     let mean = gpu.empty(&[r], DType::F32)?;
     let rstd = gpu.empty(&[r], DType::F32)?;
-    let (entry, invocations) = row_entry("layernorm_forward", "layernorm_forward_unaligned", r, d);
-    gpu.dispatch(
-        &LAYERNORM,
-        entry,
-        &[],
-        bytemuck::bytes_of(&params(entry, r, d, eps)?),
+    let (kernel, invocations) = row_entry(&LAYERNORM_FORWARD, &LAYERNORM_FORWARD_UNALIGNED, r, d);
+    launch(
+        gpu,
+        kernel,
+        &params(kernel.entry, r, d, eps)?,
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(beta), Bind::Write(&mean), Bind::Write(&rstd), Bind::Write(&y)],
-        groups(gpu, entry, invocations)?,
+        Grid::Items(invocations),
     )?;
     Ok((y, mean, rstd))
 }
@@ -103,17 +109,16 @@ pub fn layernorm_backward(
     if mean.numel() != r || rstd.numel() != r {
         return Err(SopError::shape(op, format!("mean {:?}, rstd {:?} for {r} rows", mean.shape, rstd.shape)));
     }
-    let p = bytemuck::bytes_of(&params(op, r, d, 0.0)?).to_vec();
+    let p = params(op, r, d, 0.0)?;
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // mean and rstd are writable bindings of the shader (the forward writes them); read here.
-    let (entry, invocations) = row_entry("layernorm_backward", "layernorm_backward_unaligned", r, d);
-    gpu.dispatch(
-        &LAYERNORM,
-        entry,
-        &[],
+    let (kernel, invocations) = row_entry(&LAYERNORM_BACKWARD, &LAYERNORM_BACKWARD_UNALIGNED, r, d);
+    launch(
+        gpu,
+        kernel,
         &p,
         &[Bind::Read(x), Bind::Read(gamma), Bind::Read(gamma), Bind::Write(mean), Bind::Write(rstd), Bind::Write(&dx), Bind::Read(dy)],
-        groups(gpu, entry, invocations)?,
+        Grid::Items(invocations),
     )?;
     if r == 0 {
         return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
@@ -122,11 +127,10 @@ pub fn layernorm_backward(
     let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
     let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
     // one invocation per vec4 unit of the (nchunks, D) partial sums
-    let entry = if d.is_multiple_of(4) { "layernorm_backward_params" } else { "layernorm_backward_params_unaligned" };
-    gpu.dispatch(
-        &LAYERNORM,
-        entry,
-        &[],
+    let kernel = if d.is_multiple_of(4) { &LAYERNORM_BACKWARD_PARAMS } else { &LAYERNORM_BACKWARD_PARAMS_UNALIGNED };
+    launch(
+        gpu,
+        kernel,
         &p,
         &[
             Bind::Read(x),
@@ -138,7 +142,7 @@ pub fn layernorm_backward(
             Bind::Read(dy),
             Bind::Write(&dbeta_part),
         ],
-        groups(gpu, entry, (nchunks * d).div_ceil(4))?,
+        Grid::Items((nchunks * d).div_ceil(4)),
     )?;
     let (dgamma, dbeta) = if nchunks == 1 {
         (dgamma_part.reshape(&[d])?, dbeta_part.reshape(&[d])?)

@@ -8,11 +8,15 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static MASK_TOKENS: Shader = shader!("mask_tokens.wgsl");
 
-const WG: u32 = 64;
+const MASK_TOKENS_FORWARD: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_forward", wg: WG };
+const MASK_TOKENS_BACKWARD_PARTIAL: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_backward_partial", wg: WG };
+const MASK_TOKENS_BACKWARD: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_backward", wg: WG };
+
 /// Rows per partial sum of dtoken (`CHUNK` in the shader).
 const CHUNK: usize = 64;
 
@@ -56,8 +60,7 @@ pub fn mask_tokens_forward(gpu: &Gpu, x: &Tensor, mask: &Tensor, token: &Tensor)
     let y = gpu.empty(&x.shape, DType::F32)?;
     let prm = Params { rows: rows as u32, d: d as u32, chunks: 0, _p0: 0 };
     let binds = [Bind::Read(x), Bind::Read(mask), Bind::Read(token), Bind::Write(&y)];
-    let groups = gpu.grid(((rows * d) as u32).div_ceil(WG));
-    gpu.dispatch(&MASK_TOKENS, "mask_tokens_forward", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &MASK_TOKENS_FORWARD, &prm, &binds, Grid::Items(rows * d))?;
     Ok(y)
 }
 
@@ -74,11 +77,9 @@ pub fn mask_tokens_backward(gpu: &Gpu, dy: &Tensor, mask: &Tensor) -> Result<(Te
     let chunks = rows.div_ceil(CHUNK);
     let part = gpu.empty(&[chunks, d], DType::F32)?;
     let prm = Params { rows: rows as u32, d: d as u32, chunks: chunks as u32, _p0: 0 };
-    let wg = [("WG", WG as f64)];
     let binds = [Bind::Read(dy), Bind::Read(mask), Bind::Read(dy), Bind::Write(&dx), Bind::Write(&part), Bind::Write(&dtoken)];
-    let groups = gpu.grid(((chunks * d) as u32).div_ceil(WG));
-    gpu.dispatch(&MASK_TOKENS, "mask_tokens_backward_partial", &wg, bytemuck::bytes_of(&prm), &binds[..5], groups)?;
-    gpu.dispatch(&MASK_TOKENS, "mask_tokens_backward", &wg, bytemuck::bytes_of(&prm), &binds, gpu.grid((d as u32).div_ceil(WG)))?;
+    launch(gpu, &MASK_TOKENS_BACKWARD_PARTIAL, &prm, &binds[..5], Grid::Items(chunks * d))?;
+    launch(gpu, &MASK_TOKENS_BACKWARD, &prm, &binds, Grid::Items(d))?;
     Ok((dx, dtoken))
 }
 

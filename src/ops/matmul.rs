@@ -11,10 +11,19 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, launch_with, Grid, Kernel};
 
 pub static MATMUL: Shader = shader!("matmul_common.wgsl" + "matmul.wgsl");
 pub static MATMUL_SUBGROUP: Shader = shader!("matmul_common.wgsl" + "matmul_subgroup.wgsl");
 pub static MATMUL_BLOCKED: Shader = shader!(trusted "matmul_common.wgsl" + "matmul_blocked.wgsl");
+
+// The entry points; `wg` matters only for `Grid::Items` launches (the split-K reduction).
+const MATMUL_NAIVE: Kernel = Kernel { shader: &MATMUL, entry: "matmul_naive", wg: 256 };
+const MATMUL_TILED_SHARED: Kernel = Kernel { shader: &MATMUL, entry: "matmul_tiled_shared", wg: 256 };
+const MATMUL_TILED_8X8: Kernel = Kernel { shader: &MATMUL, entry: "matmul_tiled_8x8", wg: 64 };
+const MATMUL_SUBGROUP_16X4: Kernel = Kernel { shader: &MATMUL_SUBGROUP, entry: "matmul_subgroup_16x4", wg: 64 };
+const MATMUL_BLOCKED_TILES: Kernel = Kernel { shader: &MATMUL_BLOCKED, entry: "matmul_blocked", wg: 256 };
+const MATMUL_SPLIT_REDUCE: Kernel = Kernel { shader: &MATMUL_BLOCKED, entry: "matmul_split_reduce", wg: 64 };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -310,14 +319,14 @@ impl<'a> Matmul<'a> {
         let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
         // Every variant but `naive` covers a 64×64 tile of C per workgroup.
         let tiles64 = [n.div_ceil(64), m.div_ceil(64), d.batch as u32];
-        let (shader, entry, groups) = match variant {
-            MatmulVariant::Naive => (&MATMUL, "matmul_naive", [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
-            MatmulVariant::TiledShared => (&MATMUL, "matmul_tiled_shared", tiles64),
-            MatmulVariant::Tiled8x8 => (&MATMUL, "matmul_tiled_8x8", tiles64),
-            MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP, "matmul_subgroup_16x4", tiles64),
+        let (kernel, groups) = match variant {
+            MatmulVariant::Naive => (&MATMUL_NAIVE, [n.div_ceil(16), m.div_ceil(16), d.batch as u32]),
+            MatmulVariant::TiledShared => (&MATMUL_TILED_SHARED, tiles64),
+            MatmulVariant::Tiled8x8 => (&MATMUL_TILED_8X8, tiles64),
+            MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP_16X4, tiles64),
             MatmulVariant::Blocked128 | MatmulVariant::Blocked64 => return self.encode_blocked(gpu, d, out, variant, params),
         };
-        gpu.dispatch(shader, entry, &[], bytemuck::bytes_of(&params), &binds, groups)
+        launch(gpu, kernel, &params, &binds, Grid::Groups(groups))
     }
 
     /// The blocked variants: one pass, or split-K (partials into a scratch tensor, then
@@ -330,17 +339,16 @@ impl<'a> Matmul<'a> {
         let bias = self.bias.unwrap_or(self.a);
         let Some(chunk) = variant.split_k(d.batch, d.m, d.n, d.k) else {
             let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
-            return gpu.dispatch(&MATMUL_BLOCKED, "matmul_blocked", &constants, bytemuck::bytes_of(&params), &binds, [tx, ty, d.batch as u32]);
+            return launch_with(gpu, &MATMUL_BLOCKED_TILES, &constants, &params, &binds, Grid::Groups([tx, ty, d.batch as u32]));
         };
         let splits = d.k.div_ceil(chunk);
         let partial = gpu.empty(&[splits, d.m, d.n], DType::F32)?;
         let first = Params { k_chunk: chunk as u32, flags: 0, alpha: 1.0, c_bs: (d.m * d.n) as u32, ..params };
         let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(&partial)];
-        gpu.dispatch(&MATMUL_BLOCKED, "matmul_blocked", &constants, bytemuck::bytes_of(&first), &binds, [tx, ty, splits as u32])?;
+        launch_with(gpu, &MATMUL_BLOCKED_TILES, &constants, &first, &binds, Grid::Groups([tx, ty, splits as u32]))?;
         let second = Params { batch: splits as u32, k_chunk: 0, ..params };
         let binds = [Bind::Read(&partial), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
-        let groups = gpu.grid(((d.m * d.n) as u32).div_ceil(64));
-        gpu.dispatch(&MATMUL_BLOCKED, "matmul_split_reduce", &constants, bytemuck::bytes_of(&second), &binds, groups)
+        launch_with(gpu, &MATMUL_SPLIT_REDUCE, &constants, &second, &binds, Grid::Items(d.m * d.n))
     }
 }
 

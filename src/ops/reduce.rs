@@ -14,9 +14,13 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, u32_of};
+use crate::ops::launch::{check_f32, launch, u32_of, Grid, Kernel, WG};
 
 pub static REDUCE: Shader = shader!("reduce.wgsl");
+
+const SUM_ROWS: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows", wg: WG };
+const SUM_ROWS_UNALIGNED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_unaligned", wg: WG };
+const SUM: Kernel = Kernel { shader: &REDUCE, entry: "sum", wg: WG };
 
 /// Rows per partial sum in `sum_rows`: (R, C) becomes (ceil(R/64), C) per stage.
 pub const ROWS_PER_CHUNK: usize = 64;
@@ -36,8 +40,8 @@ struct Params {
     _pad: [u32; 2],
 }
 
-fn dispatch(gpu: &Gpu, entry: &'static str, x: &Tensor, out: &Tensor, p: Params, invocations: usize) -> Result<()> {
-    gpu.dispatch(&REDUCE, entry, &[], bytemuck::bytes_of(&p), &[Bind::Read(x), Bind::Write(out)], groups(gpu, entry, invocations)?)
+fn dispatch(gpu: &Gpu, kernel: &Kernel, x: &Tensor, out: &Tensor, p: Params, invocations: usize) -> Result<()> {
+    launch(gpu, kernel, &p, &[Bind::Read(x), Bind::Write(out)], Grid::Items(invocations))
 }
 
 /// One `sum_rows` stage: x (rows, cols) -> (ceil(rows/64), cols) partial column sums.
@@ -54,9 +58,9 @@ fn rows_stage(gpu: &Gpu, x: &Tensor, rows: usize, cols: usize) -> Result<Tensor>
         _pad: [0; 2],
     };
     if cols.is_multiple_of(4) {
-        dispatch(gpu, "sum_rows", x, &out, p, nchunks * cols / 4)?;
+        dispatch(gpu, &SUM_ROWS, x, &out, p, nchunks * cols / 4)?;
     } else {
-        dispatch(gpu, "sum_rows_unaligned", x, &out, p, nchunks * cols)?;
+        dispatch(gpu, &SUM_ROWS_UNALIGNED, x, &out, p, nchunks * cols)?;
     }
     Ok(out)
 }
@@ -92,7 +96,7 @@ fn total_stage(gpu: &Gpu, x: &Tensor, n: usize, square: bool) -> Result<Tensor> 
         square: square as u32,
         _pad: [0; 2],
     };
-    dispatch(gpu, "sum", x, &out, p, cols)?;
+    dispatch(gpu, &SUM, x, &out, p, cols)?;
     Ok(out)
 }
 

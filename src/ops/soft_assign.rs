@@ -11,11 +11,15 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static SOFT_ASSIGN: Shader = shader!("soft_assign.wgsl");
 
-const WG: u32 = 64;
+const SOFT_ASSIGN_FORWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_forward", wg: WG };
+const SOFT_ASSIGN_BACKWARD_G: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_backward_g", wg: WG };
+const SOFT_ASSIGN_BACKWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_backward", wg: WG };
+
 /// Outputs per invocation in the tiled passes (`TILE` in the shader).
 const TILE: usize = 16;
 
@@ -82,8 +86,7 @@ pub fn soft_assign_forward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32) -> 
     let tiles = d.k.div_ceil(TILE);
     let prm = params(&d, tiles, tau);
     let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(logits), Bind::Write(&p)];
-    let groups = gpu.grid(((d.r * tiles) as u32).div_ceil(WG));
-    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_forward", &[("WG", WG as f64)], bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &SOFT_ASSIGN_FORWARD, &prm, &binds, Grid::Items(d.r * tiles))?;
     Ok(p)
 }
 
@@ -94,14 +97,11 @@ pub fn soft_assign_backward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32, dp
     let d = check(logits, y, tau, Some(dp))?;
     let dlogits = gpu.empty(&logits.shape, DType::F32)?;
     let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(dp), Bind::Write(&dlogits)];
-    let wg = [("WG", WG as f64)];
     let tiles = d.m.div_ceil(TILE);
     let prm = params(&d, tiles, tau);
-    let groups = gpu.grid(((d.r * tiles) as u32).div_ceil(WG));
-    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_backward_g", &wg, bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &SOFT_ASSIGN_BACKWARD_G, &prm, &binds, Grid::Items(d.r * tiles))?;
     let prm = params(&d, 1, tau);
-    let groups = gpu.grid((d.r as u32).div_ceil(WG));
-    gpu.dispatch(&SOFT_ASSIGN, "soft_assign_backward", &wg, bytemuck::bytes_of(&prm), &binds, groups)?;
+    launch(gpu, &SOFT_ASSIGN_BACKWARD, &prm, &binds, Grid::Items(d.r))?;
     Ok(dlogits)
 }
 

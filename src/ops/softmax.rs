@@ -9,9 +9,12 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::launch::{check_f32, groups, rows_of, u32_of};
+use crate::ops::launch::{check_f32, launch, rows_of, u32_of, Grid, Kernel, WG};
 
 pub static SOFTMAX: Shader = shader!("softmax.wgsl");
+
+const SOFTMAX_FORWARD: Kernel = Kernel { shader: &SOFTMAX, entry: "softmax_forward", wg: WG };
+const SOFTMAX_BACKWARD: Kernel = Kernel { shader: &SOFTMAX, entry: "softmax_backward", wg: WG };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -22,13 +25,14 @@ struct Params {
     _pad: u32,
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, like: &Tensor, scale: f32, binds: &[Bind]) -> Result<()> {
+fn run(gpu: &Gpu, kernel: &Kernel, like: &Tensor, scale: f32, binds: &[Bind]) -> Result<()> {
+    let entry = kernel.entry;
     let (r, c) = rows_of(like);
     if r * c == 0 {
         return Ok(()); // no element to write (a zero-width row has no softmax)
     }
     let params = Params { r: u32_of(entry, "rows", r)?, c: u32_of(entry, "width", c)?, scale, _pad: 0 };
-    gpu.dispatch(&SOFTMAX, entry, &[], bytemuck::bytes_of(&params), binds, groups(gpu, entry, r)?)
+    launch(gpu, kernel, &params, binds, Grid::Items(r))
 }
 
 /// y = softmax(scale · x) along the last dimension of x (…, C). Saves y (returned).
@@ -38,7 +42,7 @@ pub fn softmax_forward(gpu: &Gpu, x: &Tensor, scale: f32) -> Result<Tensor> {
         return Err(SopError::shape("softmax_forward", "x is 0-dimensional; need (…, C)"));
     }
     let y = gpu.empty(&x.shape, DType::F32)?;
-    launch(gpu, "softmax_forward", x, scale, &[Bind::Read(x), Bind::Write(&y)])?;
+    run(gpu, &SOFTMAX_FORWARD, x, scale, &[Bind::Read(x), Bind::Write(&y)])?;
     Ok(y)
 }
 
@@ -49,7 +53,7 @@ pub fn softmax_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32) -> Resul
         return Err(SopError::shape("softmax_backward", format!("y {:?} and dy {:?}: need one shape (…, C)", y.shape, dy.shape)));
     }
     let dx = gpu.empty(&y.shape, DType::F32)?;
-    launch(gpu, "softmax_backward", y, scale, &[Bind::Read(y), Bind::Write(&dx), Bind::Read(dy)])?;
+    run(gpu, &SOFTMAX_BACKWARD, y, scale, &[Bind::Read(y), Bind::Write(&dx), Bind::Read(dy)])?;
     Ok(dx)
 }
 

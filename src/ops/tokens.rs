@@ -7,9 +7,16 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static TOKENS: Shader = shader!("tokens.wgsl");
+
+const PATCHIFY_FORWARD: Kernel = Kernel { shader: &TOKENS, entry: "patchify_forward", wg: WG };
+const PATCHIFY_BACKWARD: Kernel = Kernel { shader: &TOKENS, entry: "patchify_backward", wg: WG };
+const TOKENS_JOIN: Kernel = Kernel { shader: &TOKENS, entry: "tokens_join", wg: WG };
+const TOKENS_SPLIT: Kernel = Kernel { shader: &TOKENS, entry: "tokens_split", wg: WG };
+/// Invocations per workgroup of every tokens.wgsl entry (its `override WG` default).
 const WG: u32 = 256;
 
 #[repr(C)]
@@ -25,9 +32,8 @@ struct Params {
     flags: u32,
 }
 
-fn launch(gpu: &Gpu, entry: &'static str, params: Params, binds: &[Bind], n: usize) -> Result<()> {
-    let groups = gpu.grid((n as u32).div_ceil(WG));
-    gpu.dispatch(&TOKENS, entry, &[], bytemuck::bytes_of(&params), binds, groups)
+fn run(gpu: &Gpu, kernel: &Kernel, params: Params, binds: &[Bind], n: usize) -> Result<()> {
+    launch(gpu, kernel, &params, binds, Grid::Items(n))
 }
 
 fn image_dims(images: &Tensor, patch: usize) -> Result<(usize, usize, usize, usize)> {
@@ -43,7 +49,7 @@ pub fn patchify_forward(gpu: &Gpu, images: &Tensor, patch: usize) -> Result<Tens
     let (b, c, s, g) = image_dims(images, patch)?;
     let out = gpu.empty(&[b * g * g, c * patch * patch], DType::F32)?;
     let params = Params { b: b as u32, c: c as u32, s: s as u32, p: patch as u32, g: g as u32, n: (g * g) as u32, ..Default::default() };
-    launch(gpu, "patchify_forward", params, &[Bind::Read(images), Bind::Read(images), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
+    run(gpu, &PATCHIFY_FORWARD, params, &[Bind::Read(images), Bind::Read(images), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
     Ok(out)
 }
 
@@ -55,7 +61,7 @@ pub fn patchify_backward(gpu: &Gpu, dpatches: &Tensor, image_shape: &[usize], pa
         return Err(SopError::shape("patchify_backward", format!("dpatches {:?} for images {image_shape:?}", dpatches.shape)));
     }
     let params = Params { b: b as u32, c: c as u32, s: s as u32, p: patch as u32, g: g as u32, n: (g * g) as u32, ..Default::default() };
-    launch(gpu, "patchify_backward", params, &[Bind::Read(dpatches), Bind::Read(dpatches), Bind::Write(&dimg), Bind::Write(&dimg)], dimg.numel())?;
+    run(gpu, &PATCHIFY_BACKWARD, params, &[Bind::Read(dpatches), Bind::Read(dpatches), Bind::Write(&dimg), Bind::Write(&dimg)], dimg.numel())?;
     Ok(dimg)
 }
 
@@ -73,7 +79,7 @@ pub fn tokens_join(gpu: &Gpu, cls: &Tensor, x: &Tensor) -> Result<Tensor> {
     }
     let out = gpu.empty(&[b, n + 1, d], DType::F32)?;
     let params = Params { b: b as u32, n: n as u32, d: d as u32, flags: shared as u32, ..Default::default() };
-    launch(gpu, "tokens_join", params, &[Bind::Read(x), Bind::Read(cls), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
+    run(gpu, &TOKENS_JOIN, params, &[Bind::Read(x), Bind::Read(cls), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
     Ok(out)
 }
 
@@ -87,7 +93,7 @@ pub fn tokens_split(gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Tensor)> {
     let cls = gpu.empty(&[b, d], DType::F32)?;
     let rest = gpu.empty(&[b, n, d], DType::F32)?;
     let params = Params { b: b as u32, n: n as u32, d: d as u32, ..Default::default() };
-    launch(gpu, "tokens_split", params, &[Bind::Read(x), Bind::Read(x), Bind::Write(&rest), Bind::Write(&cls)], x.numel())?;
+    run(gpu, &TOKENS_SPLIT, params, &[Bind::Read(x), Bind::Read(x), Bind::Write(&rest), Bind::Write(&cls)], x.numel())?;
     Ok((cls, rest))
 }
 

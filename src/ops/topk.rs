@@ -11,14 +11,17 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 
 pub static TOPK: Shader = shader!("topk.wgsl");
 
+const TOPK_FORWARD_CANDIDATES: Kernel = Kernel { shader: &TOPK, entry: "topk_forward_candidates", wg: WG };
+const TOPK_FORWARD: Kernel = Kernel { shader: &TOPK, entry: "topk_forward", wg: WG };
+
 /// Largest k the kernel keeps in its private sorted list (`KMAX` in the shader).
 pub const TOPK_MAX_K: usize = 16;
 
-const WG: u32 = 64;
 /// Columns each lane of the first pass scans (about; the last lanes may get one fewer).
 const COLUMNS_PER_LANE: usize = 256;
 
@@ -62,10 +65,8 @@ pub fn topk_forward(gpu: &Gpu, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)>
     let cand_i = gpu.empty(&[r, lanes, k], DType::U32)?;
     let params = Params { r: r as u32, c: c as u32, k: k as u32, lanes: lanes as u32 };
     let binds = [Bind::Read(x), Bind::Write(&cand_v), Bind::Write(&cand_i), Bind::Write(&values), Bind::Write(&indices)];
-    let wg = [("WG", WG as f64)];
-    let candidates_groups = gpu.grid(((r * lanes) as u32).div_ceil(WG));
-    gpu.dispatch(&TOPK, "topk_forward_candidates", &wg, bytemuck::bytes_of(&params), &binds, candidates_groups)?;
-    gpu.dispatch(&TOPK, "topk_forward", &wg, bytemuck::bytes_of(&params), &binds, gpu.grid((r as u32).div_ceil(WG)))?;
+    launch(gpu, &TOPK_FORWARD_CANDIDATES, &params, &binds, Grid::Items(r * lanes))?;
+    launch(gpu, &TOPK_FORWARD, &params, &binds, Grid::Items(r))?;
     Ok((values, indices))
 }
 
