@@ -129,7 +129,7 @@ pub fn sop_objective(
     patch_bank: &Bank,
     cls_draws: &[TaskDraw],
     patch_draws: &[TaskDraw],
-    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveOutput> {
     let t = check(e)?;
     let (b, l, w) = (e.batch, e.local_views, e.teacher_cls.shape[1]);
@@ -163,7 +163,7 @@ pub fn sop_objective(
     let mut agreement_cls = 0.0;
     for (task, draw) in cls_draws.iter().enumerate() {
         let proto = build(gpu, cls_bank, &draw.perm, &cfg.cls, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => k.clone(),
+            Some(k) => Ok(k.clone()),
             None => choose_keep(nb, task),
         })?;
         let (_, q) = assign(gpu, e.teacher_cls, &proto, cfg.teacher_temp)?;
@@ -197,7 +197,7 @@ pub fn sop_objective(
     let mut dpatch: Option<Tensor> = None;
     for (task, draw) in patch_draws.iter().enumerate() {
         let proto = build(gpu, patch_bank, &draw.perm, &cfg.patch, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => k.clone(),
+            Some(k) => Ok(k.clone()),
             None => choose_keep(nb, cfg.cls.tasks + task),
         })?;
         let (_, q) = assign(gpu, &t_rows, &proto, cfg.teacher_temp)?;

@@ -520,7 +520,7 @@ impl Trainer<'_> {
         let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
         let out = sop_objective(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
             let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
-            sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
+            sample_keep(gpu, nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
         })?;
         // A NaN can hide inside clamped logs, so the embeddings are checked as well: one read
         // of the summed squares of all four (unit rows, so no finite sum overflows).
