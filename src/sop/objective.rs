@@ -120,7 +120,11 @@ fn check(e: &Embeddings) -> Result<usize> {
 }
 
 /// The whole objective. `cls_draws` / `patch_draws` have one entry per task; a draw whose
-/// `keep` is None gets it from `choose_keep(task, neighbours)`.
+/// `keep` is None gets it from `choose_keep(neighbours, task)`; the neighbours stay on the
+/// device, so a rule that reads them (1/CV) makes the step wait there.
+// Eight distinct inputs (device, settings, embeddings, two banks, two draw lists, the keep
+// rule); a struct made only to pass them would hide what each caller supplies.
+#[allow(clippy::too_many_arguments)]
 pub fn sop_objective(
     gpu: &Gpu,
     cfg: &ObjectiveConfig,

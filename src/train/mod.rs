@@ -9,6 +9,7 @@
 //! 3. objective (reads the banks) → losses and d(student embeddings); tape backward → grads
 //! 4. AdamW (clipped), EMA teacher update, then the banks take the teacher's second-view
 //!    [CLS] rows and one random patch row per image.
+//!
 //! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
 //! the uninterrupted one exactly.
 

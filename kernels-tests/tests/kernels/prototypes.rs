@@ -128,7 +128,7 @@ fn build_with_uniform_sampling_does_no_blocking_read() {
         };
         gpu.sync().unwrap();
         let before = gpu.counters();
-        let proto = build(&gpu, &bank, &perm, &cfg, smoothing, &draw).unwrap();
+        let proto = build(&gpu, &bank, &perm, &cfg, smoothing, draw).unwrap();
         let during = gpu.counters().since(&before);
         assert_eq!(during.host_waits, 0, "P {p} E {e}: building the prototypes waited on the device");
         assert!(during.dispatches > 0);
