@@ -14,6 +14,7 @@ pub mod cross_entropy;
 pub mod ema;
 pub mod gather;
 pub mod mask_tokens;
+pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;
 pub mod softmax;

@@ -12,7 +12,7 @@ use super::AdapterArg;
 use crate::data::{Dataset, Split};
 use crate::model::vit::ForwardOptions;
 use crate::ops::attention::attention_cls_probs;
-use crate::sop::prototypes::{neighbours, PrototypeConfig};
+use crate::sop::prototypes::{build, PrototypeConfig};
 use crate::tape::Tape;
 use crate::train::config::TrainConfig;
 
@@ -124,13 +124,16 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let mut perm: Vec<u32> = (0..n_bank as u32).collect();
     rand::seq::SliceRandom::shuffle(&mut perm[..], &mut rng);
-    let nb = neighbours(&gpu, &bank, &perm, &pc)?;
+    // Every anchor kept, so prototype a's members are member_rows[a·E..(a+1)·E], the anchor
+    // first. Not in a training step: the rows may come back to the host (a blocking read).
+    let every_anchor: Vec<u32> = (0..pc.anchors as u32).collect();
+    let proto = build(&gpu, &bank, &perm, &pc, 0.0, |_| Ok(every_anchor))?;
+    let member_rows = gpu.read_u32(&proto.member_rows)?;
     let (e, tile) = (pc.experts, args.tile);
     let mut canvas = RgbImage::from_pixel(tile * e as u32, tile * pc.anchors as u32, Rgb([40, 40, 40]));
     let mut shown = 0;
     for a in 0..pc.anchors {
-        let rows: Vec<u32> = std::iter::once(perm[a]).chain(nb.rows[a * (e - 1)..(a + 1) * (e - 1)].iter().copied()).collect();
-        for (j, &r) in rows.iter().enumerate() {
+        for (j, &r) in member_rows[a * e..(a + 1) * e].iter().enumerate() {
             let src = bank.sources[r as usize];
             // Rows still holding their random initial vector have no image: left dark.
             if src < 0 || src as usize >= dataset.len() {

@@ -12,6 +12,7 @@ pub mod l2norm;
 pub mod launch;
 pub mod layernorm;
 pub mod mask_tokens;
+pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;
 pub mod softmax;
@@ -36,6 +37,7 @@ mod tests {
             super::layernorm::params_layouts(),
             super::mask_tokens::params_layouts(),
             super::matmul::params_layouts(),
+            super::prototypes::params_layouts(),
             super::reduce::params_layouts(),
             super::soft_assign::params_layouts(),
             super::softmax::params_layouts(),
@@ -43,7 +45,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 18, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 19, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

@@ -164,7 +164,10 @@ fn check(e: &Embeddings) -> Result<usize> {
 }
 
 /// The whole objective. `cls_draws` / `patch_draws` have one entry per task; a draw whose
-/// `keep` is None gets it from `choose_keep(task, neighbours)`.
+/// `keep` is None gets it from `choose_keep(neighbours, task)`; the neighbours stay on the
+/// device, so a rule that reads them (1/CV) makes the step wait there.
+// Eight distinct inputs (device, settings, embeddings, two banks, two draw lists, the keep
+// rule); a struct made only to pass them would hide what each caller supplies.
 #[allow(clippy::too_many_arguments)]
 pub fn sop_objective(
     gpu: &Gpu,
@@ -174,7 +177,7 @@ pub fn sop_objective(
     patch_bank: &Bank,
     cls_draws: &[TaskDraw],
     patch_draws: &[TaskDraw],
-    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveOutput> {
     sop_objective_tensors(gpu, cfg, e, cls_bank, patch_bank, cls_draws, patch_draws, choose_keep)?.finish(gpu)
 }
@@ -189,7 +192,7 @@ pub fn sop_objective_tensors(
     patch_bank: &Bank,
     cls_draws: &[TaskDraw],
     patch_draws: &[TaskDraw],
-    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Vec<u32>,
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveTensors> {
     let t = check(e)?;
     let (b, l, w) = (e.batch, e.local_views, e.teacher_cls.shape[1]);
@@ -223,7 +226,7 @@ pub fn sop_objective_tensors(
     let mut agreement_idx = None;
     for (task, draw) in cls_draws.iter().enumerate() {
         let proto = build(gpu, cls_bank, &draw.perm, &cfg.cls, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => k.clone(),
+            Some(k) => Ok(k.clone()),
             None => choose_keep(nb, task),
         })?;
         let (_, q) = assign(gpu, e.teacher_cls, &proto, cfg.teacher_temp)?;
@@ -257,7 +260,7 @@ pub fn sop_objective_tensors(
     let mut dpatch: Option<Tensor> = None;
     for (task, draw) in patch_draws.iter().enumerate() {
         let proto = build(gpu, patch_bank, &draw.perm, &cfg.patch, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => k.clone(),
+            Some(k) => Ok(k.clone()),
             None => choose_keep(nb, cfg.cls.tasks + task),
         })?;
         let (_, q) = assign(gpu, &t_rows, &proto, cfg.teacher_temp)?;

@@ -1,17 +1,28 @@
 //! Self-organizing prototypes for one task (docs/METHOD.md "Building the prototypes").
 //!
 //! Given the bank and this task's draws (a permutation whose first P entries are the
-//! anchors, and when E > 1 the indices of the P/2 anchors kept):
-//!   sims (P, N−P) = anchors · poolᵀ            (matmul on the GPU)
-//!   SEs = top-(E−1) of each row                (topk on the GPU; ties → lower pool position)
-//!   members of prototype p = [anchor_p, SE_p,1 … SE_p,E−1], weights [1 − s, sim_p,1 …]
-//!   D (M, W) = bank rows of the kept prototypes' members, M = P'·E (prototype-major)
-//!   Y (M, P'): Y[r, p(r)] = w_r, Y[r, q≠p(r)] = (1 − w_r)/(P' − 1), each row divided by its sum.
+//! anchors, and when E > 1 the indices of the P/2 anchors kept), every step runs on the
+//! device; the host uploads the permutation and the keep list and waits for nothing:
+//!   sims (P, N−P) = anchors · poolᵀ          gather_rows, matmul
+//!   SEs = top-(E−1) of each row              topk (values and pool positions stay on the
+//!                                            device; ties → lower pool position)
+//!   member rows (M) and weights (M)          prototypes.wgsl: prototype_members
+//!     prototype p = [anchor, SE_1 … SE_E−1] of kept anchor keep[p], weights [1 − s, sim_1 …]
+//!   Y (M, P'), f32                           prototypes.wgsl: prototype_votes
+//!     Y[r, p(r)] = w_r, Y[r, q≠p(r)] = (1 − w_r)/(P' − 1), each row divided by its sum
+//!   D (M, W), M = P'·E, prototype-major      gather_rows of the member rows
+//! The keep list comes from the task's RNG on the host (`sample_keep`): the default
+//! `AnchorSampling::Uniform` draws it without looking at the similarities, so nothing is
+//! read back; `AnchorSampling::InverseCv` reads the SE similarities (one blocking read per
+//! task). `Neighbours::sims_host`, `Neighbours::rows_host` and `Prototypes::member_rows`
+//! give the rest to whoever asks (`sop prototypes`, the bench's validation), at a blocking
+//! read each.
 
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::gather::gather_rows;
 use crate::ops::matmul::Matmul;
+use crate::ops::prototypes::prototype_members_votes;
 use crate::ops::topk::topk_forward;
 use crate::sop::bank::Bank;
 
@@ -31,88 +42,93 @@ pub struct Prototypes {
     pub members: Tensor,
     /// (M, P') row-stochastic vote matrix.
     pub votes: Tensor,
-    /// Bank row of each member (M), for pictures.
-    pub member_rows: Vec<u32>,
-    /// Similarities of each anchor's SEs (P, E−1), before subsampling (for the 1/CV option).
-    pub se_sims: Vec<f32>,
+    /// (M) u32 bank row of each member, on the device (`sop prototypes` reads it back).
+    pub member_rows: Tensor,
+    /// Every anchor's SEs, before subsampling (`se_sims_host` reads their similarities).
+    pub neighbours: Neighbours,
     /// Number of prototypes kept (P').
     pub kept: usize,
 }
 
-/// The similarities and SE choices of all P anchors (before subsampling).
-pub struct Neighbours {
-    /// (P, E−1) bank rows of each anchor's SEs.
-    pub rows: Vec<u32>,
-    /// (P, E−1) their similarities to the anchor.
-    pub sims: Vec<f32>,
+impl Prototypes {
+    /// (P, E−1) similarities of each anchor's SEs, before subsampling: a blocking read.
+    pub fn se_sims_host(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.neighbours.sims_host(gpu)
+    }
 }
 
-/// Top-(E−1) pool neighbours of each anchor, computed on the GPU.
+/// The permutation and every anchor's SEs (before subsampling), on the device.
+pub struct Neighbours {
+    /// (N) u32 the task's permutation: anchors perm[..P], pool perm[P..].
+    pub perm: Tensor,
+    /// (P, E−1) f32 similarities of each anchor's SEs to it, nearest first; None when E = 1.
+    pub sims: Option<Tensor>,
+    /// (P, E−1) u32 pool positions of the SEs (bank row perm[P + i]); None when E = 1.
+    pub pool_idx: Option<Tensor>,
+    /// P.
+    pub anchors: usize,
+}
+
+impl Neighbours {
+    /// (P, E−1) SE similarities on the host (empty when E = 1): a blocking read.
+    pub fn sims_host(&self, gpu: &Gpu) -> Result<Vec<f32>> {
+        self.sims.as_ref().map_or(Ok(Vec::new()), |t| gpu.read_f32(t))
+    }
+
+    /// (P, E−1) bank rows of the SEs on the host (empty when E = 1): two blocking reads.
+    pub fn rows_host(&self, gpu: &Gpu) -> Result<Vec<u32>> {
+        let Some(idx) = &self.pool_idx else { return Ok(Vec::new()) };
+        let perm = gpu.read_u32(&self.perm)?;
+        Ok(gpu.read_u32(idx)?.iter().map(|&i| perm[self.anchors + i as usize]).collect())
+    }
+}
+
+/// Top-(E−1) pool neighbours of each anchor, computed and kept on the GPU (no blocking read).
 pub fn neighbours(gpu: &Gpu, bank: &Bank, perm: &[u32], cfg: &PrototypeConfig) -> Result<Neighbours> {
     let (p, e, n) = (cfg.anchors, cfg.experts, bank.len());
+    if perm.len() != n || p < 2 || p > n {
+        let got = perm.len();
+        return Err(SopError::Invalid(format!("prototypes: permutation of {got} for a bank of {n}, {p} anchors")));
+    }
+    let perm_t = gpu.upload_u32(&[n], perm)?;
     if e <= 1 {
-        return Ok(Neighbours { rows: Vec::new(), sims: Vec::new() });
+        return Ok(Neighbours { perm: perm_t, sims: None, pool_idx: None, anchors: p });
     }
     if n < p + e - 1 {
         return Err(SopError::Invalid(format!("bank of {n} rows cannot give {p} anchors {} SEs each", e - 1)));
     }
-    let anchors = gpu.upload_u32(&[p], &perm[..p])?;
-    let pool = gpu.upload_u32(&[n - p], &perm[p..])?;
+    let anchors = gpu.slice_rows(&perm_t, 0, p)?;
+    let pool = gpu.slice_rows(&perm_t, p, n - p)?;
     let a = gather_rows(gpu, &bank.vectors, &anchors)?;
     let pool_vecs = gather_rows(gpu, &bank.vectors, &pool)?;
     let sims = Matmul::new(&a, &pool_vecs).trans_b().run(gpu)?; // (P, N−P)
     drop(pool_vecs);
     let (vals, idx) = topk_forward(gpu, &sims, e - 1)?;
-    let vals = gpu.read_f32(&vals)?;
-    let idx = gpu.read_u32(&idx)?;
-    let rows = idx.iter().map(|&i| perm[p + i as usize]).collect();
-    Ok(Neighbours { rows, sims: vals })
+    Ok(Neighbours { perm: perm_t, sims: Some(vals), pool_idx: Some(idx), anchors: p })
 }
 
-/// Build D and Y for one task. When E > 1, `choose_keep` sees every anchor's SEs and returns
-/// the anchors kept (indices in 0..P); when E = 1 all P anchors are kept.
+/// Build D and Y for one task without a blocking read of its own. When E > 1,
+/// `choose_keep` sees every anchor's SEs (on the device) and returns the anchors kept
+/// (indices in 0..P); when E = 1 all P anchors are kept.
 pub fn build(
     gpu: &Gpu,
     bank: &Bank,
     perm: &[u32],
     cfg: &PrototypeConfig,
     smoothing: f32,
-    choose_keep: impl FnOnce(&Neighbours) -> Vec<u32>,
+    choose_keep: impl FnOnce(&Neighbours) -> Result<Vec<u32>>,
 ) -> Result<Prototypes> {
     let (p, e) = (cfg.anchors, cfg.experts);
-    if perm.len() != bank.len() || p < 2 || p > bank.len() {
-        return Err(SopError::Invalid(format!("prototypes: permutation of {} for a bank of {}, {p} anchors", perm.len(), bank.len())));
-    }
     let nb = neighbours(gpu, bank, perm, cfg)?;
-    let kept: Vec<usize> = if e > 1 { choose_keep(&nb).into_iter().map(|k| k as usize).collect() } else { (0..p).collect() };
-    if kept.len() < 2 || kept.iter().any(|&k| k >= p) {
+    let kept: Vec<u32> = if e > 1 { choose_keep(&nb)? } else { (0..p as u32).collect() };
+    if kept.len() < 2 || kept.iter().any(|&k| k as usize >= p) {
         return Err(SopError::Invalid(format!("prototypes: keep list {kept:?} for {p} anchors")));
     }
-    let pk = kept.len();
-    let m = pk * e;
-    let mut member_rows = Vec::with_capacity(m);
-    let mut weights = Vec::with_capacity(m);
-    for &a in &kept {
-        member_rows.push(perm[a]);
-        weights.push(1.0 - smoothing as f64);
-        for j in 0..e - 1 {
-            member_rows.push(nb.rows[a * (e - 1) + j]);
-            weights.push(nb.sims[a * (e - 1) + j] as f64);
-        }
-    }
-    let mut y = vec![0f32; m * pk];
-    for r in 0..m {
-        let (own, w) = (r / e, weights[r]);
-        let other = (1.0 - w) / (pk as f64 - 1.0);
-        let sum = w + other * (pk as f64 - 1.0);
-        for q in 0..pk {
-            y[r * pk + q] = ((if q == own { w } else { other }) / sum) as f32;
-        }
-    }
-    let rows_t = gpu.upload_u32(&[m], &member_rows)?;
-    let members = gather_rows(gpu, &bank.vectors, &rows_t)?;
-    let votes = gpu.upload_f32(&[m, pk], &y)?;
-    Ok(Prototypes { members, votes, member_rows, se_sims: nb.sims, kept: pk })
+    let keep = gpu.upload_u32(&[kept.len()], &kept)?;
+    let topk = nb.sims.as_ref().zip(nb.pool_idx.as_ref());
+    let out = prototype_members_votes(gpu, &nb.perm, topk, &keep, p, e, smoothing)?;
+    let members = gather_rows(gpu, &bank.vectors, &out.rows)?;
+    Ok(Prototypes { members, votes: out.votes, member_rows: out.rows, neighbours: nb, kept: kept.len() })
 }
 
 /// How the P/2 kept anchors are drawn when E > 1 (docs/METHOD.md "Building the prototypes",
@@ -123,18 +139,31 @@ pub enum AnchorSampling {
     /// Uniform without replacement (the default; what the authors' code does in effect).
     Uniform,
     /// Weight 1/CV of each anchor's SE similarities, CV = std/mean·(1 + 1/(4n)), n = pool size.
+    /// Costs one blocking read per task and step (the similarities come back to the host), so
+    /// the step waits for the GPU there.
     InverseCv,
 }
 
 /// Draw P/2 anchors of P without replacement (successive weighted draws, like
-/// torch.multinomial without replacement).
-pub fn sample_keep(nb: &Neighbours, p: usize, experts: usize, pool: usize, how: AnchorSampling, rng: &mut impl rand::Rng) -> Vec<u32> {
+/// torch.multinomial without replacement). Uniform draws the same P/2 numbers from `rng`
+/// whatever the similarities and reads nothing back; InverseCv reads them (blocking).
+pub fn sample_keep(
+    gpu: &Gpu,
+    nb: &Neighbours,
+    p: usize,
+    experts: usize,
+    pool: usize,
+    how: AnchorSampling,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<u32>> {
     let k = experts - 1;
+    // Only 1/CV looks at the similarities, and pays a blocking read for them.
+    let sims = if how == AnchorSampling::InverseCv { nb.sims_host(gpu)? } else { Vec::new() };
     let mut w: Vec<f64> = (0..p)
         .map(|a| match how {
             AnchorSampling::Uniform => 1.0,
             AnchorSampling::InverseCv => {
-                let s = &nb.sims[a * k..(a + 1) * k];
+                let s = &sims[a * k..(a + 1) * k];
                 let mean = s.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
                 let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0).max(1.0);
                 let cv = var.sqrt() / mean * (1.0 + 1.0 / (4.0 * pool as f64));
@@ -160,5 +189,5 @@ pub fn sample_keep(nb: &Neighbours, p: usize, experts: usize, pool: usize, how: 
         keep.push(pick as u32);
         w[pick] = 0.0;
     }
-    keep
+    Ok(keep)
 }

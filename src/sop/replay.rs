@@ -56,7 +56,8 @@ pub fn replay(gpu: &Gpu, inp: &ObjectiveInputs) -> Result<Replayed> {
         local_views: l,
     };
     // Every draw from a file carries its kept anchors, so `choose_keep` is never asked.
-    let out = sop_objective(gpu, &cfg, &emb, &cls_bank, &patch_bank, &draws(&inp.cls), &draws(&inp.patch), |_, _| Vec::new())?;
+    let (cls_draws, patch_draws) = (draws(&inp.cls), draws(&inp.patch));
+    let out = sop_objective(gpu, &cfg, &emb, &cls_bank, &patch_bank, &cls_draws, &patch_draws, |_, _| Ok(Vec::new()))?;
     Ok(Replayed {
         loss_cls: out.loss_cls,
         loss_mim: out.loss_mim,

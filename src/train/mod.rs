@@ -9,6 +9,7 @@
 //! 3. objective (reads the banks) → losses and d(student embeddings); tape backward → grads
 //! 4. AdamW (clipped), EMA teacher update, then the banks take the teacher's second-view
 //!    [CLS] rows and one random patch row per image.
+//!
 //! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
 //! the uninterrupted one exactly.
 
@@ -559,7 +560,7 @@ impl Trainer<'_> {
         let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
         let out = sop_objective_tensors(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
             let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
-            sample_keep(nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
+            sample_keep(gpu, nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
         })?;
         // Summed squares of all four embeddings, checked for finiteness with the step's
         // other scalars (`step`).
