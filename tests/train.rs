@@ -152,7 +152,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
     use sop::model::params::{init_params, param_specs};
     use sop::model::vit::{ForwardOptions, Vit, Weights};
     use sop::sop::bank::Bank;
-    use sop::sop::objective::{sop_objective, Embeddings, ObjectiveConfig, TaskDraw};
+    use sop::sop::objective::{sop_objective, Embeddings, ObjectiveConfig, TaskDraw, TaskSet};
     use sop::sop::prototypes::PrototypeConfig;
     use sop::tape::Tape;
     use sop::train::optimizer::AdamW;
@@ -205,7 +205,8 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         let h = vit.head(&mut tape, &p, &tok).unwrap();
         let (c, r) = tape.tokens_split(&h).unwrap();
         let emb = Embeddings { student_cls: &c.value, teacher_cls: &t_cls, student_patch: &r.value, teacher_patch: &t_patch, masks: &masks_u8, batch: b, local_views: 0 };
-        let out = sop_objective(&gpu, &ocfg, &emb, &cls_bank, &patch_bank, &cls_draws, &patch_draws, |_, _| unreachable!()).unwrap();
+        let (cls, patch) = (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
+        let out = sop_objective(&gpu, &ocfg, &emb, cls, patch, |_, _, _| unreachable!()).unwrap();
         assert!(out.loss.is_finite(), "loss {}", out.loss);
         losses.push(out.loss);
         let mut g = tape.backward(vec![(&c, out.dstudent_cls), (&r, out.dstudent_patch)]).unwrap();

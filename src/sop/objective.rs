@@ -163,50 +163,53 @@ fn check(e: &Embeddings) -> Result<usize> {
     Ok(t)
 }
 
-/// The whole objective. `cls_draws` / `patch_draws` have one entry per task; a draw whose
-/// `keep` is None gets it from `choose_keep(neighbours, task)`; the neighbours stay on the
+/// Which bank, prototypes and loss a task belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    /// [CLS] bank, the [CLS] loss across views.
+    Cls,
+    /// Patch bank, the SOP-MIM loss on masked patches.
+    Patch,
+}
+
+/// One kind's tasks: its bank and one random draw per task.
+#[derive(Clone, Copy)]
+pub struct TaskSet<'a> {
+    pub bank: &'a Bank,
+    pub draws: &'a [TaskDraw],
+}
+
+/// The whole objective: `cls` and `patch` have one draw per task; a draw whose `keep` is
+/// None gets it from `choose_keep(neighbours, kind, task)`; the neighbours stay on the
 /// device, so a rule that reads them (1/CV) makes the step wait there.
-// Eight distinct inputs (device, settings, embeddings, two banks, two draw lists, the keep
-// rule); a struct made only to pass them would hide what each caller supplies.
-#[allow(clippy::too_many_arguments)]
 pub fn sop_objective(
     gpu: &Gpu,
     cfg: &ObjectiveConfig,
     e: &Embeddings,
-    cls_bank: &Bank,
-    patch_bank: &Bank,
-    cls_draws: &[TaskDraw],
-    patch_draws: &[TaskDraw],
-    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Result<Vec<u32>>,
+    cls: TaskSet,
+    patch: TaskSet,
+    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveOutput> {
-    sop_objective_tensors(gpu, cfg, e, cls_bank, patch_bank, cls_draws, patch_draws, choose_keep)?.finish(gpu)
+    sop_objective_tensors(gpu, cfg, e, cls, patch, choose_keep)?.finish(gpu)
 }
 
-/// `sop_objective` without the readback: losses and agreement stay on the device.
-#[allow(clippy::too_many_arguments)]
-pub fn sop_objective_tensors(
-    gpu: &Gpu,
-    cfg: &ObjectiveConfig,
-    e: &Embeddings,
-    cls_bank: &Bank,
-    patch_bank: &Bank,
-    cls_draws: &[TaskDraw],
-    patch_draws: &[TaskDraw],
-    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, usize) -> Result<Vec<u32>>,
-) -> Result<ObjectiveTensors> {
-    let t = check(e)?;
-    let (b, l, w) = (e.batch, e.local_views, e.teacher_cls.shape[1]);
-    if cls_draws.len() != cfg.cls.tasks || patch_draws.len() != cfg.patch.tasks || cfg.cls.tasks == 0 || cfg.patch.tasks == 0 {
-        return Err(SopError::Invalid(format!(
-            "sop_objective: {} [CLS] and {} patch draws for {} and {} tasks",
-            cls_draws.len(),
-            patch_draws.len(),
-            cfg.cls.tasks,
-            cfg.patch.tasks
-        )));
-    }
+/// What differs between the two task kinds: the rows compared and their weights.
+struct KindTerms<'a> {
+    kind: TaskKind,
+    set: TaskSet<'a>,
+    protos: &'a PrototypeConfig,
+    /// Teacher rows assigned to the prototypes, and the student rows that learn from them.
+    teacher: Tensor,
+    student: Tensor,
+    /// [CLS]: targets = Sel · q (the other views summed); patches: the teacher's own row.
+    select: Option<Tensor>,
+    /// Per student row loss weight.
+    weights: Tensor,
+}
 
-    // [CLS]: selection matrix Sel ((2+L)B, 2B) and uniform weights.
+/// [CLS]: selection matrix Sel ((2+L)B, 2B) and uniform weights 1/(B · pairs · tasks).
+fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>) -> Result<KindTerms<'a>> {
+    let (b, l) = (e.batch, e.local_views);
     let rows_s = (2 + l) * b;
     let pairs = (2 + 2 * l) as f32;
     let mut sel = vec![0f32; rows_s * 2 * b];
@@ -219,30 +222,20 @@ pub fn sop_objective_tensors(
             }
         }
     }
-    let sel = gpu.upload_f32(&[rows_s, 2 * b], &sel)?;
-    let w_cls = gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?;
-    let mut cls_losses = Vec::with_capacity(cls_draws.len());
-    let mut dcls: Option<Tensor> = None;
-    let mut agreement_idx = None;
-    for (task, draw) in cls_draws.iter().enumerate() {
-        let proto = build(gpu, cls_bank, &draw.perm, &cfg.cls, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => Ok(k.clone()),
-            None => choose_keep(nb, task),
-        })?;
-        let (_, q) = assign(gpu, e.teacher_cls, &proto, cfg.teacher_temp)?;
-        let target = Matmul::new(&sel, &q).run(gpu)?;
-        let (loss, du, p_s) = term(gpu, e.student_cls, &target, &w_cls, &proto, cfg.student_temp)?;
-        cls_losses.push(loss);
-        dcls = Some(match dcls {
-            Some(acc) => add(gpu, &acc, &du)?,
-            None => du,
-        });
-        if task == 0 {
-            agreement_idx = Some(argmax_pair(gpu, &p_s, &target)?);
-        }
-    }
+    Ok(KindTerms {
+        kind: TaskKind::Cls,
+        set,
+        protos: &cfg.cls,
+        teacher: e.teacher_cls.clone(),
+        student: e.student_cls.clone(),
+        select: Some(gpu.upload_f32(&[rows_s, 2 * b], &sel)?),
+        weights: gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?,
+    })
+}
 
-    // SOP-MIM: per-row weights from the masks.
+/// SOP-MIM: patch rows (2B·T, W), weight mask / max(1, masked count of the image) / (2B · tasks).
+fn patch_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>, t: usize) -> Result<KindTerms<'a>> {
+    let (b, w) = (e.batch, e.teacher_cls.shape[1]);
     let mut w_mim = vec![0f32; 2 * b * t];
     for img in 0..2 * b {
         let m = &e.masks[img * t..(img + 1) * t];
@@ -253,24 +246,65 @@ pub fn sop_objective_tensors(
             }
         }
     }
-    let w_mim = gpu.upload_f32(&[2 * b * t], &w_mim)?;
-    let s_rows = e.student_patch.reshape(&[2 * b * t, w])?;
-    let t_rows = e.teacher_patch.reshape(&[2 * b * t, w])?;
-    let mut mim_losses = Vec::with_capacity(patch_draws.len());
-    let mut dpatch: Option<Tensor> = None;
-    for (task, draw) in patch_draws.iter().enumerate() {
-        let proto = build(gpu, patch_bank, &draw.perm, &cfg.patch, cfg.smoothing, |nb| match &draw.keep {
-            Some(k) => Ok(k.clone()),
-            None => choose_keep(nb, cfg.cls.tasks + task),
-        })?;
-        let (_, q) = assign(gpu, &t_rows, &proto, cfg.teacher_temp)?;
-        let (loss, du, _) = term(gpu, &s_rows, &q, &w_mim, &proto, cfg.student_temp)?;
-        mim_losses.push(loss);
-        dpatch = Some(match dpatch {
-            Some(acc) => add(gpu, &acc, &du)?,
-            None => du,
-        });
+    Ok(KindTerms {
+        kind: TaskKind::Patch,
+        set,
+        protos: &cfg.patch,
+        teacher: e.teacher_patch.reshape(&[2 * b * t, w])?,
+        student: e.student_patch.reshape(&[2 * b * t, w])?,
+        select: None,
+        weights: gpu.upload_f32(&[2 * b * t], &w_mim)?,
+    })
+}
+
+/// `sop_objective` without the readback: losses and agreement stay on the device.
+pub fn sop_objective_tensors(
+    gpu: &Gpu,
+    cfg: &ObjectiveConfig,
+    e: &Embeddings,
+    cls: TaskSet,
+    patch: TaskSet,
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
+) -> Result<ObjectiveTensors> {
+    let t = check(e)?;
+    if cls.draws.len() != cfg.cls.tasks || patch.draws.len() != cfg.patch.tasks || cfg.cls.tasks == 0 || cfg.patch.tasks == 0 {
+        return Err(SopError::Invalid(format!(
+            "sop_objective: {} [CLS] and {} patch draws for {} and {} tasks",
+            cls.draws.len(),
+            patch.draws.len(),
+            cfg.cls.tasks,
+            cfg.patch.tasks
+        )));
     }
+    let kinds = [cls_terms(gpu, cfg, e, cls)?, patch_terms(gpu, cfg, e, patch, t)?];
+    // Per kind: the tasks' losses and the summed gradient of the student rows.
+    let mut losses: [Vec<Tensor>; 2] = [Vec::new(), Vec::new()];
+    let mut grads: [Option<Tensor>; 2] = [None, None];
+    let mut agreement_idx = None;
+    for (k, terms) in kinds.iter().enumerate() {
+        for (task, draw) in terms.set.draws.iter().enumerate() {
+            let proto = build(gpu, terms.set.bank, &draw.perm, terms.protos, cfg.smoothing, |nb| match &draw.keep {
+                Some(keep) => Ok(keep.clone()),
+                None => choose_keep(nb, terms.kind, task),
+            })?;
+            let (_, q) = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
+            let target = match &terms.select {
+                Some(sel) => Matmul::new(sel, &q).run(gpu)?,
+                None => q,
+            };
+            let (loss, du, p_s) = term(gpu, &terms.student, &target, &terms.weights, &proto, cfg.student_temp)?;
+            losses[k].push(loss);
+            grads[k] = Some(match grads[k].take() {
+                Some(acc) => add(gpu, &acc, &du)?,
+                None => du,
+            });
+            if terms.kind == TaskKind::Cls && task == 0 {
+                agreement_idx = Some(argmax_pair(gpu, &p_s, &target)?);
+            }
+        }
+    }
+    let [dcls, dpatch] = grads;
+    let [cls_losses, mim_losses] = losses;
     let dstudent_cls = dcls.expect("at least one task").reshape(&e.student_cls.shape)?;
     let dstudent_patch = dpatch.expect("at least one task").reshape(&e.student_patch.shape)?;
     let agreement_idx = agreement_idx.expect("at least one task");

@@ -37,7 +37,7 @@ use crate::ops::ema::ema_update;
 use crate::ops::gather::gather_rows;
 use crate::ops::reduce::sum_squares;
 use crate::sop::bank::Bank;
-use crate::sop::objective::{sop_objective_tensors, Embeddings, ObjectiveTensors, TaskDraw};
+use crate::sop::objective::{sop_objective_tensors, Embeddings, ObjectiveTensors, TaskDraw, TaskKind, TaskSet};
 use crate::sop::prototypes::sample_keep;
 use crate::tape::Tape;
 use config::TrainConfig;
@@ -558,9 +558,14 @@ impl Trainer<'_> {
         };
         let sampling = cfg.sop.anchor_sampling;
         let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
-        let out = sop_objective_tensors(gpu, obj_cfg, &emb, &self.cls_bank, &self.patch_bank, &cls_draws, &patch_draws, |nb, task| {
-            let (pc, bank_n) = if task < obj_cfg.cls.tasks { (&obj_cfg.cls, self.cls_bank.len()) } else { (&obj_cfg.patch, self.patch_bank.len()) };
-            sample_keep(gpu, nb, pc.anchors, pc.experts, bank_n - pc.anchors, sampling, &mut keep_rng)
+        let cls = TaskSet { bank: &self.cls_bank, draws: &cls_draws };
+        let patch = TaskSet { bank: &self.patch_bank, draws: &patch_draws };
+        let out = sop_objective_tensors(gpu, obj_cfg, &emb, cls, patch, |nb, kind, _| {
+            let (pc, bank) = match kind {
+                TaskKind::Cls => (&obj_cfg.cls, &self.cls_bank),
+                TaskKind::Patch => (&obj_cfg.patch, &self.patch_bank),
+            };
+            sample_keep(gpu, nb, pc.anchors, pc.experts, bank.len() - pc.anchors, sampling, &mut keep_rng)
         })?;
         // Summed squares of all four embeddings, checked for finiteness with the step's
         // other scalars (`step`).
