@@ -14,7 +14,8 @@
 //!
 //! Loading reads the whole file, checks it is safetensors and complete, then checks it
 //! against the expected parameter list: every name present, nothing unexpected, every shape
-//! and dtype right. Any failure returns an error naming the file and the tensor and hands
+//! and dtype right, every value finite (NaN or Inf is refused, naming the tensor and index).
+//! Any failure returns an error naming the file and the tensor and hands
 //! back nothing, so the caller's parameters are never half-overwritten. Dtypes: F32 is read
 //! as is; F16 and BF16 are widened to f32 (exact); anything else (F64, integers, FP8) is
 //! refused rather than silently rounded.
@@ -91,6 +92,10 @@ pub enum CheckpointError {
 
     #[error("{}: metadata {key}: {reason}", path.display())]
     Metadata { path: PathBuf, key: String, reason: String },
+
+    #[error("{}: tensor {tensor} holds {value} at index {index:?} (the first of {count} non-finite values; \
+             a damaged file or a diverged run)", path.display())]
+    NonFinite { path: PathBuf, tensor: String, index: Vec<usize>, value: f32, count: usize },
 
     #[error("{}: cannot save tensor {tensor}: {reason}", path.display())]
     BadTensor { path: PathBuf, tensor: String, reason: String },
@@ -497,6 +502,22 @@ pub fn load_backbone(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
     Ok(Checkpoint { tensors, metadata: raw.metadata, defaulted })
 }
 
+/// Refuses a tensor holding NaN or ±Inf, naming it and the (row-major) index of the first one.
+pub fn check_finite(path: &Path, name: &str, t: &HostTensor) -> CResult<()> {
+    let Some(first) = t.data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let mut index = vec![0; t.shape.len()];
+    let mut rest = first;
+    for (i, &d) in t.shape.iter().enumerate().rev() {
+        index[i] = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    if t.shape.is_empty() {
+        index.push(first);
+    }
+    let count = t.data.iter().filter(|v| !v.is_finite()).count();
+    Err(CheckpointError::NonFinite { path: path.into(), tensor: name.into(), index, value: t.data[first], count })
+}
+
 /// Checks the set of names, then every shape and dtype, and only then converts: either all
 /// of `specs` comes back or an error does. `names` maps canonical names to names in the file.
 fn take(
@@ -543,8 +564,9 @@ fn take(
     }
     let mut out = TensorMap::new();
     for (s, view) in views {
-        let data = to_f32(path, &s.name, view.dtype(), view.data())?;
-        out.insert(s.name.clone(), HostTensor { shape: s.shape.clone(), data });
+        let t = HostTensor { shape: s.shape.clone(), data: to_f32(path, &s.name, view.dtype(), view.data())? };
+        check_finite(path, &s.name, &t)?;
+        out.insert(s.name.clone(), t);
     }
     Ok(out)
 }
