@@ -441,10 +441,11 @@ fn symlinked_folders_are_visited_once() {
     std::os::unix::fs::symlink("..", train.join("dog/up")).unwrap();
     std::os::unix::fs::symlink("0.png", train.join("dog/again.png")).unwrap();
     let png = dir.join("preview.png");
-    let (success, err) = sop_within(
-        120,
-        &["preview", "--data", s(&train), "--out", s(&png), "--n", "2", "--global-size", "8", "--local-size", "4", "--patch-size", "4"],
-    );
+    let args = [
+        "preview", "--data", s(&train), "--out", s(&png), "--n", "2", "--global-size", "8", "--local-size", "4",
+        "--patch-size", "4",
+    ];
+    let (success, err) = sop_within(120, &args);
     assert!(success, "preview did not finish: {err}");
     assert!(err.contains("skipped") && err.contains("to-dog"), "{err}");
     let val = class_folder(&dir.join("val"), &["cat", "dog"], 8);
@@ -462,6 +463,11 @@ fn senseless_parameters_are_refused() {
     let (success, _, err) =
         sop(&["eval", "knn-pixels", "--train", s(&data), "--val", s(&val), "--size", "8", "--temperature", "0"]);
     assert!(!success && err.contains("temperature"), "{err}");
+    let run = dir.join("run");
+    let tiny = tiny_config_on(&dir, &data, &run);
+    ok(&["train", "--config", s(&tiny), "--steps", "0", "--quiet"]);
+    let (success, _, err) = sop(&["prototypes", "--run", s(&run), "--out", s(&dir.join("p.png")), "--n", "0"]);
+    assert!(!success && err.contains("--n 0"), "{err}");
     let cfg = dir.join("zero.toml");
     std::fs::write(&cfg, "[optim]\nepochs = 0\n").unwrap();
     let (success, _, err) = sop(&["train", "--config", s(&cfg), "--out", s(&dir.join("r")), "--quiet"]);
@@ -476,4 +482,35 @@ fn the_default_data_is_found_from_any_folder() {
     assert!(success, "{out}\n{err}");
     assert!(err.contains("data:") && err.contains("fashion-mnist"), "{err}");
     assert!(dir.join("runs/default/teacher.safetensors").exists());
+}
+
+/// Item 12: messages that say what is wrong, once.
+#[test]
+fn messages_say_what_is_wrong_once() {
+    let dir = tmp("messages");
+    // A timm-style file (no `backbone.` prefix, no metadata) of 2 blocks of dim 32, loaded as
+    // vit_small: what the file holds, not a list of missing tensors.
+    let fixture = sop::checkpoint::read(&root().join("kernels-tests/fixtures/vit_tiny.safetensors")).unwrap();
+    let timm: sop::checkpoint::TensorMap = fixture
+        .tensors
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("backbone.") && n != "backbone.masked_embed")
+        .map(|(n, t)| (n["backbone.".len()..].to_string(), t))
+        .collect();
+    let path = dir.join("timm.safetensors");
+    sop::checkpoint::save(&path, &timm, &Default::default()).unwrap();
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 2);
+    let out = dir.join("e.safetensors");
+    let (success, _, err) =
+        sop(&["embed", "--weights", s(&path), "--arch", "vit_small", "--data", s(&data), "--out", s(&out)]);
+    assert!(!success && err.contains("2 blocks of dim 32") && err.contains("vit_small"), "{err}");
+    assert!(!err.contains("missing tensor"), "{err}");
+    // A missing file: the OS message once.
+    let absent = dir.join("absent.safetensors");
+    let (success, _, err) = sop(&["embed", "--weights", s(&absent), "--data", s(&data), "--out", s(&out)]);
+    assert!(!success && err.matches("No such file").count() == 1, "{err}");
+    // A negative count is read as a value and refused in words.
+    let (success, _, err) = sop(&["train", "--batch-size", "-1"]);
+    assert!(!success && err.contains("--batch-size") && err.contains("-1"), "{err}");
+    assert!(!err.contains("unexpected argument"), "{err}");
 }

@@ -131,7 +131,8 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             let (train, val, val_labels) = open_splits(&a.train, &a.val)?;
             let ft = crate::eval::features::pixels(train.clone(), a.size, 256)?;
             let fv = crate::eval::features::pixels(val.clone(), a.size, 256)?;
-            let r = knn_classify(&gpu, &ft.normalized(), &labels(&train, &ft)?, &fv.normalized(), &rows(&val_labels, &fv), ft.dim, a.k, a.temperature)?;
+            let (tl, vl) = (labels(&train, &ft)?, rows(&val_labels, &fv));
+            let r = knn_classify(&gpu, &ft.normalized(), &tl, &fv.normalized(), &vl, ft.dim, a.k, a.temperature)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

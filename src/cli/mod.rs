@@ -58,7 +58,8 @@ impl DataArg {
 pub fn check_output(out: &std::path::Path, inputs: &[&std::path::Path], force: bool) -> anyhow::Result<()> {
     if let Ok(o) = out.canonicalize() {
         if let Some(i) = inputs.iter().find(|i| i.canonicalize().is_ok_and(|i| o.starts_with(i))) {
-            anyhow::bail!("{}: is also an input of this command ({}); write to another file", out.display(), i.display());
+            let (o, i) = (out.display(), i.display());
+            anyhow::bail!("{o}: is also an input of this command ({i}); write to another file");
         }
     }
     if out.is_dir() {

@@ -129,7 +129,8 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
     let width = cfg.model.head_bottleneck;
     let n_bank = cfg.sop.cls_bank_size;
     if args.n < 2 || args.n > n_bank / 2 {
-        anyhow::bail!("--n {}: between 2 and {} prototypes can be drawn from a bank of {n_bank} rows", args.n, n_bank / 2);
+        let n = args.n;
+        anyhow::bail!("--n {n}: between 2 and {} prototypes can be drawn from a bank of {n_bank} rows", n_bank / 2);
     }
     let bank = crate::train::state::restore_bank(&gpu, &args.run, &ckpt.tensors, "cls_bank", n_bank, width, 0)?;
     let data = args.data.clone().unwrap_or(cfg.data.path.clone());

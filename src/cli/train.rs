@@ -33,38 +33,38 @@ pub struct TrainArgs {
     /// vit_tiny, vit_small, vit_base (the width/depth/heads of a preset).
     #[arg(long)]
     pub arch: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub dim: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub depth: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub heads: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub patch_size: Option<usize>,
     /// Input size of the model (the global crop size too).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub img_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub epochs: Option<usize>,
     /// Stop after this many optimiser steps (0 writes the initial weights).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub steps: Option<usize>,
     /// Peak learning rate for a batch of 256.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub local_crops: Option<usize>,
     /// Micro-batches per optimiser step.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub accumulate: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub checkpoint_every: Option<usize>,
     /// k-NN evaluation every N epochs.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = count)]
     pub eval_every: Option<usize>,
     /// Skip the k-NN evaluations.
     #[arg(long)]
@@ -122,6 +122,12 @@ fn resolve_resume(args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<Tra
     cfg.run.out = args.out.clone().unwrap_or_else(|| dir.to_path_buf());
     cfg.run.no_eval |= args.no_eval;
     Ok(cfg)
+}
+
+/// A count flag: a negative number is read as a value (not as an unknown flag) and refused
+/// in words.
+fn count(s: &str) -> Result<usize, String> {
+    s.trim().parse().map_err(|_| format!("{s:?} is not a whole number of at least 0"))
 }
 
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {

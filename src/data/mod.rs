@@ -215,8 +215,10 @@ impl Dataset {
             Source::Folder(_) => "image folder",
             Source::Idx(_) => "IDX",
         };
+        let used = self.labels().map_or(0, |l| l.iter().collect::<std::collections::BTreeSet<_>>().len());
         let classes = match self.class_names().len() {
             0 => "unlabeled".to_string(),
+            k if used < k => format!("{k} classes ({used} with images)"),
             k => format!("{k} classes"),
         };
         format!("{kind} {}: {} images, {classes}", self.root.display(), self.len())

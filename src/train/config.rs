@@ -228,7 +228,8 @@ impl TrainConfig {
     /// alike (a partial `[model]` keeps the other model fields); unknown keys are refused.
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| SopError::file(path, e))?;
-        Self::from_toml_over_default(&text).map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
+        Self::from_toml_over_default(&text)
+            .map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
     }
 
     /// `text`'s keys merged onto the serialised default configuration, then deserialised.

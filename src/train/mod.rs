@@ -195,7 +195,8 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             // extends the run or moves it to another folder.
             let saved = state::saved_config(dir)?;
             let r = state::load_all(dir, &param_specs(&saved.model))?;
-            let (epochs, steps, out, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.out.clone(), cfg.run.no_eval);
+            let (epochs, steps, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.no_eval);
+            let out = cfg.run.out.clone();
             cfg = saved;
             cfg.optim.epochs = epochs.max(cfg.optim.epochs);
             cfg.optim.steps = steps.or(cfg.optim.steps);
