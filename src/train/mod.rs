@@ -238,8 +238,9 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     if let Some((dir, r)) = &resumed {
         state::metrics_up_to(dir, &out, r.progress.step)?;
     }
-    // The last checkpoint in the run folder, for the message of a stopped run.
-    let mut saved_step = resumed.as_ref().map(|(_, r)| r.progress.step);
+    // The last checkpoint in the run folder, for the message of a stopped run (a run moved
+    // to a new folder has none there until its first save).
+    let mut saved_step = resumed.as_ref().filter(|_| in_place).map(|(_, r)| r.progress.step);
 
     let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
     let b = cfg.data.batch_size;
