@@ -14,7 +14,8 @@
 //!
 //! Loading reads the whole file, checks it is safetensors and complete, then checks it
 //! against the expected parameter list: every name present, nothing unexpected, every shape
-//! and dtype right. Any failure returns an error naming the file and the tensor and hands
+//! and dtype right, every value finite (NaN or Inf is refused, naming the tensor and index).
+//! Any failure returns an error naming the file and the tensor and hands
 //! back nothing, so the caller's parameters are never half-overwritten. Dtypes: F32 is read
 //! as is; F16 and BF16 are widened to f32 (exact); anything else (F64, integers, FP8) is
 //! refused rather than silently rounded.
@@ -63,8 +64,10 @@ impl Checkpoint {
 /// Why a checkpoint could not be saved or loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// `error` is in the message and deliberately not the error's `source`, so that a chain
+    /// printed with `{:#}` does not repeat it.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{}: not a safetensors file: {reason}", path.display())]
     NotSafetensors { path: PathBuf, reason: String },
@@ -91,6 +94,10 @@ pub enum CheckpointError {
 
     #[error("{}: metadata {key}: {reason}", path.display())]
     Metadata { path: PathBuf, key: String, reason: String },
+
+    #[error("{}: tensor {tensor} holds {value} at index {index:?} (the first of {count} non-finite values; \
+             a damaged file or a diverged run)", path.display())]
+    NonFinite { path: PathBuf, tensor: String, index: Vec<usize>, value: f32, count: usize },
 
     #[error("{}: cannot save tensor {tensor}: {reason}", path.display())]
     BadTensor { path: PathBuf, tensor: String, reason: String },
@@ -250,7 +257,7 @@ pub fn save(path: &Path, tensors: &TensorMap, metadata: &BTreeMap<String, String
 /// rename cannot cross file systems), synced to disk, then renamed over `path`. On any error
 /// `path` is untouched and the temporary file removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> CResult<()> {
-    let io = |e: std::io::Error| CheckpointError::Io { path: path.into(), source: e };
+    let io = |e: std::io::Error| CheckpointError::Io { path: path.into(), error: e };
     let file_name =
         path.file_name().ok_or_else(|| io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")))?;
     let dir = match path.parent() {
@@ -349,7 +356,7 @@ fn metadata_of(map: &serde_json::Map<String, serde_json::Value>) -> BTreeMap<Str
 /// Only the metadata, reading just the header (cheap on large files).
 pub fn read_metadata(path: &Path) -> CResult<BTreeMap<String, String>> {
     use std::io::Read;
-    let io = |e: std::io::Error| CheckpointError::Io { path: path.into(), source: e };
+    let io = |e: std::io::Error| CheckpointError::Io { path: path.into(), error: e };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let len = f.metadata().map_err(io)?.len();
     let mut head = vec![0u8; len.min(9) as usize];
@@ -378,7 +385,7 @@ struct Raw {
 }
 
 fn read_raw(path: &Path) -> CResult<Raw> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), error: e })?;
     let len = bytes.len() as u64;
     let n = check_prefix(path, &bytes, len)?;
     let (map, end) = parse_header(path, &bytes[8..(8 + n) as usize])?;
@@ -491,6 +498,36 @@ pub fn load_backbone(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
     Ok(Checkpoint { tensors, metadata: raw.metadata, defaulted })
 }
 
+/// The ViT a weights file holds, read from its tensor names and shapes (with or without the
+/// `backbone.` prefix): (depth, dim, patch size, input size), or None when it is no ViT.
+pub fn vit_shape(path: &Path) -> Option<(usize, usize, usize, usize)> {
+    let ck = read(path).ok()?;
+    let get = |n: &str| ck.tensors.get(n).or_else(|| ck.tensors.get(&format!("backbone.{n}")));
+    let proj = get("patch_embed.proj.weight")?; // (D, 3, P, P)
+    let pos = get("pos_embed")?; // (1, 1 + N, D)
+    let (dim, patch) = (*proj.shape.first()?, *proj.shape.get(2)?);
+    let grid = ((*pos.shape.get(1)? as f64 - 1.0).max(0.0).sqrt().round()) as usize;
+    let block = |n: &str| n.trim_start_matches("backbone.").strip_prefix("blocks.")?.split('.').next()?.parse().ok();
+    let depth = ck.tensors.keys().filter_map(|n| block(n)).max().map_or(0, |b: usize| b + 1);
+    Some((depth, dim, patch, grid * patch))
+}
+
+/// Refuses a tensor holding NaN or ±Inf, naming it and the (row-major) index of the first one.
+pub fn check_finite(path: &Path, name: &str, t: &HostTensor) -> CResult<()> {
+    let Some(first) = t.data.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let mut index = vec![0; t.shape.len()];
+    let mut rest = first;
+    for (i, &d) in t.shape.iter().enumerate().rev() {
+        index[i] = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    if t.shape.is_empty() {
+        index.push(first);
+    }
+    let count = t.data.iter().filter(|v| !v.is_finite()).count();
+    Err(CheckpointError::NonFinite { path: path.into(), tensor: name.into(), index, value: t.data[first], count })
+}
+
 /// Checks the set of names, then every shape and dtype, and only then converts: either all
 /// of `specs` comes back or an error does. `names` maps canonical names to names in the file.
 fn take(
@@ -537,8 +574,9 @@ fn take(
     }
     let mut out = TensorMap::new();
     for (s, view) in views {
-        let data = to_f32(path, &s.name, view.dtype(), view.data())?;
-        out.insert(s.name.clone(), HostTensor { shape: s.shape.clone(), data });
+        let t = HostTensor { shape: s.shape.clone(), data: to_f32(path, &s.name, view.dtype(), view.data())? };
+        check_finite(path, &s.name, &t)?;
+        out.insert(s.name.clone(), t);
     }
     Ok(out)
 }

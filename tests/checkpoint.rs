@@ -42,18 +42,42 @@ impl Drop for TempDir {
     }
 }
 
-/// Parameters with awkward bit patterns mixed in: -0, a subnormal, ±inf, a NaN with payload.
+/// Parameters with awkward finite bit patterns mixed in: -0, a subnormal, ±f32::MAX (a
+/// loadable checkpoint holds no NaN or Inf: `non_finite_values_are_saved_exactly_but_not_loaded`).
 fn params(seed: u64) -> TensorMap {
     let mut m = checkpoint::tensor_map(init_params(&cfg(), seed));
     let t = m.get_mut("backbone.blocks.0.attn.qkv.weight").unwrap();
-    t.data[..5].copy_from_slice(&[
-        -0.0,
-        f32::from_bits(1),
+    t.data[..5].copy_from_slice(&[-0.0, f32::from_bits(1), f32::MAX, -f32::MAX, f32::MIN_POSITIVE]);
+    m
+}
+
+#[test]
+fn non_finite_values_are_saved_exactly_but_not_loaded() {
+    let dir = TempDir::new("nonfinite");
+    let path = dir.join("model.safetensors");
+    let mut p = params(3);
+    let qkv = "backbone.blocks.0.attn.qkv.weight";
+    let width = p[qkv].shape[1];
+    p.get_mut(qkv).unwrap().data[width + 2..width + 5].copy_from_slice(&[
+        f32::from_bits(0x7fc0_1234),
         f32::INFINITY,
         f32::NEG_INFINITY,
-        f32::from_bits(0x7fc0_1234),
     ]);
-    m
+    checkpoint::save_model(&path, &p, &cfg(), &BTreeMap::new()).unwrap();
+    // The file holds every bit (read() does not judge the values)...
+    assert!(same_bits(&checkpoint::read(&path).unwrap().tensors, &p), "tensors changed in the round trip");
+    // ...but loading it as weights is refused, naming the tensor and the first bad index.
+    match load_fails(&path) {
+        CheckpointError::NonFinite { tensor, index, count, value, .. } => {
+            assert_eq!((tensor.as_str(), index, count), (qkv, vec![1, 2], 3));
+            assert!(value.is_nan());
+        }
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    assert!(matches!(
+        checkpoint::load_backbone(&path, &param_specs(&cfg())),
+        Err(CheckpointError::NonFinite { .. })
+    ));
 }
 
 /// Writes a file through the safetensors crate directly (names, dtypes and shapes the

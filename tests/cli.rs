@@ -147,3 +147,370 @@ fn preview_objective_and_bench_run() {
         assert!(out.contains(kernel), "profile lacks {kernel}: {out}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 11: bad input that used to lose work or report a wrong number with exit code 0.
+
+/// `sop` run from `cwd`.
+fn sop_in(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(args).current_dir(cwd).output().expect("sop runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// `sop`, killed after `secs` seconds: (finished in time and succeeded, stderr).
+fn sop_within(secs: u64, args: &[&str]) -> (bool, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sop runs");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed().as_secs() >= secs {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status.is_some_and(|s| s.success()), err)
+}
+
+/// An 8x8 PNG of noise from `seed`.
+fn noise_png(path: &Path, seed: u32) {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(12_345);
+    let img = image::RgbImage::from_fn(8, 8, |_, _| {
+        let mut px = [0u8; 3];
+        for c in &mut px {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *c = (x >> 24) as u8;
+        }
+        image::Rgb(px)
+    });
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    img.save(path).unwrap();
+}
+
+/// A labelled folder: `n` distinct noise images per class, seeds from the class index.
+fn class_folder(dir: &Path, classes: &[&str], n: u32) -> PathBuf {
+    for (c, name) in classes.iter().enumerate() {
+        for i in 0..n {
+            noise_png(&dir.join(name).join(format!("{i}.png")), 1000 * c as u32 + i);
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// A tiny config training on `data` (batch 8, 8 px) into `out`, with no k-NN.
+fn tiny_config_on(dir: &Path, data: &Path, out: &Path) -> PathBuf {
+    let mut c = sop::train::config::TrainConfig::smoke(data.to_path_buf(), out.to_path_buf());
+    c.run.no_eval = true;
+    let path = dir.join("tiny-own.toml");
+    std::fs::write(&path, c.to_toml()).unwrap();
+    path
+}
+
+fn step_of(dir: &Path, file: &str) -> String {
+    sop::checkpoint::read_metadata(&dir.join(file)).unwrap()["step"].clone()
+}
+
+fn metric_steps(run: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// Items 1, 4 and 12: `--resume RUN` continues in RUN (not `./runs/default`), with the run's
+/// own architecture and data, prints the data it uses, never repeats a step in metrics.jsonl,
+/// and refuses an `--out` holding another run.
+#[test]
+fn resume_continues_in_its_own_folder() {
+    let dir = tmp("resume-here");
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 8);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let cfg = tiny_config_on(&dir, &data, &a);
+    ok(&["train", "--config", s(&cfg), "--steps", "2", "--quiet"]);
+    ok(&["train", "--config", s(&cfg), "--out", s(&b), "--steps", "2", "--quiet"]);
+    let b_state = std::fs::read(b.join("train_state.safetensors")).unwrap();
+
+    // No --config, no --arch, no --out: the run's own config and folder.
+    let (success, out, err) = sop_in(&dir, &["train", "--resume", s(&a), "--steps", "3", "--quiet"]);
+    assert!(success, "{out}\n{err}");
+    assert!(!dir.join("runs").exists(), "a resumed run wrote into ./runs/default");
+    assert_eq!(step_of(&a, "train_state.safetensors"), "3");
+    let data_line = err.lines().find(|l| l.starts_with("data:")).unwrap_or_else(|| panic!("no data line: {err}"));
+    assert!(data_line.contains(s(&data)) && data_line.contains(s(&a)), "{data_line}");
+
+    // A crash after the checkpoint of step 3 left lines of steps 4 and 5; resuming drops them.
+    let mut text = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    text.push_str("{\"step\":4,\"loss\":1.0}\n{\"step\":5,\"loss\":1.0}\n");
+    std::fs::write(a.join("metrics.jsonl"), text).unwrap();
+    ok(&["train", "--resume", s(&a), "--steps", "5", "--quiet"]);
+    assert_eq!(metric_steps(&a), vec![1, 2, 3, 4, 5]);
+
+    // --out naming a folder that holds another run is refused, and that run is untouched.
+    let (success, _, err) = sop(&["train", "--resume", s(&a), "--out", s(&b), "--steps", "6", "--quiet"]);
+    assert!(!success && err.contains("already holds a training run"), "{err}");
+    assert_eq!(std::fs::read(b.join("train_state.safetensors")).unwrap(), b_state);
+    // --out naming a new folder moves the run there, with its metrics up to the checkpoint.
+    let c = dir.join("c");
+    ok(&["train", "--resume", s(&a), "--out", s(&c), "--steps", "6", "--quiet"]);
+    assert_eq!(step_of(&c, "teacher.safetensors"), "6");
+    assert_eq!(step_of(&a, "teacher.safetensors"), "5");
+    assert_eq!(metric_steps(&c), vec![1, 2, 3, 4, 5, 6]);
+}
+
+/// Items 2, 4, 5 and 12: a new run refuses a folder holding any file it would write, naming
+/// it; a run stopped before its first checkpoint is described as such, both when started
+/// again and when resumed; `--out` naming a file is refused in words.
+#[test]
+fn a_new_run_refuses_a_folder_with_files_it_would_write() {
+    let dir = tmp("out-guard");
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 8);
+    let cfg = tiny_config_on(&dir, &data, &dir.join("unused"));
+    for file in ["config.toml", "metrics.jsonl"] {
+        let out = dir.join(format!("own-{file}"));
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(file), "mine\n").unwrap();
+        let (success, _, err) = sop(&["train", "--config", s(&cfg), "--out", s(&out), "--steps", "1", "--quiet"]);
+        assert!(!success && err.contains(file), "{file}: {err}");
+        assert_eq!(std::fs::read_to_string(out.join(file)).unwrap(), "mine\n", "{file} was written to");
+    }
+    let file = dir.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (success, _, err) = sop(&["train", "--config", s(&cfg), "--out", s(&file), "--steps", "1", "--quiet"]);
+    assert!(!success && err.contains("is a file"), "{err}");
+
+    // A run stopped by a non-finite loss at step 2, before any checkpoint.
+    let mut c = sop::train::config::TrainConfig::smoke(data.clone(), dir.join("stopped"));
+    c.run.no_eval = true;
+    c.optim.lr = 1e36;
+    c.optim.clip_grad = 0.0;
+    c.run.checkpoint_every = 0;
+    let bad = dir.join("diverges.toml");
+    std::fs::write(&bad, c.to_toml()).unwrap();
+    let stopped = dir.join("stopped");
+    let (success, _, err) = sop(&["train", "--config", s(&bad), "--steps", "4", "--quiet"]);
+    assert!(!success && err.contains("not finite") && err.contains("no checkpoint had been written"), "{err}");
+    assert!(!err.contains("kept as it was"), "{err}");
+    assert!(stopped.join("config.toml").exists() && !stopped.join("train_state.safetensors").exists());
+    let (success, _, err) = sop(&["train", "--config", s(&cfg), "--out", s(&stopped), "--steps", "1", "--quiet"]);
+    assert!(!success && err.contains("config.toml") && err.contains("before its first checkpoint"), "{err}");
+    let (success, _, err) = sop(&["train", "--resume", s(&stopped), "--steps", "1", "--quiet"]);
+    assert!(!success && err.contains("nothing to resume") && err.contains("before its first checkpoint"), "{err}");
+}
+
+/// Item 3: no command writes over one of its inputs; an existing file needs --force.
+#[test]
+fn outputs_never_overwrite_inputs_and_need_force_over_files() {
+    let dir = tmp("outputs");
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 8);
+    let run = dir.join("run");
+    let cfg = tiny_config_on(&dir, &data, &run);
+    ok(&["train", "--config", s(&cfg), "--steps", "0", "--quiet"]);
+    let teacher = run.join("teacher.safetensors");
+    let before = std::fs::read(&teacher).unwrap();
+    for force in [false, true] {
+        let mut args = vec!["embed", "--weights", s(&teacher), "--data", s(&data), "--out", s(&teacher)];
+        if force {
+            args.push("--force");
+        }
+        let (success, _, err) = sop(&args);
+        assert!(!success && err.contains("is also an input"), "{err}");
+        assert_eq!(std::fs::read(&teacher).unwrap(), before, "the checkpoint was overwritten");
+    }
+    let img = data.join("cat/0.png");
+    let (success, _, err) = sop(&["attention", "--weights", s(&teacher), "--image", s(&img), "--out", s(&img)]);
+    assert!(!success && err.contains("is also an input"), "{err}");
+    let (success, _, err) = sop(&["preview", "--data", s(&data), "--out", s(&img)]);
+    assert!(!success && err.contains("is also an input"), "{err}");
+
+    let emb = dir.join("emb.safetensors");
+    std::fs::write(&emb, "not mine to lose").unwrap();
+    let (success, _, err) = sop(&["embed", "--weights", s(&teacher), "--data", s(&data), "--out", s(&emb)]);
+    assert!(!success && err.contains("already exists") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&emb).unwrap(), "not mine to lose");
+    ok(&["embed", "--weights", s(&teacher), "--data", s(&data), "--out", s(&emb), "--force"]);
+    assert_eq!(sop::checkpoint::read(&emb).unwrap().tensors["features"].shape, vec![16, 16]);
+}
+
+/// Items 6 and 7: val classes are matched to train classes by name; a val class missing
+/// from train is refused; with no held-out split nothing is reported as val accuracy.
+#[test]
+fn eval_matches_classes_by_name_and_needs_a_held_out_split() {
+    let dir = tmp("classes");
+    let train = class_folder(&dir.join("train"), &["cat", "dog"], 8);
+    // val/dog holds exact copies of train/dog: k = 1 must be right on every one.
+    let val = dir.join("val");
+    std::fs::create_dir_all(val.join("dog")).unwrap();
+    for i in 0..8 {
+        std::fs::copy(train.join(format!("dog/{i}.png")), val.join(format!("dog/{i}.png"))).unwrap();
+    }
+    let run = dir.join("run");
+    let cfg = tiny_config_on(&dir, &train, &run);
+    ok(&["train", "--config", s(&cfg), "--steps", "0", "--quiet"]);
+    let w = run.join("teacher.safetensors");
+    let top1 = |args: &[&str]| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(ok(args).trim()).unwrap();
+        v["top1"].as_f64().unwrap()
+    };
+    let t1 = top1(&["eval", "knn-pixels", "--train", s(&train), "--val", s(&val), "--size", "8", "--k", "1", "--json"]);
+    assert_eq!(t1, 100.0, "knn-pixels");
+    let t1 = top1(&["eval", "knn", "--weights", s(&w), "--train", s(&train), "--val", s(&val), "--k", "1", "--json"]);
+    assert_eq!(t1, 100.0, "knn");
+    let t1 = top1(&["eval", "linear", "--weights", s(&w), "--train", s(&train), "--val", s(&val), "--json"]);
+    assert!(t1 >= 75.0, "linear: {t1}");
+
+    let other = class_folder(&dir.join("other"), &["bird", "fish"], 2);
+    for args in [
+        vec!["eval", "knn-pixels", "--train", s(&train), "--val", s(&other), "--size", "8"],
+        vec!["eval", "knn", "--weights", s(&w), "--train", s(&train), "--val", s(&other)],
+        vec!["eval", "linear", "--weights", s(&w), "--train", s(&train), "--val", s(&other)],
+    ] {
+        let (success, _, err) = sop(&args);
+        assert!(!success && err.contains("bird") && err.contains("fish"), "{args:?}: {err}");
+    }
+
+    // No held-out split: refused, saying how to give one.
+    for args in [
+        vec!["eval", "knn-pixels", "--train", s(&train), "--size", "8"],
+        vec!["eval", "knn", "--weights", s(&w), "--train", s(&train)],
+        vec!["eval", "linear", "--weights", s(&w), "--train", s(&train), "--val", s(&train)],
+    ] {
+        let (success, _, err) = sop(&args);
+        assert!(!success && err.contains("--val"), "{args:?}: {err}");
+    }
+    let mut c = sop::train::config::TrainConfig::smoke(train.clone(), dir.join("run2"));
+    c.run.no_eval = false;
+    let with_eval = dir.join("eval.toml");
+    std::fs::write(&with_eval, c.to_toml()).unwrap();
+    let (success, _, err) = sop(&["train", "--config", s(&with_eval), "--steps", "1", "--quiet"]);
+    assert!(!success && err.contains("--knn-val") && err.contains("no held-out split"), "{err}");
+    let out = ok(&["train", "--config", s(&with_eval), "--knn-val", s(&val), "--steps", "1", "--quiet"]);
+    assert!(out.contains("k-NN after") && out.contains("8 val"), "{out}");
+}
+
+/// Item 8: a weights file holding NaN or Inf is refused by every command that loads it,
+/// naming the tensor and the index.
+#[test]
+fn non_finite_weights_are_refused() {
+    let dir = tmp("nan");
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 8);
+    let val = class_folder(&dir.join("val"), &["cat", "dog"], 2);
+    let run = dir.join("run");
+    let cfg = tiny_config_on(&dir, &data, &run);
+    ok(&["train", "--config", s(&cfg), "--steps", "0", "--quiet"]);
+    let mut ckpt = sop::checkpoint::read(&run.join("teacher.safetensors")).unwrap();
+    let name = "backbone.blocks.0.attn.qkv.weight";
+    ckpt.tensors.get_mut(name).unwrap().data[16 + 3] = f32::NAN;
+    let bad = dir.join("nan.safetensors");
+    sop::checkpoint::save(&bad, &ckpt.tensors, &ckpt.metadata).unwrap();
+    let img = data.join("cat/0.png");
+    for args in [
+        vec!["embed", "--weights", s(&bad), "--data", s(&data), "--out", s(&dir.join("e.safetensors"))],
+        vec!["eval", "knn", "--weights", s(&bad), "--train", s(&data), "--val", s(&val)],
+        vec!["eval", "linear", "--weights", s(&bad), "--train", s(&data), "--val", s(&val)],
+        vec!["attention", "--weights", s(&bad), "--image", s(&img), "--out", s(&dir.join("a.png"))],
+    ] {
+        let (success, _, err) = sop(&args);
+        assert!(!success && err.contains(name) && err.contains("NaN") && err.contains("[1, 3]"), "{args:?}: {err}");
+    }
+    assert!(!dir.join("e.safetensors").exists() && !dir.join("a.png").exists());
+}
+
+/// Item 10: symbolic links are followed once: a link to `..` does not loop and a link to a
+/// sibling class does not put its images under the wrong label.
+#[test]
+fn symlinked_folders_are_visited_once() {
+    let dir = tmp("links");
+    let train = class_folder(&dir.join("train"), &["cat", "dog"], 8);
+    std::os::unix::fs::symlink("../dog", train.join("cat/to-dog")).unwrap();
+    std::os::unix::fs::symlink("..", train.join("cat/up")).unwrap();
+    std::os::unix::fs::symlink("..", train.join("dog/up")).unwrap();
+    std::os::unix::fs::symlink("0.png", train.join("dog/again.png")).unwrap();
+    let png = dir.join("preview.png");
+    let args = [
+        "preview", "--data", s(&train), "--out", s(&png), "--n", "2", "--global-size", "8", "--local-size", "4",
+        "--patch-size", "4",
+    ];
+    let (success, err) = sop_within(120, &args);
+    assert!(success, "preview did not finish: {err}");
+    assert!(err.contains("skipped") && err.contains("to-dog"), "{err}");
+    let val = class_folder(&dir.join("val"), &["cat", "dog"], 8);
+    let json = ok(&["eval", "knn-pixels", "--train", s(&train), "--val", s(&val), "--size", "8", "--k", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((v["n_train"].as_u64(), v["top1"].as_f64()), (Some(16), Some(100.0)), "{v}");
+}
+
+/// Item 9: parameters that made no sense are refused.
+#[test]
+fn senseless_parameters_are_refused() {
+    let dir = tmp("senseless");
+    let data = class_folder(&dir.join("train"), &["cat", "dog"], 4);
+    let val = class_folder(&dir.join("val"), &["cat", "dog"], 1);
+    let (success, _, err) =
+        sop(&["eval", "knn-pixels", "--train", s(&data), "--val", s(&val), "--size", "8", "--temperature", "0"]);
+    assert!(!success && err.contains("temperature"), "{err}");
+    let run = dir.join("run");
+    let tiny = tiny_config_on(&dir, &data, &run);
+    ok(&["train", "--config", s(&tiny), "--steps", "0", "--quiet"]);
+    let (success, _, err) = sop(&["prototypes", "--run", s(&run), "--out", s(&dir.join("p.png")), "--n", "0"]);
+    assert!(!success && err.contains("--n 0"), "{err}");
+    let cfg = dir.join("zero.toml");
+    std::fs::write(&cfg, "[optim]\nepochs = 0\n").unwrap();
+    let (success, _, err) = sop(&["train", "--config", s(&cfg), "--out", s(&dir.join("r")), "--quiet"]);
+    assert!(!success && err.contains("optim.epochs"), "{err}");
+}
+
+/// Item 13: with no --data, the bundled subset is found from any working directory.
+#[test]
+fn the_default_data_is_found_from_any_folder() {
+    let dir = tmp("anywhere");
+    let (success, out, err) = sop_in(&dir, &["train", "--steps", "0", "--no-eval", "--quiet"]);
+    assert!(success, "{out}\n{err}");
+    assert!(err.contains("data:") && err.contains("fashion-mnist"), "{err}");
+    assert!(dir.join("runs/default/teacher.safetensors").exists());
+}
+
+/// Item 12: messages that say what is wrong, once.
+#[test]
+fn messages_say_what_is_wrong_once() {
+    let dir = tmp("messages");
+    // A timm-style file (no `backbone.` prefix, no metadata) of 2 blocks of dim 32, loaded as
+    // vit_small: what the file holds, not a list of missing tensors.
+    let fixture = sop::checkpoint::read(&root().join("kernels-tests/fixtures/vit_tiny.safetensors")).unwrap();
+    let timm: sop::checkpoint::TensorMap = fixture
+        .tensors
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("backbone.") && n != "backbone.masked_embed")
+        .map(|(n, t)| (n["backbone.".len()..].to_string(), t))
+        .collect();
+    let path = dir.join("timm.safetensors");
+    sop::checkpoint::save(&path, &timm, &Default::default()).unwrap();
+    let data = class_folder(&dir.join("imgs"), &["cat", "dog"], 2);
+    let out = dir.join("e.safetensors");
+    let (success, _, err) =
+        sop(&["embed", "--weights", s(&path), "--arch", "vit_small", "--data", s(&data), "--out", s(&out)]);
+    assert!(!success && err.contains("2 blocks of dim 32") && err.contains("vit_small"), "{err}");
+    assert!(!err.contains("missing tensor"), "{err}");
+    // A missing file: the OS message once.
+    let absent = dir.join("absent.safetensors");
+    let (success, _, err) = sop(&["embed", "--weights", s(&absent), "--data", s(&data), "--out", s(&out)]);
+    assert!(!success && err.matches("No such file").count() == 1, "{err}");
+    // A negative count is read as a value and refused in words.
+    let (success, _, err) = sop(&["train", "--batch-size", "-1"]);
+    assert!(!success && err.contains("--batch-size") && err.contains("-1"), "{err}");
+    assert!(!err.contains("unexpected argument"), "{err}");
+}

@@ -159,3 +159,31 @@ fn train_and_val_folders_are_splits() {
     assert_eq!(train.class_names(), &["ant", "bee"]);
     assert_eq!(val.labels().unwrap(), &[0, 0, 1, 1]);
 }
+
+#[test]
+fn symlinks_are_followed_once_and_never_relabel() {
+    let d = temp_dir("links");
+    for (c, n) in [("cat", 2), ("dog", 3)] {
+        for i in 0..n {
+            save(rgb(6, 6, i), &d.join(format!("{c}/{i}.png")), ImageFormat::Png);
+        }
+    }
+    // A link to a sibling class, two links to the root (cycles), a second name for an image,
+    // and a link to an image elsewhere (listed once, under its link's class).
+    std::os::unix::fs::symlink("../dog", d.join("cat/to-dog")).unwrap();
+    std::os::unix::fs::symlink("..", d.join("cat/up")).unwrap();
+    std::os::unix::fs::symlink("../..", d.join("dog/up2")).unwrap();
+    std::os::unix::fs::symlink("0.png", d.join("dog/same.png")).unwrap();
+    let outside = temp_dir("links-outside");
+    save(rgb(6, 6, 9), &outside.join("x.png"), ImageFormat::Png);
+    std::os::unix::fs::symlink(outside.join("x.png"), d.join("cat/x.png")).unwrap();
+    let ds = Dataset::open(&d, Split::Train).unwrap();
+    assert_eq!(ds.class_names(), &["cat", "dog"]);
+    assert_eq!(ds.labels().unwrap(), &[0, 0, 0, 1, 1, 1]);
+    assert!(ds.name(2).ends_with("cat/x.png"), "{}", ds.name(2));
+    // A flat folder that links to itself.
+    let flat = temp_dir("links-flat");
+    save(rgb(6, 6, 1), &flat.join("a.png"), ImageFormat::Png);
+    std::os::unix::fs::symlink(".", flat.join("self")).unwrap();
+    assert_eq!(Dataset::open(&flat, Split::Train).unwrap().len(), 1);
+}

@@ -150,3 +150,15 @@ fn write_idx_round_trips() {
     assert!(ds.labels().is_none() && ds.class_names().is_empty());
     assert_eq!(ds.get(0).unwrap().dimensions(), (5, 3));
 }
+
+#[test]
+fn sparse_labels_are_explained() {
+    // Labels 200, 0, 0: with no classes.txt every number up to 200 is a class; the dataset
+    // says how many of them hold images.
+    let d = temp_dir("sparse");
+    write(&d.join("train-images-idx3-ubyte"), &images_bytes());
+    write(&d.join("train-labels-idx1-ubyte"), &[0, 0, 8, 1, 0, 0, 0, 3, 200, 0, 0]);
+    let ds = Dataset::open(&d, Split::Train).unwrap();
+    assert_eq!(ds.class_names().len(), 201);
+    assert!(ds.describe().contains("201 classes (2 with images)"), "{}", ds.describe());
+}

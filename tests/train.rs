@@ -144,6 +144,21 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     }
 }
 
+#[test]
+fn a_non_finite_loss_before_any_checkpoint_says_there_is_none() {
+    let gpu = gpu();
+    let dir = tmp("nonfinite-first");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(4);
+    cfg.optim.lr = 1e36;
+    cfg.optim.clip_grad = 0.0;
+    cfg.run.checkpoint_every = 0;
+    let err = train(&gpu, cfg, None, false).unwrap_err().to_string();
+    assert!(err.contains("step 2: the loss is not finite") && err.contains("no checkpoint had been written"), "{err}");
+    assert!(!err.contains("kept as it was"), "{err}");
+    assert!(!dir.join(state::STATE).exists());
+}
+
 /// On one fixed batch with fixed prototypes and a fixed teacher, AdamW on the student lowers
 /// the SOP loss: the gradients from the objective through the tape point downhill.
 #[test]

@@ -22,9 +22,13 @@ pub struct EmbedArgs {
     pub out: PathBuf,
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Overwrite --out if it exists (never allowed when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
+    super::check_output(&args.out, &[&args.weights.weights, &args.data.data], args.force)?;
     let gpu = args.adapter.gpu()?;
     let (vit, weights) = args.weights.load_backbone(&gpu)?;
     let dataset = std::sync::Arc::new(args.data.open()?);

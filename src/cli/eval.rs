@@ -84,20 +84,33 @@ pub struct LinearArgs {
 type Labelled = (Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize);
 
 fn features(s: &Splits, gpu: &crate::gpu::Gpu) -> anyhow::Result<Labelled> {
+    let (train, val, val_labels) = open_splits(&s.train, &s.val)?;
     let (vit, weights) = s.weights.load_backbone(gpu)?;
-    let (train, val) = open_splits(&s.train, &s.val)?;
     let ft = extract(gpu, &vit, &weights, train.clone(), s.batch)?;
     let fv = extract(gpu, &vit, &weights, val.clone(), s.batch)?;
-    Ok((ft.normalized(), labels(&train, &ft)?, fv.normalized(), labels(&val, &fv)?, ft.dim))
+    Ok((ft.normalized(), labels(&train, &ft)?, fv.normalized(), rows(&val_labels, &fv), ft.dim))
 }
 
-fn open_splits(train: &PathBuf, val: &Option<PathBuf>) -> anyhow::Result<(Arc<Dataset>, Arc<Dataset>)> {
+/// The train and val sets, and every val sample's label as an index into train's classes
+/// (matched by class name). A val set that is the training set is refused.
+fn open_splits(train: &PathBuf, val: &Option<PathBuf>) -> anyhow::Result<(Arc<Dataset>, Arc<Dataset>, Vec<u32>)> {
     let t = Arc::new(Dataset::open(train, Split::Train)?);
-    let v = Arc::new(match val {
-        Some(v) => Dataset::open(v, Split::Test)?,
-        None => Dataset::open(train, Split::Test)?,
-    });
-    Ok((t, v))
+    let v = Arc::new(Dataset::open(val.as_ref().unwrap_or(train), Split::Test)?);
+    if crate::data::same_images(&t, &v) {
+        match val {
+            None => anyhow::bail!(
+                "{}: no held-out split (no `train/` + `val/` or `test/` folders, no IDX `t10k-*` files), so the \
+                 val set would be the training images themselves; pass `--val DIR` with other labelled images",
+                train.display()
+            ),
+            Some(v) => anyhow::bail!("--val {} holds the same images as --train: give a held-out set", v.display()),
+        }
+    }
+    if t.labels().is_none() {
+        anyhow::bail!("{}: no labels (use one subfolder per class)", train.display());
+    }
+    let val_labels = crate::data::val_labels_by_name(&t, &v)?;
+    Ok((t, v, val_labels))
 }
 
 fn labels(d: &Dataset, f: &Features) -> anyhow::Result<Vec<u32>> {
@@ -105,14 +118,21 @@ fn labels(d: &Dataset, f: &Features) -> anyhow::Result<Vec<u32>> {
     Ok(f.indices.iter().map(|&i| l[i]).collect())
 }
 
+/// The labels of the rows of `f` (samples that decoded), from per-sample labels.
+fn rows(per_sample: &[u32], f: &Features) -> Vec<u32> {
+    f.indices.iter().map(|&i| per_sample[i]).collect()
+}
+
 pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
     match cmd {
         EvalCommand::KnnPixels(a) => {
+            crate::eval::knn::check_params(a.k, a.temperature)?;
             let gpu = a.adapter.gpu()?;
-            let (train, val) = open_splits(&a.train, &a.val)?;
+            let (train, val, val_labels) = open_splits(&a.train, &a.val)?;
             let ft = crate::eval::features::pixels(train.clone(), a.size, 256)?;
             let fv = crate::eval::features::pixels(val.clone(), a.size, 256)?;
-            let r = knn_classify(&gpu, &ft.normalized(), &labels(&train, &ft)?, &fv.normalized(), &labels(&val, &fv)?, ft.dim, a.k, a.temperature)?;
+            let (tl, vl) = (labels(&train, &ft)?, rows(&val_labels, &fv));
+            let r = knn_classify(&gpu, &ft.normalized(), &tl, &fv.normalized(), &vl, ft.dim, a.k, a.temperature)?;
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -120,6 +140,7 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             }
         }
         EvalCommand::Knn(a) => {
+            crate::eval::knn::check_params(a.k, a.temperature)?;
             let gpu = a.splits.adapter.gpu()?;
             let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;
             let r = knn_classify(&gpu, &t, &tl, &v, &vl, dim, a.k, a.temperature)?;

@@ -57,6 +57,25 @@ impl DataArg {
     }
 }
 
+/// Refuses an output file that is one of the command's inputs or lies in an input folder (even
+/// with --force), a folder, or an existing file unless `force`: no command writes over what
+/// it reads, and only `--force` writes over what is already there.
+pub fn check_output(out: &std::path::Path, inputs: &[&std::path::Path], force: bool) -> anyhow::Result<()> {
+    if let Ok(o) = out.canonicalize() {
+        if let Some(i) = inputs.iter().find(|i| i.canonicalize().is_ok_and(|i| o.starts_with(i))) {
+            let (o, i) = (out.display(), i.display());
+            anyhow::bail!("{o}: is also an input of this command ({i}); write to another file");
+        }
+    }
+    if out.is_dir() {
+        anyhow::bail!("{}: is a folder; --out names the file to write", out.display());
+    }
+    if out.exists() && !force {
+        anyhow::bail!("{}: already exists; pass --force to overwrite it", out.display());
+    }
+    Ok(())
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List GPU adapters with their backend, type and the limits that matter.

@@ -22,6 +22,9 @@ pub struct ObjectiveArgs {
     /// Compare with the f64 CPU reference and print the relative errors.
     #[arg(long)]
     pub check: bool,
+    /// Overwrite --out if it exists (never allowed when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// ‖got − want‖ / ‖want‖.
@@ -32,6 +35,7 @@ pub fn rel_err(got: &[f32], want: &[f64]) -> f64 {
 }
 
 pub fn run(args: ObjectiveArgs) -> anyhow::Result<()> {
+    super::check_output(&args.out, &[&args.inputs], args.force)?;
     let inp = ObjectiveInputs::load(&args.inputs)?;
     let gpu = args.adapter.gpu()?;
     let r = replay(&gpu, &inp).map_err(|e| anyhow::anyhow!("{}: {e}", args.inputs.display()))?;

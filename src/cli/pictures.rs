@@ -31,6 +31,9 @@ pub struct AttentionArgs {
     /// Side of each tile in the picture.
     #[arg(long, default_value_t = 224)]
     pub tile: u32,
+    /// Overwrite --out if it exists (never allowed when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -55,6 +58,7 @@ fn save_png(img: &RgbImage, out: &Path) -> anyhow::Result<()> {
 }
 
 pub fn attention(args: AttentionArgs) -> anyhow::Result<()> {
+    super::check_output(&args.out, &[&args.weights.weights, &args.image], args.force)?;
     let gpu = args.adapter.gpu()?;
     let (vit, weights) = args.weights.load_backbone(&gpu)?;
     let cfg = &vit.cfg;
@@ -108,15 +112,26 @@ pub struct PrototypesArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 64)]
     pub tile: u32,
+    /// Overwrite --out if it exists (never allowed when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
-    let gpu = args.adapter.gpu()?;
     let state_path = args.run.join(crate::train::state::STATE);
+    let run_files = crate::train::state::RUN_FILES.map(|f| args.run.join(f));
+    let mut inputs: Vec<&Path> = run_files.iter().map(PathBuf::as_path).collect();
+    inputs.extend(args.data.as_deref());
+    super::check_output(&args.out, &inputs, args.force)?;
+    let gpu = args.adapter.gpu()?;
     let ckpt = crate::checkpoint::read(&state_path)?;
     let cfg: TrainConfig = toml::from_str(ckpt.metadata.get("config").ok_or_else(|| anyhow::anyhow!("{}: no config in metadata", state_path.display()))?)?;
     let width = cfg.model.head_bottleneck;
     let n_bank = cfg.sop.cls_bank_size;
+    if args.n < 2 || args.n > n_bank / 2 {
+        let n = args.n;
+        anyhow::bail!("--n {n}: between 2 and {} prototypes can be drawn from a bank of {n_bank} rows", n_bank / 2);
+    }
     let bank = crate::train::state::restore_bank(&gpu, &args.run, &ckpt.tensors, "cls_bank", n_bank, width, 0)?;
     let data = args.data.clone().unwrap_or(cfg.data.path.clone());
     let dataset = Dataset::open(&data, Split::Train)?;

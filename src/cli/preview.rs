@@ -32,9 +32,13 @@ pub struct PreviewArgs {
     /// Fraction of patches masked.
     #[arg(long, default_value_t = 0.3)]
     pub mask_ratio: f64,
+    /// Overwrite --out if it exists (never allowed when it is one of the inputs).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: PreviewArgs) -> anyhow::Result<()> {
+    super::check_output(&args.out, &[&args.data.data], args.force)?;
     let ds = args.data.open()?;
     println!("{}", ds.describe());
     let mut cfg = AugmentConfig {

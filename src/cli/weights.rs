@@ -46,10 +46,38 @@ impl WeightsArgs {
         Ok(cfg)
     }
 
+    /// A load that failed on names or shapes: when the file holds another ViT than `cfg`, say
+    /// which (rather than list every missing tensor) and which flags would load it.
+    fn explain(&self, e: checkpoint::CheckpointError, cfg: &VitConfig) -> anyhow::Error {
+        use checkpoint::CheckpointError as E;
+        if !matches!(e, E::Missing { .. } | E::Unexpected { .. } | E::Shape { .. }) {
+            return e.into();
+        }
+        let Some((depth, dim, patch, img)) = checkpoint::vit_shape(&self.weights) else { return e.into() };
+        if (depth, dim, patch) == (cfg.depth, cfg.dim, cfg.patch_size) {
+            return e.into();
+        }
+        let named = crate::model::config::PRESETS.iter().find(|p| (p.1, p.2) == (dim, depth)).map(|p| p.0);
+        let fix = match named {
+            Some(n) => format!("pass --arch {n} --patch-size {patch} --img-size {img}"),
+            None => "no preset (vit_tiny, vit_small, vit_base) has this size".to_string(),
+        };
+        anyhow::anyhow!(
+            "{}: holds {depth} blocks of dim {dim}, patch {patch}, {img} px{}, but the architecture asked for is \
+             {} blocks of dim {}, patch {} ({}): {fix}",
+            self.weights.display(),
+            named.map(|n| format!(" ({n})")).unwrap_or_default(),
+            cfg.depth,
+            cfg.dim,
+            cfg.patch_size,
+            cfg.arch(),
+        )
+    }
+
     /// The backbone on the GPU.
     pub fn load_backbone(&self, gpu: &Gpu) -> anyhow::Result<(Vit, Weights)> {
         let cfg = self.config()?;
-        let ckpt = checkpoint::load_backbone(&self.weights, &backbone_specs(&cfg))?;
+        let ckpt = checkpoint::load_backbone(&self.weights, &backbone_specs(&cfg)).map_err(|e| self.explain(e, &cfg))?;
         let host: Vec<_> = backbone_specs(&cfg)
             .iter()
             .map(|s| {

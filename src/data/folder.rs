@@ -10,6 +10,12 @@
 //!   with a warning;
 //! - otherwise every file in it is an unlabeled image.
 //!
+//! Symbolic links are followed, but every folder is entered at most once and every image
+//! listed at most once (compared by canonical path): a link to the dataset folder or one
+//! above it (a cycle), to another class's folder, or to an image already listed is skipped,
+//! with a warning that names it. Class folders are claimed before any is walked, so a link inside `cat/` to
+//! `dog/` never puts dog images under the cat label.
+//!
 //! Hidden entries (names starting with '.') are ignored. Every other file is a candidate:
 //! the format is guessed from the contents, not the extension, and a file that does not
 //! decode is skipped by `Dataset::load`, not here.
@@ -33,14 +39,24 @@ impl ImageFolder {
     pub fn open(root: &Path, split: Split) -> Result<ImageFolder> {
         let root = choose_split(root, split)?;
         let entries = list_dir(&root)?;
-        let subdirs: Vec<PathBuf> = entries.iter().filter(|e| e.1).map(|e| e.0.clone()).collect();
-        if subdirs.is_empty() {
+        let mut walker = Walker::default();
+        let root_canon = walker.claim(&root, &root, false)?.unwrap_or_else(|| root.clone());
+        // Every class folder is claimed first; a second name for one of them (or a link to
+        // the dataset or above) is no class.
+        let mut class_dirs = Vec::new();
+        for (dir, is_link) in entries.iter().filter(|e| e.1).map(|e| (&e.0, e.2)) {
+            if let Some(canon) = walker.claim(dir, &root_canon.join(file_name(dir)), is_link)? {
+                class_dirs.push((dir, canon));
+            }
+        }
+        if class_dirs.is_empty() {
             let mut files = Vec::new();
-            walk(&root, &mut files)?;
+            walker.walk(&root, &root_canon, &mut files)?;
+            walker.report(&root);
             return Ok(ImageFolder { root, files, labels: None, classes: Vec::new() });
         }
 
-        let loose = entries.len() - subdirs.len();
+        let loose = entries.iter().filter(|e| !e.1).count();
         if loose > 0 {
             log::warn!(
                 "{}: ignoring {loose} files beside the class folders (each subfolder is a class)",
@@ -48,15 +64,16 @@ impl ImageFolder {
             );
         }
         let (mut files, mut labels, mut classes) = (Vec::new(), Vec::new(), Vec::new());
-        for (label, dir) in subdirs.iter().enumerate() {
+        for (dir, canon) in class_dirs {
             let before = files.len();
-            walk(dir, &mut files)?;
+            walker.walk(dir, &canon, &mut files)?;
             if files.len() == before {
                 log::warn!("{}: class folder with no files", dir.display());
             }
-            labels.resize(files.len(), label as u32);
+            labels.resize(files.len(), classes.len() as u32);
             classes.push(file_name(dir));
         }
+        walker.report(&root);
         Ok(ImageFolder { root, files, labels: Some(labels), classes })
     }
 
@@ -169,10 +186,10 @@ fn choose_split(root: &Path, split: Split) -> Result<PathBuf> {
     })
 }
 
-/// Non-hidden files and folders of `dir` as (path, is a folder), sorted by name (byte
-/// order, like Python's sorted()). The type comes from the directory entry, so listing a
-/// large tree costs no stat per file; only symbolic links are followed with a stat.
-fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
+/// Non-hidden files and folders of `dir` as (path, is a folder, is a link), sorted by name
+/// (byte order, like Python's sorted()). The type comes from the directory entry, so listing
+/// a large tree costs no stat per file; only symbolic links are followed with a stat.
+fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, bool, bool)>> {
     let rd = std::fs::read_dir(dir).map_err(|e| SopError::file(dir, e))?;
     let mut out = Vec::new();
     for entry in rd {
@@ -185,23 +202,89 @@ fn list_dir(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
         let (is_dir, is_file) =
             if ty.is_symlink() { (path.is_dir(), path.is_file()) } else { (ty.is_dir(), ty.is_file()) };
         if is_dir || is_file {
-            out.push((path, is_dir));
+            out.push((path, is_dir, ty.is_symlink()));
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// Appends every non-hidden file under `dir`, recursively, in sorted order.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for (p, is_dir) in list_dir(dir)? {
-        if is_dir {
-            walk(&p, out)?;
+/// One listing of a tree: the canonical paths of the folders entered and the files listed,
+/// and what was skipped as a second name for either.
+#[derive(Default)]
+struct Walker {
+    /// The canonical dataset folder (the first one claimed).
+    root: Option<PathBuf>,
+    dirs: std::collections::HashSet<PathBuf>,
+    files: std::collections::HashSet<PathBuf>,
+    skipped: Vec<String>,
+}
+
+impl Walker {
+    /// The canonical path of `path` (`canon` unless it is a link: inside a canonical folder,
+    /// a plain entry's canonical path is the folder's joined with its name, so only links cost
+    /// a system call), or None when it was seen before, then remembered as skipped.
+    fn canonical(&mut self, path: &Path, canon: &Path, is_link: bool, dir: bool) -> Result<Option<PathBuf>> {
+        let c = if is_link || canon == path {
+            path.canonicalize().map_err(|e| SopError::file(path, e))?
         } else {
-            out.push(p);
+            canon.to_path_buf()
+        };
+        // A folder above the dataset would list the whole dataset again (and more).
+        if dir && self.root.as_ref().is_some_and(|r| r.starts_with(&c) && *r != c) {
+            self.skip(format!("{} (the folder {}, which holds the dataset)", path.display(), c.display()));
+            return Ok(None);
+        }
+        self.root.get_or_insert_with(|| c.clone());
+        let seen = if dir { &mut self.dirs } else { &mut self.files };
+        if seen.insert(c.clone()) {
+            return Ok(Some(c));
+        }
+        let what = if dir { "folder" } else { "image" };
+        self.skip(format!("{} (the {what} {}, already listed)", path.display(), c.display()));
+        Ok(None)
+    }
+
+    fn skip(&mut self, note: String) {
+        if !self.skipped.contains(&note) {
+            self.skipped.push(note);
         }
     }
-    Ok(())
+
+    fn claim(&mut self, dir: &Path, canon: &Path, is_link: bool) -> Result<Option<PathBuf>> {
+        self.canonical(dir, canon, is_link, true)
+    }
+
+    /// Appends every non-hidden file under `dir` (canonical path `canon`), recursively, in
+    /// sorted order; `dir` itself must already be claimed.
+    fn walk(&mut self, dir: &Path, canon: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for (p, is_dir, is_link) in list_dir(dir)? {
+            let c = canon.join(file_name(&p));
+            match self.canonical(&p, &c, is_link, is_dir)? {
+                Some(c) if is_dir => self.walk(&p, &c, out)?,
+                Some(_) => out.push(p),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Warns once about everything skipped.
+    fn report(&self, root: &Path) {
+        if self.skipped.is_empty() {
+            return;
+        }
+        const SHOWN: usize = 5;
+        let more = self.skipped.len().saturating_sub(SHOWN);
+        log::warn!(
+            "{}: skipped {} link{} to folders or images listed already (each is read once): {}{}",
+            root.display(),
+            self.skipped.len(),
+            if self.skipped.len() == 1 { "" } else { "s" },
+            self.skipped[..self.skipped.len().min(SHOWN)].join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        );
+    }
 }
 
 fn file_name(p: &Path) -> String {

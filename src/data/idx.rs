@@ -252,6 +252,17 @@ fn class_names(images_path: &Path, labels: &[u32]) -> Result<Vec<String>> {
     let k = labels.iter().max().map_or(0, |&m| m as usize + 1);
     let file = images_path.with_file_name("classes.txt");
     if !file.is_file() {
+        let used = labels.iter().copied().collect::<std::collections::BTreeSet<u32>>().len();
+        if used < k {
+            log::warn!(
+                "{}: labels go up to {} but take only {used} distinct values; with no classes.txt beside the \
+                 images, each number from 0 to {} counts as a class ({} of them empty)",
+                images_path.display(),
+                k - 1,
+                k - 1,
+                k - used
+            );
+        }
         return Ok((0..k).map(|c| c.to_string()).collect());
     }
     let text = std::fs::read_to_string(&file).map_err(|e| SopError::file(&file, e))?;

@@ -131,6 +131,14 @@ impl Dataset {
         &self.root
     }
 
+    /// Where the samples come from: the chosen split's folder, or the IDX images file.
+    pub fn source_path(&self) -> &Path {
+        match &self.source {
+            Source::Folder(f) => f.root(),
+            Source::Idx(d) => d.images_path(),
+        }
+    }
+
     /// One label per sample (indices into `class_names`), or None for unlabeled images.
     pub fn labels(&self) -> Option<&[u32]> {
         match &self.source {
@@ -207,12 +215,51 @@ impl Dataset {
             Source::Folder(_) => "image folder",
             Source::Idx(_) => "IDX",
         };
+        let used = self.labels().map_or(0, |l| l.iter().collect::<std::collections::BTreeSet<_>>().len());
         let classes = match self.class_names().len() {
             0 => "unlabeled".to_string(),
+            k if used < k => format!("{k} classes ({used} with images)"),
             k => format!("{k} classes"),
         };
         format!("{kind} {}: {} images, {classes}", self.root.display(), self.len())
     }
+}
+
+/// Whether two datasets read the same images: the same (chosen split) folder or IDX file.
+/// With no held-out split, a dataset's test split is its training split.
+pub fn same_images(a: &Dataset, b: &Dataset) -> bool {
+    let (pa, pb) = (a.source_path(), b.source_path());
+    match (pa.canonicalize(), pb.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => pa == pb,
+    }
+}
+
+/// The label of every sample of `val` as an index into `train`'s classes, matched by class
+/// name (folder name, or IDX `classes.txt`), not by position: a val set may hold a subset of
+/// the classes, in any order. A val class that the training set lacks is refused, naming it.
+pub fn val_labels_by_name(train: &Dataset, val: &Dataset) -> Result<Vec<u32>> {
+    let (tn, vn) = (train.class_names(), val.class_names());
+    let labels = val.labels().ok_or_else(|| SopError::file(val.root(), "no labels (use one subfolder per class)"))?;
+    let index = |name: &String| tn.iter().position(|t| t == name);
+    // Only classes that have samples matter (IDX names every label up to the largest).
+    let used: std::collections::BTreeSet<u32> = labels.iter().copied().collect();
+    let missing: Vec<&str> =
+        used.iter().map(|&u| &vn[u as usize]).filter(|n| index(n).is_none()).map(String::as_str).collect();
+    if !missing.is_empty() {
+        return Err(SopError::file(
+            val.root(),
+            format!(
+                "val class{} {} not among the training classes of {} ({}); classes are matched by name",
+                if missing.len() == 1 { "" } else { "es" },
+                missing.join(", "),
+                train.root().display(),
+                tn.join(", ")
+            ),
+        ));
+    }
+    let map: Vec<u32> = vn.iter().map(|n| index(n).unwrap_or(0) as u32).collect();
+    Ok(labels.iter().map(|&l| map[l as usize]).collect())
 }
 
 /// RNG streams of one sample: view `v`'s crop and colour draws use `VIEW + v`, its mask

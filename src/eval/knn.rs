@@ -20,6 +20,17 @@ pub struct KnnResult {
 /// Queries per similarity matmul (bounds the host copy to chunk × n_train floats).
 const CHUNK: usize = 256;
 
+/// k >= 1 neighbours vote with weights exp(sim / T): T must be positive and finite (T = 0
+/// would make every weight infinite and the vote meaningless).
+pub fn check_params(k: usize, temperature: f32) -> Result<()> {
+    if k == 0 || !(temperature > 0.0 && temperature.is_finite()) {
+        return Err(SopError::Invalid(format!(
+            "k-NN needs k >= 1 and a positive, finite temperature (got k = {k}, temperature = {temperature})"
+        )));
+    }
+    Ok(())
+}
+
 /// train (n_train, D) and val (n_val, D) must already be L2-normalised.
 #[allow(clippy::too_many_arguments)]
 pub fn knn_classify(
@@ -36,6 +47,7 @@ pub fn knn_classify(
     if nt == 0 || nv == 0 || train.len() != nt * dim || val.len() != nv * dim {
         return Err(SopError::Invalid(format!("k-NN needs labelled features: {nt} train, {nv} val rows of width {dim}")));
     }
+    check_params(k, temperature)?;
     let k = k.clamp(1, nt);
     let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
     // The training features go up in blocks that fit one storage binding.

@@ -17,6 +17,20 @@ use crate::train::optimizer::ClipMode;
 /// The bundled training set (the Fashion-MNIST subset in assets/).
 pub const BUNDLED_DATA: &str = "assets/fashion-mnist";
 
+/// The bundled training set as a path that works from any folder: `assets/fashion-mnist`
+/// under the working directory if it is there (a clone), else in the executable's folder or
+/// one of the three above it (`target/release/sop` of a clone), else where the crate was built.
+pub fn bundled_data() -> PathBuf {
+    let here = PathBuf::from(BUNDLED_DATA);
+    if here.is_dir() {
+        return here;
+    }
+    let exe_dirs = std::env::current_exe().ok().and_then(|e| e.canonicalize().ok());
+    let beside_exe = exe_dirs.iter().flat_map(|e| e.ancestors().skip(1).take(4)).map(|d| d.join(BUNDLED_DATA));
+    let built = std::iter::once(Path::new(env!("CARGO_MANIFEST_DIR")).join(BUNDLED_DATA));
+    beside_exe.chain(built).find(|p| p.is_dir()).unwrap_or(here)
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -212,9 +226,30 @@ impl TrainConfig {
         c
     }
 
+    /// A config file: the keys it gives override `TrainConfig::default()`, in every table
+    /// alike (a partial `[model]` keeps the other model fields); unknown keys are refused.
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| SopError::file(path, e))?;
-        toml::from_str(&text).map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
+        Self::from_toml_over_default(&text)
+            .map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
+    }
+
+    /// `text`'s keys merged onto the serialised default configuration, then deserialised.
+    pub fn from_toml_over_default(text: &str) -> std::result::Result<TrainConfig, String> {
+        fn merge(base: &mut toml::Table, over: toml::Table) {
+            for (k, v) in over {
+                match (base.get_mut(&k), v) {
+                    (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+                    (_, v) => {
+                        base.insert(k, v);
+                    }
+                }
+            }
+        }
+        let user: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(TrainConfig::default()).map_err(|e| e.to_string())?;
+        merge(&mut base, user);
+        base.try_into().map_err(|e: toml::de::Error| e.to_string())
     }
 
     pub fn to_toml(&self) -> String {
@@ -245,7 +280,10 @@ impl TrainConfig {
         self.augment.validate()?;
         let (m, a) = (&self.model, &self.augment);
         if a.global_size % m.patch_size != 0 || a.local_size % m.patch_size != 0 {
-            return bad(format!("crop sizes {} and {} must be multiples of the patch size {}", a.global_size, a.local_size, m.patch_size));
+            return bad(format!(
+                "augment.global_size {} and augment.local_size {} must be multiples of model.patch_size {}",
+                a.global_size, a.local_size, m.patch_size
+            ));
         }
         if a.mask.patch_size != m.patch_size {
             return bad(format!("augment.mask.patch_size {} differs from model.patch_size {}", a.mask.patch_size, m.patch_size));
@@ -271,7 +309,18 @@ impl TrainConfig {
         if !(self.sop.student_temp > 0.0 && self.sop.teacher_temp > 0.0 && self.sop.warmup_teacher_temp > 0.0) {
             return bad("temperatures must be positive".into());
         }
+        if self.run.knn_k == 0 || !(self.run.knn_temperature > 0.0 && self.run.knn_temperature.is_finite()) {
+            return bad(format!(
+                "run.knn_k {} must be at least 1 and run.knn_temperature {} positive",
+                self.run.knn_k, self.run.knn_temperature
+            ));
+        }
         let o = &self.optim;
+        if o.epochs == 0 {
+            return bad("optim.epochs is 0: the schedules span the epochs, so at least 1 is needed \
+                        (`--steps 0` writes the initial weights without training)"
+                .into());
+        }
         if !(o.lr.is_finite() && o.lr > 0.0 && o.min_lr.is_finite() && o.min_lr >= 0.0) {
             return bad(format!("optim.lr {} and optim.min_lr {} must be finite, lr positive", o.lr, o.min_lr));
         }

@@ -125,17 +125,24 @@ fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
     p
 }
 
-/// The labelled splits for k-NN: (train, val), or None when there is no labelled test split.
-fn knn_datasets(cfg: &TrainConfig) -> Option<(Arc<Dataset>, Arc<Dataset>)> {
-    let train = match &cfg.data.knn_train {
-        Some(p) => Dataset::open(p, Split::Train).ok()?,
-        None => Dataset::open(&cfg.data.path, Split::Train).ok()?,
-    };
-    let val = match &cfg.data.knn_val {
-        Some(p) => Dataset::open(p, Split::Test).ok()?,
-        None => Dataset::open(&cfg.data.path, Split::Test).ok()?,
-    };
-    (train.labels().is_some() && val.labels().is_some()).then_some((Arc::new(train), Arc::new(val)))
+/// The labelled splits for k-NN: (train, val); None when the training set has no labels.
+/// A val set that is the training set itself is refused: accuracy on training images is
+/// never reported as val accuracy.
+fn knn_datasets(cfg: &TrainConfig) -> Result<Option<(Arc<Dataset>, Arc<Dataset>)>> {
+    let train = Dataset::open(cfg.data.knn_train.as_ref().unwrap_or(&cfg.data.path), Split::Train)?;
+    let val = Dataset::open(cfg.data.knn_val.as_ref().unwrap_or(&cfg.data.path), Split::Test)?;
+    if train.labels().is_none() || val.labels().is_none() {
+        return Ok(None);
+    }
+    if crate::data::same_images(&train, &val) {
+        return Err(SopError::file(
+            val.root(),
+            "k-NN evaluation: no held-out split, so the val set would be the training images themselves; \
+             give `train/` and `val/` folders (or IDX `t10k-*` files) under --data, `--knn-val DIR`, or `--no-eval`",
+        ));
+    }
+    crate::data::val_labels_by_name(&train, &val)?;
+    Ok(Some((Arc::new(train), Arc::new(val))))
 }
 
 /// Weighted k-NN of the teacher backbone's [CLS] features.
@@ -144,26 +151,60 @@ pub fn knn_eval(gpu: &Gpu, vit: &Vit, weights: &Weights, train: Arc<Dataset>, va
         let l = d.labels().expect("labelled");
         f.indices.iter().map(|&i| l[i]).collect()
     };
+    // Val classes are matched to the training classes by name.
+    let val_labels = crate::data::val_labels_by_name(&train, &val)?;
     let ft = extract(gpu, vit, weights, train.clone(), 256)?;
     let fv = extract(gpu, vit, weights, val.clone(), 256)?;
-    knn_classify(gpu, &ft.normalized(), &labels(&train, &ft), &fv.normalized(), &labels(&val, &fv), ft.dim, k, temperature)
+    let fv_labels: Vec<u32> = fv.indices.iter().map(|&i| val_labels[i]).collect();
+    knn_classify(gpu, &ft.normalized(), &labels(&train, &ft), &fv.normalized(), &fv_labels, ft.dim, k, temperature)
 }
 
-/// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`.
+/// Whether two paths name the same existing folder.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `Trainer::step` stops with a message that promises a checkpoint; say which one the run
+/// folder really holds, if any.
+fn stopped(e: SopError, out: &Path, saved_step: Option<usize>) -> SopError {
+    const KEPT: &str = "the last checkpoint in the run folder is kept as it was";
+    match e {
+        SopError::Invalid(m) if m.contains(KEPT) => SopError::Invalid(m.replace(
+            KEPT,
+            &match saved_step {
+                Some(s) => format!(
+                    "{} keeps the checkpoint of step {s} as it was (`--resume {}` continues from it)",
+                    out.display(),
+                    out.display()
+                ),
+                None => format!(
+                    "no checkpoint had been written yet, so {} holds nothing to resume \
+                     (`run.checkpoint_every` sets how often one is written)",
+                    out.display()
+                ),
+            },
+        )),
+        e => e,
+    }
+}
+
+/// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`;
+/// the run goes on in `cfg.run.out` (the caller passes `resume` itself to continue in place).
 pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let resumed = match resume {
         Some(dir) => {
-            let specs = param_specs(&cfg.model);
-            let r = state::load_all(dir, &specs)?;
-            // The run's own configuration wins, except where the caller extends the run.
-            let saved: TrainConfig = toml::from_str(&r.config_toml)
-                .map_err(|e| SopError::file(dir.join(state::STATE), format!("saved config does not parse: {e}")))?;
-            let (epochs, steps, out) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.out.clone());
+            // The run's own configuration wins (its architecture too), except where the caller
+            // extends the run or moves it to another folder.
+            let saved = state::saved_config(dir)?;
+            let r = state::load_all(dir, &param_specs(&saved.model))?;
+            let (epochs, steps, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.no_eval);
+            let out = cfg.run.out.clone();
             cfg = saved;
             cfg.optim.epochs = epochs.max(cfg.optim.epochs);
             cfg.optim.steps = steps.or(cfg.optim.steps);
             cfg.run.out = out;
+            cfg.run.no_eval |= no_eval;
             if let Some(v) = r.matmul {
                 if !v.available(gpu) {
                     log::warn!("the run used the {} matmul, which {} cannot run; continuing with its own, so the resumed run may differ in rounding", v.name(), gpu.adapter_name());
@@ -177,17 +218,32 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     };
     cfg.validate()?;
     let out = cfg.run.out.clone();
-    // A fresh run never overwrites another run's checkpoints.
-    let existing = out.join(state::STATE);
-    if resume.is_none() && existing.exists() {
-        return Err(SopError::file(
-            &out,
-            "already holds a training run: pass `--resume` with this folder to continue it, or `--out` a new folder",
-        ));
+    // A run continues in its own folder; any other folder must be free of run files, so
+    // nothing of another run (or of the user's) is overwritten or appended to.
+    let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
+    if !in_place {
+        state::check_new_run_folder(&out)?;
+    }
+    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
+    match &resumed {
+        Some((dir, r)) => eprintln!(
+            "data: {}; run folder: {} (resuming {} at step {})",
+            cfg.data.path.display(),
+            out.display(),
+            dir.display(),
+            r.progress.step
+        ),
+        None => eprintln!("data: {}; run folder: {}", cfg.data.path.display(), out.display()),
     }
     std::fs::create_dir_all(&out).map_err(|e| SopError::file(&out, e))?;
     let config_toml = cfg.to_toml();
-    crate::checkpoint::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
+    crate::checkpoint::write_atomic(&out.join(state::CONFIG), config_toml.as_bytes())?;
+    if let Some((dir, r)) = &resumed {
+        state::metrics_up_to(dir, &out, r.progress.step)?;
+    }
+    // The last checkpoint in the run folder, for the message of a stopped run (a run moved
+    // to a new folder has none there until its first save).
+    let mut saved_step = resumed.as_ref().filter(|_| in_place).map(|(_, r)| r.progress.step);
 
     let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
     let b = cfg.data.batch_size;
@@ -238,7 +294,6 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
         }
     };
 
-    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg) };
     let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
         match &knn_sets {
             Some((t, v)) => Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
@@ -253,7 +308,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("metrics.jsonl"))
+        .open(out.join(state::METRICS))
         .map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
     let save = |step: usize, model: &Model, opt: &AdamW, cb: &Bank, pb: &Bank| -> Result<()> {
         state::save_all(gpu, &out, &cfg.model, &config_toml, &model.student, &model.teacher, opt, (cb, pb), &Progress { step, seed })
@@ -296,7 +351,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             }
             let t_step = Instant::now();
             let counted = gpu.counters();
-            let m = trainer.step(step, &std::mem::take(&mut pending))?;
+            let m = trainer.step(step, &std::mem::take(&mut pending)).map_err(|e| stopped(e, &out, saved_step))?;
             step += 1;
             let secs = t_step.elapsed().as_secs_f64();
             let c = gpu.counters().since(&counted);
@@ -320,6 +375,7 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             }
             if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps {
                 trainer.save(&out, &config_toml, step)?;
+                saved_step = Some(step);
             }
             if step >= total_steps {
                 break 'epochs;

@@ -109,14 +109,104 @@ fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, 
         .ok_or_else(|| SopError::file(path, format!("metadata {key} is missing or not a number")))
 }
 
-pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result<Resumed> {
-    let paths: Vec<PathBuf> = [STATE, STUDENT, TEACHER].iter().map(|f| dir.join(f)).collect();
-    for p in &paths {
-        if !p.exists() {
-            return Err(SopError::file(p, "missing: --resume needs a run folder written by `sop train`"));
+/// Files a run writes into its folder.
+pub const CONFIG: &str = "config.toml";
+pub const METRICS: &str = "metrics.jsonl";
+pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, STUDENT, TEACHER, STATE];
+
+/// Why `--resume dir` cannot start: what the folder holds and what to do.
+fn not_a_run(dir: &Path) -> SopError {
+    let present: Vec<&str> = RUN_FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    if !present.is_empty() && !dir.join(STATE).exists() {
+        return SopError::file(dir, incomplete_run(&present, true));
+    }
+    let missing = [STATE, STUDENT, TEACHER].into_iter().find(|f| !dir.join(f).exists()).unwrap_or(STATE);
+    SopError::file(dir.join(missing), "missing: --resume needs a run folder written by `sop train`")
+}
+
+/// What a folder holding some of a run's files but no train state is, and what to do with it.
+pub fn incomplete_run(present: &[&str], resuming: bool) -> String {
+    let what = if resuming { "there is nothing to resume" } else { "a new run would overwrite them" };
+    format!(
+        "holds {} but no {STATE}, so {what} (a run stopped before its first checkpoint, written every \
+         `run.checkpoint_every` steps and at the end, leaves only {CONFIG} and {METRICS}): delete {} or \
+         pass `--out` another folder to start a new run",
+        present.join(", "),
+        if present.len() == 1 { "it" } else { "them" },
+    )
+}
+
+/// The refusal for a new run (or a resumed one moving to `out`) whose folder holds any file
+/// the run would write, naming it.
+pub fn check_new_run_folder(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        return Err(SopError::file(out, "is a file, not a folder: `--out` names the run folder"));
+    }
+    if out.join(STATE).exists() {
+        return Err(SopError::file(
+            out,
+            "already holds a training run: pass `--resume` with this folder to continue it, or `--out` a new folder",
+        ));
+    }
+    let present: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
+    if present.is_empty() {
+        Ok(())
+    } else {
+        Err(SopError::file(out, incomplete_run(&present, false)))
+    }
+}
+
+/// Writes `to`'s metrics.jsonl from `from`'s, keeping only lines up to `step` (the
+/// checkpoint resumed from): a run that went on after its last checkpoint logged steps that
+/// the resumed run repeats, and no step number may appear twice. A line that does not parse
+/// (cut short by a crash) is dropped.
+pub fn metrics_up_to(from: &Path, to: &Path, step: usize) -> Result<()> {
+    let src = from.join(METRICS);
+    let text = match std::fs::read_to_string(&src) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(SopError::file(src, e)),
+    };
+    let mut kept = String::new();
+    let mut dropped = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let keep = serde_json::from_str::<serde_json::Value>(line)
+            .is_ok_and(|v| v.get("step").and_then(|s| s.as_u64()).is_none_or(|s| s as usize <= step));
+        if keep {
+            kept.push_str(line);
+            kept.push('\n');
+        } else {
+            dropped += 1;
         }
     }
+    if dropped > 0 {
+        eprintln!("{}: {dropped} lines after the checkpoint of step {step} dropped", src.display());
+    }
+    checkpoint::write_atomic(&to.join(METRICS), kept.as_bytes())?;
+    Ok(())
+}
+
+/// The configuration saved in a run folder's train state (read from the header only), so
+/// a resumed run knows its architecture before its weights are loaded.
+pub fn saved_config(dir: &Path) -> Result<crate::train::config::TrainConfig> {
+    let path = dir.join(STATE);
+    if !path.exists() {
+        return Err(not_a_run(dir));
+    }
+    let meta = checkpoint::read_metadata(&path)?;
+    let text = meta.get("config").ok_or_else(|| SopError::file(&path, "metadata config is missing"))?;
+    toml::from_str(text).map_err(|e| SopError::file(&path, format!("saved config does not parse: {e}")))
+}
+
+pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result<Resumed> {
+    let paths: Vec<PathBuf> = [STATE, STUDENT, TEACHER].iter().map(|f| dir.join(f)).collect();
+    if paths.iter().any(|p| !p.exists()) {
+        return Err(not_a_run(dir));
+    }
     let state = checkpoint::read(&paths[0])?;
+    for (name, t) in &state.tensors {
+        checkpoint::check_finite(&paths[0], name, t)?;
+    }
     let student = checkpoint::load(&paths[1], specs)?;
     let teacher = checkpoint::load(&paths[2], specs)?;
     let step: usize = meta_num(&paths[0], &state.metadata, "step")?;
