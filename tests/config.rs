@@ -4,7 +4,10 @@
 use sop::train::config::TrainConfig;
 
 fn load(text: &str) -> Result<TrainConfig, String> {
-    let path = std::env::temp_dir().join(format!("sop-test-config-{}-{}.toml", std::process::id(), text.len()));
+    // A file per call: the tests run in parallel threads of one process.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("sop-test-config-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     let r = TrainConfig::load(&path).map_err(|e| e.to_string());
     let _ = std::fs::remove_file(&path);
