@@ -71,7 +71,9 @@ fn validate_rows(a: &[f32], b: &[f32], got: &[f32], m: usize, n: usize, k: usize
         let want = sop_reference::matmul::matmul_forward(&a_row, &b64, None, 1, 1, n, k, false, false, false, 1.0);
         for j in 0..n {
             let g = got[i * n + j] as f64;
-            if !((g - want[j]).abs() <= 1e-5 * k as f64 + 1e-5 * want[j].abs()) {
+            // Written so that a NaN fails.
+            let close = (g - want[j]).abs() <= 1e-5 * k as f64 + 1e-5 * want[j].abs();
+            if !close {
                 return Err(SopError::Invalid(format!("C[{i}, {j}] = {g}, reference {}", want[j])));
             }
         }

@@ -23,6 +23,9 @@ pub enum Work {
     Bytes(f64),
 }
 
+/// Something a case does on the device.
+pub type GpuFn = Box<dyn Fn(&Gpu) -> Result<()>>;
+
 /// One timed configuration: a kernel variant on one shape.
 pub struct Case {
     pub kernel: &'static str,
@@ -30,9 +33,9 @@ pub struct Case {
     pub shape: String,
     pub work: Work,
     /// Records one run of the kernel (no sync).
-    pub run: Box<dyn Fn(&Gpu) -> Result<()>>,
+    pub run: GpuFn,
     /// Runs the kernel once and compares with the CPU reference; Err says how it differs.
-    pub validate: Box<dyn Fn(&Gpu) -> Result<()>>,
+    pub validate: GpuFn,
 }
 
 /// A family of cases, built only when the filter selects it.

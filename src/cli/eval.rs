@@ -153,7 +153,8 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
         EvalCommand::Linear(a) => {
             let gpu = a.splits.adapter.gpu()?;
             let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;
-            let r = linear_probe(&t, &tl, &v, &vl, dim, a.epochs, a.lr, a.weight_decay)?;
+            let settings = crate::eval::linear::ProbeSettings { epochs: a.epochs, lr: a.lr, weight_decay: a.weight_decay };
+            let r = linear_probe(&t, &tl, &v, &vl, dim, settings)?;
             if a.splits.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {

@@ -76,6 +76,8 @@ pub fn check_output(out: &std::path::Path, inputs: &[&std::path::Path], force: b
     Ok(())
 }
 
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// List GPU adapters with their backend, type and the limits that matter.

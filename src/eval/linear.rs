@@ -23,8 +23,24 @@ fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |best, i| if v[i] > v[best] { i } else { best })
 }
 
-/// Train on (train, train_labels), report accuracy on val. `weight_decay` is L2 on W.
-pub fn linear_probe(train: &[f32], train_labels: &[u32], val: &[f32], val_labels: &[u32], dim: usize, epochs: usize, lr: f64, weight_decay: f64) -> Result<LinearResult> {
+/// How the probe trains: full-batch epochs, learning rate, L2 on W.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    pub epochs: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+}
+
+/// Train on (train, train_labels), report accuracy on val.
+pub fn linear_probe(
+    train: &[f32],
+    train_labels: &[u32],
+    val: &[f32],
+    val_labels: &[u32],
+    dim: usize,
+    settings: ProbeSettings,
+) -> Result<LinearResult> {
+    let ProbeSettings { epochs, lr, weight_decay } = settings;
     let (nt, nv) = (train_labels.len(), val_labels.len());
     if nt == 0 || nv == 0 || train.len() != nt * dim || val.len() != nv * dim {
         return Err(SopError::Invalid(format!("linear probe needs labelled features: {nt} train, {nv} val rows of width {dim}")));

@@ -241,7 +241,7 @@ impl Gpu {
         if workgroups.iter().any(|&w| w > max_dim) {
             return Err(SopError::Limit { op: entry, detail: format!("dispatch {workgroups:?}"), limit: max_dim as u64 });
         }
-        let max_binding = self.limits.max_storage_buffer_binding_size as u64;
+        let max_binding = self.limits.max_storage_buffer_binding_size;
         for b in binds {
             if b.tensor().bytes() > max_binding {
                 return Err(SopError::Limit {

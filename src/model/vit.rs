@@ -12,6 +12,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+/// A parameter on the host: (name, shape, values).
+pub type HostParam = (String, Vec<usize>, Vec<f32>);
+
 use crate::error::{Result, SopError};
 use crate::gpu::{DType, Gpu, Tensor};
 use crate::model::config::VitConfig;
@@ -40,7 +43,7 @@ impl Weights {
     }
 
     /// Read every tensor back (name, shape, data).
-    pub fn download(&self, gpu: &Gpu) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn download(&self, gpu: &Gpu) -> Result<Vec<HostParam>> {
         self.names
             .iter()
             .zip(&self.tensors)

@@ -9,6 +9,8 @@ use crate::common::*;
 use sop::ops::matmul::{Matmul, MatmulVariant};
 use sop_reference::matmul::{matmul_backward, matmul_forward};
 
+// One case of the matmul contract: its shape and its flags, each a parameter.
+#[allow(clippy::too_many_arguments)]
 fn check(gpu: &sop::Gpu, rng: &mut impl rand::Rng, batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, b_batched: bool, bias: bool, acc: bool) {
     let a = randn(rng, batch * m * k);
     let bn = if b_batched { batch } else { 1 };
