@@ -19,6 +19,7 @@ pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod rng;
 pub mod sop;
 pub mod tape;
 pub mod train;

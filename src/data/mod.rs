@@ -26,8 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use image::RgbImage;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
 use crate::error::{Result, SopError};
 
@@ -262,27 +260,5 @@ pub fn val_labels_by_name(train: &Dataset, val: &Dataset) -> Result<Vec<u32>> {
     Ok(labels.iter().map(|&l| map[l as usize]).collect())
 }
 
-/// RNG streams of one sample: view `v`'s crop and colour draws use `VIEW + v`, its mask
-/// `MASK + v`; the epoch's shuffle uses `SHUFFLE` with index 0.
-pub const STREAM_VIEW: u64 = 0;
-pub const STREAM_MASK: u64 = 1 << 20;
-pub const STREAM_SHUFFLE: u64 = 1 << 21;
-pub const STREAM_PREVIEW: u64 = 1 << 22;
-
-/// The RNG for (seed, epoch, sample index, stream): the four words are mixed with
-/// SplitMix64 so that neighbouring indices give unrelated streams. StdRng is ChaCha12:
-/// reproducible for a given version of the `rand` crate.
-pub fn sample_rng(seed: u64, epoch: u64, index: u64, stream: u64) -> StdRng {
-    let mut h = splitmix64(seed);
-    for w in [epoch, index, stream] {
-        h = splitmix64(h ^ w);
-    }
-    StdRng::seed_from_u64(h)
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+// The per-sample random streams live in `crate::rng`; the data modules name them from here.
+pub use crate::rng::{sample_rng, STREAM_MASK, STREAM_PREVIEW, STREAM_SHUFFLE, STREAM_VIEW};

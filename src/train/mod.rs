@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use crate::checkpoint::TensorMap;
 use crate::data::{Batch, Dataset, Loader, LoaderConfig, Split, Views};
@@ -44,29 +44,8 @@ use config::TrainConfig;
 use optimizer::AdamW;
 use state::Progress;
 
-/// Purposes of the per-step random streams.
-const RNG_DRAWS: u64 = 1;
-const RNG_DROP_PATH: u64 = 2;
-const RNG_BANK_PATCH: u64 = 3;
-const RNG_INIT: u64 = 4;
-/// The kept-anchor draws (101 rather than 5: the value runs have always used).
-const RNG_KEEP: u64 = 101;
+use crate::rng::{step_rng, stream_seed, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_INIT, STEP_KEEP};
 
-/// splitmix64 of (seed, a, b, c): independent streams per step and purpose.
-pub fn stream_seed(seed: u64, a: u64, b: u64, c: u64) -> u64 {
-    let mut z = seed;
-    for v in [a, b, c] {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(v.wrapping_mul(0xD1B5_4A32_D192_ED03));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-    }
-    z
-}
-
-fn rng_for(seed: u64, step: usize, micro: usize, purpose: u64) -> rand::rngs::StdRng {
-    rand::rngs::StdRng::seed_from_u64(stream_seed(seed, step as u64, micro as u64, purpose))
-}
 
 /// What a finished run reports.
 #[derive(Debug)]
@@ -283,12 +262,12 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             (Model { vit, student, teacher }, opt, cb, pb, r.progress.step)
         }
         None => {
-            let host = init_params(&cfg.model, stream_seed(seed, 0, 0, RNG_INIT));
+            let host = init_params(&cfg.model, stream_seed(seed, 0, 0, STEP_INIT));
             let student = Weights::upload(gpu, &host)?;
             let teacher = Weights::upload(gpu, &host)?;
             let opt = AdamW::new(gpu, &student.tensors, decay.clone())?;
-            let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, RNG_INIT))?;
-            let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, RNG_INIT))?;
+            let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, STEP_INIT))?;
+            let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, STEP_INIT))?;
             let vit = Vit::new(cfg.model.clone());
             (Model { vit, student, teacher }, opt, cb, pb, 0)
         }
@@ -579,7 +558,7 @@ impl Trainer<'_> {
         // 2. Student on the masked global crops (all tokens) and the local crops ([CLS] only).
         let mut tape = Tape::new(gpu);
         let p = self.model.student.leaves(&mut tape, true);
-        let mut rng = rng_for(seed, step, mi, RNG_DROP_PATH);
+        let mut rng = step_rng(seed, step, mi, STEP_DROP_PATH);
         let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
         let x = tape.constant(globals);
         let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&masks), drop_path: dp_g.as_deref() })?;
@@ -600,7 +579,7 @@ impl Trainer<'_> {
         };
 
         // 3. Objective, then backward from its embedding gradients.
-        let mut rng = rng_for(seed, step, mi, RNG_DRAWS);
+        let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
         let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks).map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None }).collect();
         let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks).map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None }).collect();
         let emb = Embeddings {
@@ -613,7 +592,7 @@ impl Trainer<'_> {
             local_views: l,
         };
         let sampling = cfg.sop.anchor_sampling;
-        let mut keep_rng = rng_for(seed, step, mi, RNG_KEEP);
+        let mut keep_rng = step_rng(seed, step, mi, STEP_KEEP);
         let cls = TaskSet { bank: &self.cls_bank, draws: &cls_draws };
         let patch = TaskSet { bank: &self.patch_bank, draws: &patch_draws };
         let out = sop_objective_tensors(gpu, obj_cfg, &emb, cls, patch, |nb, kind, _| {
@@ -643,7 +622,7 @@ impl Trainer<'_> {
 
         // 4. What the banks take after the step: the second view's teacher rows.
         let cls_rows = gpu.slice_rows(&t_cls, b, b)?;
-        let mut rng = rng_for(seed, step, mi, RNG_BANK_PATCH);
+        let mut rng = step_rng(seed, step, mi, STEP_BANK_PATCH);
         let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
         let patch_rows = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
         let sources = batch.indices.iter().map(|&i| i as i64).collect();
