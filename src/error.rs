@@ -40,8 +40,25 @@ pub enum SopError {
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 
+    /// Training stopped at `step` (counted from 1) because its loss, embeddings or gradients
+    /// were not finite; nothing of that step was applied. `checkpoint` is the step of the
+    /// checkpoint `folder` keeps, if it has one.
+    #[error("step {step}: {reason}; training stopped, {}", stop_note(folder, *checkpoint))]
+    TrainingStopped { step: usize, reason: String, folder: PathBuf, checkpoint: Option<usize> },
+
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What a stopped run's folder holds, and what to do next.
+fn stop_note(folder: &std::path::Path, checkpoint: Option<usize>) -> String {
+    let f = folder.display();
+    match checkpoint {
+        Some(s) => format!("{f} keeps the checkpoint of step {s} as it was (`--resume {f}` continues from it)"),
+        None => format!(
+            "no checkpoint had been written yet, so {f} holds nothing to resume (`run.checkpoint_every` sets how often one is written)"
+        ),
+    }
 }
 
 impl SopError {

@@ -135,7 +135,10 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     cfg.optim.lr = 1e36; // the first update makes f32 activations overflow
     cfg.optim.clip_grad = 0.0;
     cfg.run.checkpoint_every = 1;
-    let err = train(&gpu, cfg, None, false).unwrap_err().to_string();
+    let err = train(&gpu, cfg, None, false).unwrap_err();
+    // A typed stop: which step, and which checkpoint the folder keeps.
+    assert!(matches!(err, sop::SopError::TrainingStopped { step: 2, checkpoint: Some(1), .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.contains("step 2: the loss is not finite"), "{err}");
     // The checkpoint of step 1 (finite loss) is kept as it was.
     for f in [state::STUDENT, state::TEACHER, state::STATE] {

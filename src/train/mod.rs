@@ -30,7 +30,7 @@ use crate::data::{Batch, Dataset, Loader, LoaderConfig, Split, Views};
 use crate::error::{Result, SopError};
 use crate::eval::features::extract;
 use crate::eval::knn::{knn_classify, KnnResult};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{CounterSnapshot, Gpu, Tensor};
 use crate::model::params::{init_params, param_specs};
 use crate::model::vit::{ForwardOptions, Vit, Weights};
 use crate::ops::ema::ema_update;
@@ -143,38 +143,128 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-/// `Trainer::step` stops with a message that promises a checkpoint; say which one the run
-/// folder really holds, if any.
-fn stopped(e: SopError, out: &Path, saved_step: Option<usize>) -> SopError {
-    const KEPT: &str = "the last checkpoint in the run folder is kept as it was";
-    match e {
-        SopError::Invalid(m) if m.contains(KEPT) => SopError::Invalid(m.replace(
-            KEPT,
-            &match saved_step {
-                Some(s) => format!(
-                    "{} keeps the checkpoint of step {s} as it was (`--resume {}` continues from it)",
-                    out.display(),
-                    out.display()
-                ),
-                None => format!(
-                    "no checkpoint had been written yet, so {} holds nothing to resume \
-                     (`run.checkpoint_every` sets how often one is written)",
-                    out.display()
-                ),
-            },
-        )),
-        e => e,
+/// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`.
+pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
+    let t0 = Instant::now();
+    let (cfg, resumed) = resolve_run(gpu, cfg, resume)?;
+    let out = cfg.run.out.clone();
+    let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
+    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
+    let config_toml = prepare_folder(&cfg, resumed.as_ref(), in_place)?;
+
+    let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
+    let (b, accum) = (cfg.data.batch_size, cfg.optim.accumulate);
+    let steps_per_epoch = dataset.len() / b / accum;
+    if steps_per_epoch == 0 {
+        return Err(SopError::Invalid(format!(
+            "{}: {} images are fewer than one step of {} (batch {b} x accumulate {accum})",
+            cfg.data.path.display(),
+            dataset.len(),
+            b * accum
+        )));
     }
+    let schedule_steps = cfg.optim.epochs * steps_per_epoch;
+    let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
+    let (model, opt, cls_bank, patch_bank, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
+    let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
+        match &knn_sets {
+            Some((t, v)) => Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
+            None => Ok(None),
+        }
+    };
+    let knn_before = if start_step == 0 { knn(&model.vit, &model.teacher)? } else { None };
+    if let Some(k) = &knn_before {
+        eprintln!("k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)", k.top1, k.top5, k.k, k.n_train, k.n_val);
+    }
+    let mut metrics = MetricsLog::open(&out)?;
+    // The checkpoint the run folder holds (a run moved to a new folder has none there yet).
+    let saved_step = resumed.as_ref().filter(|_| in_place).map(|(_, r)| r.progress.step);
+    let mut trainer = Trainer {
+        gpu,
+        cfg: &cfg,
+        model,
+        opt,
+        cls_bank,
+        patch_bank,
+        steps_per_epoch,
+        schedule_steps,
+        out: out.clone(),
+        config_toml,
+        saved_step,
+    };
+    let summary = |steps, final_loss, knn_after| TrainSummary { steps, final_loss, knn_before: knn_before.clone(), knn_after, seconds: t0.elapsed().as_secs_f64(), out: out.clone() };
+    if total_steps == 0 || start_step >= total_steps {
+        trainer.save(start_step)?;
+        return Ok(summary(start_step, None, None));
+    }
+
+    let loader_cfg = LoaderConfig { batch_size: b, drop_last: true, shuffle: true, seed: cfg.run.seed, prefetch: 3, threads: cfg.data.threads };
+    let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
+    let bar = progress_bar.then(|| new_progress_bar(total_steps, start_step));
+    let mut step = start_step;
+    let mut final_loss = None;
+    let mut pending: Vec<Batch> = Vec::with_capacity(accum);
+    'epochs: for epoch in step / steps_per_epoch..total_steps.div_ceil(steps_per_epoch) {
+        // Batches of this epoch consumed before a resume are decoded again and skipped.
+        let skip = if epoch == step / steps_per_epoch { (step % steps_per_epoch) * accum } else { 0 };
+        let mut skipped_images = 0;
+        for (i, batch) in loader.epoch(epoch).enumerate() {
+            let batch = batch?;
+            if i < skip || i >= steps_per_epoch * accum {
+                continue;
+            }
+            skipped_images += batch.skipped;
+            pending.push(batch);
+            if pending.len() < accum {
+                continue;
+            }
+            let (t_step, counted) = (Instant::now(), gpu.counters());
+            let m = trainer.step(step, &std::mem::take(&mut pending))?;
+            step += 1;
+            let secs = t_step.elapsed().as_secs_f64();
+            final_loss = Some(m.loss);
+            let images_per_sec = (b * accum) as f64 / secs;
+            metrics.write(step_line(step, epoch, &m, images_per_sec, skipped_images, secs, &gpu.counters().since(&counted)))?;
+            if let Some(bar) = &bar {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} (cls {:.4}, mim {:.4}) lr {:.2e} τt {:.3} {images_per_sec:.1} img/s",
+                    m.loss, m.loss_cls, m.loss_mim, m.lr, m.teacher_temp
+                ));
+            }
+            if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps {
+                trainer.save(step)?;
+            }
+            if step >= total_steps {
+                break 'epochs;
+            }
+        }
+        if skipped_images > 0 {
+            log::warn!("epoch {epoch}: {skipped_images} images could not be decoded and were skipped");
+        }
+        if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
+            if let Some(k) = knn(&trainer.model.vit, &trainer.model.teacher)? {
+                metrics.write(serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5}))?;
+            }
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    trainer.save(step)?;
+    let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
+    if let Some(k) = &knn_after {
+        metrics.write(serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true}))?;
+    }
+    Ok(summary(step, final_loss, knn_after))
 }
 
-/// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`;
-/// the run goes on in `cfg.run.out` (the caller passes `resume` itself to continue in place).
-pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
-    let t0 = Instant::now();
+/// The configuration a run uses: `cfg` for a fresh run; for a resumed one its own saved
+/// configuration (its architecture too), extended by `cfg`'s epochs, steps, folder and
+/// `no_eval`, with the matmul variant it started with pinned.
+fn resolve_run(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>) -> Result<(TrainConfig, Option<(PathBuf, state::Resumed)>)> {
     let resumed = match resume {
         Some(dir) => {
-            // The run's own configuration wins (its architecture too), except where the caller
-            // extends the run or moves it to another folder.
             let saved = state::saved_config(dir)?;
             let r = state::load_all(dir, &param_specs(&saved.model))?;
             let (epochs, steps, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.no_eval);
@@ -196,15 +286,19 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
         None => None,
     };
     cfg.validate()?;
-    let out = cfg.run.out.clone();
-    // A run continues in its own folder; any other folder must be free of run files, so
-    // nothing of another run (or of the user's) is overwritten or appended to.
-    let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
+    Ok((cfg, resumed))
+}
+
+/// The run folder: checked (a run continues in its own folder; any other must be free of
+/// run files, so nothing of another run or of the user's is overwritten or appended to),
+/// announced, and given the config; a resumed run's metrics are cut back to its checkpoint.
+/// Returns the config as saved.
+fn prepare_folder(cfg: &TrainConfig, resumed: Option<&(PathBuf, state::Resumed)>, in_place: bool) -> Result<String> {
+    let out = &cfg.run.out;
     if !in_place {
-        state::check_new_run_folder(&out)?;
+        state::check_new_run_folder(out)?;
     }
-    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
-    match &resumed {
+    match resumed {
         Some((dir, r)) => eprintln!(
             "data: {}; run folder: {} (resuming {} at step {})",
             cfg.data.path.display(),
@@ -214,43 +308,27 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
         ),
         None => eprintln!("data: {}; run folder: {}", cfg.data.path.display(), out.display()),
     }
-    std::fs::create_dir_all(&out).map_err(|e| SopError::file(&out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| SopError::file(out, e))?;
     let config_toml = cfg.to_toml();
     crate::checkpoint::write_atomic(&out.join(state::CONFIG), config_toml.as_bytes())?;
-    if let Some((dir, r)) = &resumed {
-        state::metrics_up_to(dir, &out, r.progress.step)?;
+    if let Some((dir, r)) = resumed {
+        state::metrics_up_to(dir, out, r.progress.step)?;
     }
-    // The last checkpoint in the run folder, for the message of a stopped run (a run moved
-    // to a new folder has none there until its first save).
-    let mut saved_step = resumed.as_ref().filter(|_| in_place).map(|(_, r)| r.progress.step);
+    Ok(config_toml)
+}
 
-    let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
-    let b = cfg.data.batch_size;
-    let accum = cfg.optim.accumulate;
-    let batches_per_epoch = dataset.len() / b;
-    let steps_per_epoch = batches_per_epoch / accum;
-    if steps_per_epoch == 0 {
-        return Err(SopError::Invalid(format!(
-            "{}: {} images are fewer than one step of {} (batch {b} x accumulate {accum})",
-            cfg.data.path.display(),
-            dataset.len(),
-            b * accum
-        )));
-    }
-    let schedule_steps = cfg.optim.epochs * steps_per_epoch;
-    let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
-
-    // Model, optimiser, banks: fresh or restored.
+/// Model, optimiser, banks and the first step: restored from a run, or fresh from the seed.
+fn restore_or_init(gpu: &Gpu, cfg: &TrainConfig, resumed: Option<&(PathBuf, state::Resumed)>) -> Result<(Model, AdamW, Bank, Bank, usize)> {
     let specs = param_specs(&cfg.model);
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
-    let width = cfg.model.head_bottleneck;
-    let seed = cfg.run.seed;
-    let (model, opt, cls_bank, patch_bank, start_step) = match &resumed {
+    let (width, seed) = (cfg.model.head_bottleneck, cfg.run.seed);
+    let vit = Vit::new(cfg.model.clone());
+    match resumed {
         Some((dir, r)) => {
             let student = weights_from_map(gpu, &names, &r.student)?;
             let teacher = weights_from_map(gpu, &names, &r.teacher)?;
-            let mut opt = AdamW::new(gpu, &student.tensors, decay.clone())?;
+            let mut opt = AdamW::new(gpu, &student.tensors, decay)?;
             for (i, (n, t)) in names.iter().zip(&student.tensors).enumerate() {
                 opt.m[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data)?;
                 opt.v[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data)?;
@@ -258,128 +336,59 @@ pub fn train(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>, progress_ba
             opt.step = r.adamw_step;
             let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
             let pb = state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
-            let vit = Vit::new(cfg.model.clone());
-            (Model { vit, student, teacher }, opt, cb, pb, r.progress.step)
+            Ok((Model { vit, student, teacher }, opt, cb, pb, r.progress.step))
         }
         None => {
             let host = init_params(&cfg.model, stream_seed(seed, 0, 0, STEP_INIT));
             let student = Weights::upload(gpu, &host)?;
             let teacher = Weights::upload(gpu, &host)?;
-            let opt = AdamW::new(gpu, &student.tensors, decay.clone())?;
+            let opt = AdamW::new(gpu, &student.tensors, decay)?;
             let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, STEP_INIT))?;
             let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, STEP_INIT))?;
-            let vit = Vit::new(cfg.model.clone());
-            (Model { vit, student, teacher }, opt, cb, pb, 0)
+            Ok((Model { vit, student, teacher }, opt, cb, pb, 0))
         }
-    };
-
-    let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
-        match &knn_sets {
-            Some((t, v)) => Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
-            None => Ok(None),
-        }
-    };
-    let knn_before = if start_step == 0 { knn(&model.vit, &model.teacher)? } else { None };
-    if let Some(k) = &knn_before {
-        eprintln!("k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)", k.top1, k.top5, k.k, k.n_train, k.n_val);
     }
+}
 
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join(state::METRICS))
-        .map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
-    let save = |step: usize, model: &Model, opt: &AdamW, cb: &Bank, pb: &Bank| -> Result<()> {
-        state::save_all(gpu, &out, &cfg.model, &config_toml, &model.student, &model.teacher, opt, (cb, pb), &Progress { step, seed })
-    };
-    if total_steps == 0 || start_step >= total_steps {
-        save(start_step, &model, &opt, &cls_bank, &patch_bank)?;
-        return Ok(TrainSummary { steps: start_step, final_loss: None, knn_before, knn_after: None, seconds: t0.elapsed().as_secs_f64(), out });
+/// The run's `metrics.jsonl`, appended to one JSON object per line.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    fn open(out: &Path) -> Result<MetricsLog> {
+        let path = out.join(state::METRICS);
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SopError::file(&path, e))?;
+        Ok(MetricsLog { file, path })
     }
 
-    let loader_cfg = LoaderConfig { batch_size: b, drop_last: true, shuffle: true, seed, prefetch: 3, threads: cfg.data.threads };
-    let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
-    let bar = progress_bar.then(|| {
-        let pb = indicatif::ProgressBar::new(total_steps as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
-        );
-        pb.set_position(start_step as u64);
-        pb
-    });
+    fn write(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| SopError::file(&self.path, e))
+    }
+}
 
-    let mut trainer = Trainer { gpu, cfg: &cfg, model, opt, cls_bank, patch_bank, steps_per_epoch, schedule_steps };
-    let mut step = start_step;
-    let mut final_loss = None;
-    let mut pending: Vec<Batch> = Vec::with_capacity(accum);
-    let epochs = total_steps.div_ceil(steps_per_epoch);
-    'epochs: for epoch in step / steps_per_epoch..epochs {
-        // Batches of this epoch consumed before a resume are decoded again and skipped.
-        let skip = if epoch == step / steps_per_epoch { (step % steps_per_epoch) * accum } else { 0 };
-        let mut skipped_images = 0;
-        for (i, batch) in loader.epoch(epoch).enumerate() {
-            let batch = batch?;
-            if i < skip || i >= steps_per_epoch * accum {
-                continue;
-            }
-            skipped_images += batch.skipped;
-            pending.push(batch);
-            if pending.len() < accum {
-                continue;
-            }
-            let t_step = Instant::now();
-            let counted = gpu.counters();
-            let m = trainer.step(step, &std::mem::take(&mut pending)).map_err(|e| stopped(e, &out, saved_step))?;
-            step += 1;
-            let secs = t_step.elapsed().as_secs_f64();
-            let c = gpu.counters().since(&counted);
-            final_loss = Some(m.loss);
-            let line = serde_json::json!({
-                "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
-                "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
-                "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
-                "images_per_sec": (b * accum) as f64 / secs, "skipped_images": skipped_images,
-                "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
-                "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
-                "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
-            });
-            writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
-            if let Some(bar) = &bar {
-                bar.set_position(step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} (cls {:.4}, mim {:.4}) lr {:.2e} τt {:.3} {:.1} img/s",
-                    m.loss, m.loss_cls, m.loss_mim, m.lr, m.teacher_temp, (b * accum) as f64 / secs
-                ));
-            }
-            if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps {
-                trainer.save(&out, &config_toml, step)?;
-                saved_step = Some(step);
-            }
-            if step >= total_steps {
-                break 'epochs;
-            }
-        }
-        if skipped_images > 0 {
-            log::warn!("epoch {epoch}: {skipped_images} images could not be decoded and were skipped");
-        }
-        if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
-            if let Some(k) = knn(&trainer.model.vit, &trainer.model.teacher)? {
-                let line = serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5});
-                writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
-            }
-        }
-    }
-    if let Some(bar) = &bar {
-        bar.finish();
-    }
-    trainer.save(&out, &config_toml, step)?;
-    let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
-    if let Some(k) = &knn_after {
-        let line = serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true});
-        writeln!(metrics, "{line}").map_err(|e| SopError::file(out.join("metrics.jsonl"), e))?;
-    }
-    Ok(TrainSummary { steps: step, final_loss, knn_before, knn_after, seconds: t0.elapsed().as_secs_f64(), out })
+/// One step's line of `metrics.jsonl`: what it computed, how fast, and what it asked of the
+/// device (`gpu::counters`).
+fn step_line(step: usize, epoch: usize, m: &StepMetrics, images_per_sec: f64, skipped: usize, secs: f64, c: &CounterSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
+        "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
+        "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
+        "images_per_sec": images_per_sec, "skipped_images": skipped,
+        "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
+        "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
+        "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
+    })
+}
+
+fn new_progress_bar(total_steps: usize, start_step: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total_steps as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template"),
+    );
+    pb.set_position(start_step as u64);
+    pb
 }
 
 /// The mutable state of a run.
@@ -392,6 +401,10 @@ struct Trainer<'a> {
     patch_bank: Bank,
     steps_per_epoch: usize,
     schedule_steps: usize,
+    /// The run folder, its config as saved, and the step of the checkpoint it holds.
+    out: PathBuf,
+    config_toml: String,
+    saved_step: Option<usize>,
 }
 
 /// What one optimiser step logs.
@@ -415,18 +428,26 @@ struct BankRows {
 }
 
 impl Trainer<'_> {
-    fn save(&self, out: &Path, config_toml: &str, step: usize) -> Result<()> {
+    /// Write the run's checkpoint of `step` into its folder.
+    fn save(&mut self, step: usize) -> Result<()> {
         state::save_all(
             self.gpu,
-            out,
+            &self.out,
             &self.cfg.model,
-            config_toml,
+            &self.config_toml,
             &self.model.student,
             &self.model.teacher,
             &self.opt,
             (&self.cls_bank, &self.patch_bank),
             &Progress { step, seed: self.cfg.run.seed },
-        )
+        )?;
+        self.saved_step = Some(step);
+        Ok(())
+    }
+
+    /// The error that stops the run at `step` (from 0) for `reason`.
+    fn stop(&self, step: usize, reason: String) -> SopError {
+        SopError::TrainingStopped { step: step + 1, reason, folder: self.out.clone(), checkpoint: self.saved_step }
     }
 
     /// One optimiser step over `micro` batches (gradient accumulation); `step` counts from 0.
@@ -477,13 +498,9 @@ impl Trainer<'_> {
             let embeddings_finite = f32::from_bits(words[at + k][0]).is_finite();
             at += k + 1;
             if !out.loss.is_finite() || !embeddings_finite {
-                return Err(SopError::Invalid(format!(
-                    "step {}: the loss is not finite (cls {}, mim {}{}); training stopped, the last checkpoint in the run folder is kept as it was",
-                    step + 1,
-                    out.loss_cls,
-                    out.loss_mim,
-                    if embeddings_finite { "" } else { ", non-finite embeddings" }
-                )));
+                let note = if embeddings_finite { "" } else { ", non-finite embeddings" };
+                let reason = format!("the loss is not finite (cls {}, mim {}{note})", out.loss_cls, out.loss_mim);
+                return Err(self.stop(step, reason));
             }
             loss += out.loss as f64 / n;
             loss_cls += out.loss_cls as f64 / n;
@@ -500,9 +517,12 @@ impl Trainer<'_> {
             })
             .collect();
         let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
-        let report = self.opt.apply(gpu, &self.model.student.tensors, &grads, &sq_host, lr as f32, wd as f32, clip).map_err(|e| {
-            SopError::Invalid(format!("step {}: {e}; training stopped, the last checkpoint in the run folder is kept as it was", step + 1))
-        })?;
+        let params = &self.model.student.tensors;
+        let report = match self.opt.apply(gpu, params, &grads, &sq_host, lr as f32, wd as f32, clip) {
+            Ok(r) => r,
+            Err(SopError::Invalid(reason)) => return Err(self.stop(step, reason)),
+            Err(e) => return Err(e),
+        };
         drop(grads);
         for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
             ema_update(gpu, t, s, momentum as f32)?;
