@@ -1,12 +1,15 @@
 //! The Vision Transformer backbone and the SOP head on the tape (docs/METHOD.md
 //! "Networks").
 //!
-//! backbone: patches (B·N, 3·P·P) → Linear (the conv weight (D, 3, P, P) seen as (D, 3·P·P))
+//! Shapes use the legend of src/lib.rs: B images, S image side, p patch side, N = (S/p)²
+//! patches, T = 1 + N tokens, D width, W head output width (`head_bottleneck`).
+//!
+//! backbone: patches (B·N, 3·p·p) → Linear (the conv weight (D, 3, p, p) seen as (D, 3·p·p))
 //!   → mask-token substitution (student) → [CLS] joined → + position embedding (bicubically
-//!   interpolated for another grid) → depth × pre-norm blocks → final LayerNorm. (B, 1+N, D)
+//!   interpolated for another grid) → depth × pre-norm blocks → final LayerNorm. (B, T, D)
 //! block: x += dp(proj(attn(qkv(norm1(x))))); x += dp(fc2(gelu(fc1(norm2(x))))), dp = drop path.
 //! head: Linear D→hidden, GELU, Linear hidden→hidden, GELU, Linear hidden→out, L2-normalise
-//!   (eps 1e-6), applied to every token. (B, 1+N, out)
+//!   (eps 1e-6), applied to every token. (B, T, W), W = out
 //! Parameter names and layouts are the authors' (see `model::params`).
 
 use std::cell::RefCell;
@@ -98,7 +101,7 @@ impl Vit {
         Vit { cfg, interp: RefCell::new(HashMap::new()) }
     }
 
-    /// (new_N, old_N) bicubic interpolation of the patch position embeddings to `grid`².
+    /// (N_new, N_old) bicubic interpolation of the patch position embeddings to `grid`².
     fn interp_matrix(&self, gpu: &Gpu, grid: usize) -> Result<Tensor> {
         if let Some(t) = self.interp.borrow().get(&grid) {
             return Ok(t.clone());
@@ -110,12 +113,12 @@ impl Vit {
         Ok(t)
     }
 
-    /// images (B, 3, S, S) → final-normed tokens (B, 1+N, D), N = (S/P)².
+    /// images (B, 3, S, S) → final-normed tokens (B, T, D), T = 1 + N, N = (S/p)².
     pub fn backbone(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<Var> {
         Ok(self.backbone_with_last_qkv(tape, p, images, opts)?.0)
     }
 
-    /// `backbone`, also returning the last block's qkv (B, 1+N, 3D) for attention maps.
+    /// `backbone`, also returning the last block's qkv (B, T, 3D) for attention maps.
     pub fn backbone_with_last_qkv(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<(Var, Option<Tensor>)> {
         let c = &self.cfg;
         let s = images.shape();
@@ -171,7 +174,7 @@ impl Vit {
         Ok((out, last_qkv))
     }
 
-    /// The position embedding for a `grid`² patch grid: (1+N', D).
+    /// The position embedding for a `grid`² patch grid: (1 + N', D), N' = grid².
     fn pos_embed(&self, tape: &mut Tape, p: &ParamVars, grid: usize) -> Result<Var> {
         let d = self.cfg.dim;
         let pos = p.get("backbone.pos_embed")?;
@@ -190,7 +193,7 @@ impl Vit {
         tape.reshape(&joined, &[1 + grid * grid, d])
     }
 
-    /// tokens (…, D) → L2-normalised head outputs (…, out): Linear layers with GELU between.
+    /// tokens (…, D) → L2-normalised head outputs (…, W): Linear layers with GELU between.
     pub fn head(&self, tape: &mut Tape, p: &ParamVars, tokens: &Var) -> Result<Var> {
         let mut h = tokens.clone();
         for i in 0..self.cfg.head_layers {

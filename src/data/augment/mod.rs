@@ -46,11 +46,11 @@ pub use self::resample::{random_resized_crop_box, resize_bicubic, CropBox};
 /// The views of one sample, normalised, channel-major.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleViews {
-    /// (G, 3, S, S)
+    /// (2, 3, S, S): the two global crops.
     pub globals: Vec<f32>,
-    /// (L, 3, s, s)
+    /// (L, 3, S_l, S_l)
     pub locals: Vec<f32>,
-    /// (G, h * w), 1 = masked; empty without masks (eval).
+    /// (2, N), N = (S/p)², 1 = masked; empty without masks (eval).
     pub masks: Vec<u32>,
 }
 
