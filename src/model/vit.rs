@@ -22,6 +22,9 @@ use crate::model::params::head_linear_name;
 use crate::model::pos_embed::pos_embed_interp_matrix;
 use crate::tape::{Tape, Var};
 
+/// One host tensor: (name, shape, data).
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
+
 /// The parameters of one network (student or teacher) on the GPU, in `param_specs` order.
 pub struct Weights {
     pub names: Vec<String>,
@@ -31,7 +34,7 @@ pub struct Weights {
 
 impl Weights {
     /// Upload host tensors (name, shape, data).
-    pub fn upload(gpu: &Gpu, host: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Weights> {
+    pub fn upload(gpu: &Gpu, host: &[HostTensor]) -> Result<Weights> {
         let mut names = Vec::new();
         let mut tensors = Vec::new();
         for (name, shape, data) in host {
@@ -43,7 +46,7 @@ impl Weights {
     }
 
     /// Read every tensor back (name, shape, data).
-    pub fn download(&self, gpu: &Gpu) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn download(&self, gpu: &Gpu) -> Result<Vec<HostTensor>> {
         self.names
             .iter()
             .zip(&self.tensors)
