@@ -7,6 +7,9 @@
 //! and drops every record's saved tensors as soon as its backward ran, so their buffers go
 //! back to the pool. With `grad_enabled = false` (the teacher) nothing is recorded and
 //! activations are freed as soon as the caller drops them.
+//!
+//! Shapes use the legend of src/lib.rs (B images, T = 1 + N tokens, N patches, D width,
+//! p patch side); a product with a constant is matmul m×k · k×n.
 
 use std::collections::HashMap;
 
@@ -31,7 +34,7 @@ impl Var {
 enum Op {
     /// y = x·Wᵀ + b, x (R, in), W (out, in), b (out).
     Linear { x: Tensor, w: Tensor, ids: [Option<usize>; 3] },
-    /// y = A·x with a constant A (M, K) and x (K, N) (position-embedding interpolation).
+    /// y = A·x with a constant A (m, k) and x (k, n) (position-embedding interpolation).
     ConstMatmul { a: Tensor, id: Option<usize> },
     LayerNorm { x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, ids: [Option<usize>; 3] },
     Gelu { x: Tensor, id: Option<usize> },
@@ -147,7 +150,7 @@ impl<'g> Tape<'g> {
         Ok(self.record(y, ids.iter().any(Option::is_some), || Op::Linear { x: xv, w: wv, ids }))
     }
 
-    /// y = A·x for a constant A (M, K), x (K, N).
+    /// y = A·x for a constant A (m, k), x (k, n): matmul m×k · k×n.
     pub fn const_matmul(&mut self, a: &Tensor, x: &Var) -> Result<Var> {
         let y = Matmul::new(a, &x.value).run(self.gpu)?;
         let a = a.clone();
@@ -206,7 +209,7 @@ impl<'g> Tape<'g> {
         Ok(self.record(y, ids.iter().any(Option::is_some), || Op::MaskTokens { mask, ids }))
     }
 
-    /// images (B, C, S, S) -> patches (B·N, C·P·P).
+    /// images (B, C, S, S) -> patches (B·N, C·p·p), N = (S/p)².
     pub fn patchify(&mut self, images: &Var, patch: usize) -> Result<Var> {
         let y = tokens::patchify_forward(self.gpu, &images.value, patch)?;
         let image_shape = images.shape().to_vec();

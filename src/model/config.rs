@@ -1,8 +1,9 @@
 //! The shape of a ViT backbone and its projection head: presets (`vit_tiny`, `vit_small`,
 //! `vit_base`), overrides for small experiments, and the checks that make a shape buildable.
 //!
-//! Legend: D width (`dim`), L blocks (`depth`), H heads, Dh = D / H, P patch side, S image
-//! side, G = S / P patches per side, N = G² patches, T = 1 + N tokens.
+//! Shape letters as in src/lib.rs: D width (`dim`), H heads, Dh = D / H, p patch side, S image
+//! side, G = S / p patches per side, N = G² patches, T = 1 + N tokens; the number of blocks
+//! is written out (`depth`).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,13 +20,13 @@ pub const PRESETS: [(&str, usize, usize, usize); 3] =
 pub struct VitConfig {
     /// D: token width.
     pub dim: usize,
-    /// L: number of transformer blocks.
+    /// Number of transformer blocks (`depth`; L is the local crops).
     pub depth: usize,
     /// H: attention heads; D must be a multiple of H.
     pub heads: usize,
-    /// P: patch side in pixels.
+    /// p: patch side in pixels.
     pub patch_size: usize,
-    /// S: input side in pixels for which the position embedding is stored (G = S / P).
+    /// S: input side in pixels for which the position embedding is stored (G = S / p).
     pub img_size: usize,
     /// MLP hidden width = mlp_ratio · D.
     pub mlp_ratio: usize,
@@ -97,7 +98,7 @@ impl VitConfig {
         })
     }
 
-    /// The preset name when (D, L, H) match one, else `vit_custom`. Patch and image size do
+    /// The preset name when (D, depth, H) match one, else `vit_custom`. Patch and image size do
     /// not enter the name (they are stored beside it in checkpoints).
     pub fn arch(&self) -> &'static str {
         PRESETS.iter().find(|p| (p.1, p.2, p.3) == (self.dim, self.depth, self.heads)).map_or("vit_custom", |p| p.0)

@@ -1,19 +1,19 @@
 //! The Vision Transformer backbone and the SOP head on the tape (docs/METHOD.md
 //! "Networks").
 //!
-//! backbone: patches (B·N, 3·P·P) → Linear (the conv weight (D, 3, P, P) seen as (D, 3·P·P))
+//! Shapes use the legend of src/lib.rs: B images, S image side, p patch side, N = (S/p)²
+//! patches, T = 1 + N tokens, D width, W head output width (`head_bottleneck`).
+//!
+//! backbone: patches (B·N, 3·p·p) → Linear (the conv weight (D, 3, p, p) seen as (D, 3·p·p))
 //!   → mask-token substitution (student) → [CLS] joined → + position embedding (bicubically
-//!   interpolated for another grid) → depth × pre-norm blocks → final LayerNorm. (B, 1+N, D)
+//!   interpolated for another grid) → depth × pre-norm blocks → final LayerNorm. (B, T, D)
 //! block: x += dp(proj(attn(qkv(norm1(x))))); x += dp(fc2(gelu(fc1(norm2(x))))), dp = drop path.
 //! head: Linear D→hidden, GELU, Linear hidden→hidden, GELU, Linear hidden→out, L2-normalise
-//!   (eps 1e-6), applied to every token. (B, 1+N, out)
+//!   (eps 1e-6), applied to every token. (B, T, W), W = out
 //! Parameter names and layouts are the authors' (see `model::params`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-
-/// A parameter on the host: (name, shape, values).
-pub type HostParam = (String, Vec<usize>, Vec<f32>);
 
 use crate::error::{Result, SopError};
 use crate::gpu::{DType, Gpu, Tensor};
@@ -21,6 +21,9 @@ use crate::model::config::VitConfig;
 use crate::model::params::head_linear_name;
 use crate::model::pos_embed::pos_embed_interp_matrix;
 use crate::tape::{Tape, Var};
+
+/// One host tensor: (name, shape, data).
+pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
 /// The parameters of one network (student or teacher) on the GPU, in `param_specs` order.
 pub struct Weights {
@@ -31,7 +34,7 @@ pub struct Weights {
 
 impl Weights {
     /// Upload host tensors (name, shape, data).
-    pub fn upload(gpu: &Gpu, host: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Weights> {
+    pub fn upload(gpu: &Gpu, host: &[HostTensor]) -> Result<Weights> {
         let mut names = Vec::new();
         let mut tensors = Vec::new();
         for (name, shape, data) in host {
@@ -43,7 +46,7 @@ impl Weights {
     }
 
     /// Read every tensor back (name, shape, data).
-    pub fn download(&self, gpu: &Gpu) -> Result<Vec<HostParam>> {
+    pub fn download(&self, gpu: &Gpu) -> Result<Vec<HostTensor>> {
         self.names
             .iter()
             .zip(&self.tensors)
@@ -101,7 +104,7 @@ impl Vit {
         Vit { cfg, interp: RefCell::new(HashMap::new()) }
     }
 
-    /// (new_N, old_N) bicubic interpolation of the patch position embeddings to `grid`².
+    /// (N_new, N_old) bicubic interpolation of the patch position embeddings to `grid`².
     fn interp_matrix(&self, gpu: &Gpu, grid: usize) -> Result<Tensor> {
         if let Some(t) = self.interp.borrow().get(&grid) {
             return Ok(t.clone());
@@ -113,12 +116,12 @@ impl Vit {
         Ok(t)
     }
 
-    /// images (B, 3, S, S) → final-normed tokens (B, 1+N, D), N = (S/P)².
+    /// images (B, 3, S, S) → final-normed tokens (B, T, D), T = 1 + N, N = (S/p)².
     pub fn backbone(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<Var> {
         Ok(self.backbone_with_last_qkv(tape, p, images, opts)?.0)
     }
 
-    /// `backbone`, also returning the last block's qkv (B, 1+N, 3D) for attention maps.
+    /// `backbone`, also returning the last block's qkv (B, T, 3D) for attention maps.
     pub fn backbone_with_last_qkv(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<(Var, Option<Tensor>)> {
         let c = &self.cfg;
         let s = images.shape();
@@ -174,7 +177,7 @@ impl Vit {
         Ok((out, last_qkv))
     }
 
-    /// The position embedding for a `grid`² patch grid: (1+N', D).
+    /// The position embedding for a `grid`² patch grid: (1 + N', D), N' = grid².
     fn pos_embed(&self, tape: &mut Tape, p: &ParamVars, grid: usize) -> Result<Var> {
         let d = self.cfg.dim;
         let pos = p.get("backbone.pos_embed")?;
@@ -193,7 +196,7 @@ impl Vit {
         tape.reshape(&joined, &[1 + grid * grid, d])
     }
 
-    /// tokens (…, D) → L2-normalised head outputs (…, out): Linear layers with GELU between.
+    /// tokens (…, D) → L2-normalised head outputs (…, W): Linear layers with GELU between.
     pub fn head(&self, tape: &mut Tape, p: &ParamVars, tokens: &Var) -> Result<Var> {
         let mut h = tokens.clone();
         for i in 0..self.cfg.head_layers {

@@ -1,7 +1,7 @@
 //! The SOP objective on the GPU (docs/METHOD.md "Losses"): [CLS] loss across views and the
 //! SOP-MIM patch loss, averaged over tasks, with gradients for the student embeddings only.
 //!
-//! Per task, with prototypes (D (M, W), Y (M, P')):
+//! Shape letters as in src/lib.rs. Per task, with prototypes D (M, W) and Y (M, P′):
 //!   P(u) = softmax(u·Dᵀ/τ)·Y                       (matmul + soft_assign)
 //!   [CLS]: student rows ((2+L)·B) vs teacher rows (2B). Since H(q, p) is linear in q, the
 //!     sum over teacher views j ≠ i of H(q_j, p_i) is H(Σ_{j≠i} q_j, p_i): the targets are
@@ -56,11 +56,11 @@ pub struct Embeddings<'a> {
     pub student_cls: &'a Tensor,
     /// (2B, W).
     pub teacher_cls: &'a Tensor,
-    /// (2B, T, W): masked global views.
+    /// (2B, N, W): the patch tokens of the masked global views.
     pub student_patch: &'a Tensor,
-    /// (2B, T, W): unmasked global views.
+    /// (2B, N, W): the patch tokens of the unmasked global views.
     pub teacher_patch: &'a Tensor,
-    /// (2B·T) host masks, 1 = masked.
+    /// (2B·N) host masks, 1 = masked.
     pub masks: &'a [u8],
     pub batch: usize,
     pub local_views: usize,
@@ -121,7 +121,7 @@ pub struct ObjectiveOutput {
     pub agreement_cls: f32,
 }
 
-/// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P').
+/// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P′).
 fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<(Tensor, Tensor)> {
     let logits = Matmul::new(u, &proto.members).trans_b().run(gpu)?;
     let p = soft_assign_forward(gpu, &logits, &proto.votes, tau)?;
@@ -311,7 +311,7 @@ pub fn sop_objective_tensors(
     Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx })
 }
 
-/// Arg-max rows of two (R, K) distributions (the agreement metric compares them).
+/// Arg-max rows of two (R, P′) distributions (the agreement metric compares them).
 fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
     let (_, ip) = topk_forward(gpu, p, 1)?;
     let (_, iq) = topk_forward(gpu, q, 1)?;

@@ -3,15 +3,17 @@
 //! that the objective can be replayed and checked against another implementation
 //! (`scripts/sop_objective_torch.py`); a second file holds its losses and gradients.
 //!
-//! Inputs (B images, L local views, T patch tokens per global view, C = 256):
-//! - `student_cls` f32 ((2+L)·B, C): global views first, view-major (row = view·B + image);
-//! - `teacher_cls` f32 (2B, C); `student_patch`, `teacher_patch` f32 (2B, T, C);
-//! - `masks` u8 (or bool) (2B, T): 1 where the student's patch is masked, else 0;
-//! - `cls_bank` f32 (N_C, C), `patch_bank` f32 (N_P, C);
+//! Inputs (letters as in src/lib.rs: B images, L local views, N patches per global view,
+//! W = 256 the width of every row):
+//! - `student_cls` f32 ((2+L)·B, W): global views first, view-major (row = view·B + image);
+//! - `teacher_cls` f32 (2B, W); `student_patch`, `teacher_patch` f32 (2B, N, W);
+//! - `masks` u8 (or bool) (2B, N): 1 where the student's patch is masked, else 0;
+//! - `cls_bank` f32 (N_C, W), `patch_bank` f32 (N_P, W);
 //! - `cls_perm` i32 (cls_tasks, N_C), `patch_perm` i32 (patch_tasks, N_P): one permutation
 //!   of the bank rows per task, its first P entries the anchors, the rest the pool in order;
-//! - `cls_keep` i32 (cls_tasks, P_C/2), `patch_keep` i32 (patch_tasks, P_P/2): per task the
-//!   indices in 0..P of the kept anchors, distinct, in the order the prototypes are stacked.
+//! - `cls_keep` i32 (cls_tasks, P_C/2), `patch_keep` i32 (patch_tasks, P_P/2), P_C and P_P
+//!   the anchors of each bank: per task the indices in 0..P of the kept anchors, distinct,
+//!   in the order the prototypes are stacked.
 //!   Always present and checked; only read when that bank's experts E > 1.
 //! - metadata (strings): `global_views` (must be 2), `local_views`, `cls_anchors`,
 //!   `cls_experts`, `cls_tasks`, `patch_anchors`, `patch_experts`, `patch_tasks`, `smoothing`,
@@ -30,15 +32,15 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Result, SopError};
 
-/// C, the width of every embedding and bank row in the file format.
+/// W, the width of every embedding and bank row in the file format.
 pub const WIDTH: usize = 256;
 
 /// One memory bank and its random draws.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BankInputs {
-    /// (N, C).
+    /// (N_b, W).
     pub bank: Vec<f32>,
-    /// (tasks, N), each row a permutation of 0..N.
+    /// (tasks, N_b), each row a permutation of 0..N_b.
     pub perm: Vec<i32>,
     /// (tasks, P/2), each row distinct indices in 0..P.
     pub keep: Vec<i32>,
@@ -50,11 +52,11 @@ pub struct BankInputs {
 }
 
 impl BankInputs {
-    /// N.
+    /// N_b.
     pub fn rows(&self) -> usize {
         self.bank.len() / WIDTH
     }
-    /// P', the number of prototypes per task: P/2 when E > 1, else P.
+    /// P′, the number of prototypes per task: P/2 when E > 1, else P.
     pub fn kept(&self) -> usize {
         if self.experts > 1 {
             self.anchors / 2
@@ -69,21 +71,21 @@ impl BankInputs {
 pub struct ObjectiveInputs {
     /// B.
     pub batch: usize,
-    /// T.
+    /// N, the patches per global view (patch tokens, [CLS] excluded).
     pub tokens: usize,
     /// Always 2.
     pub global_views: usize,
     /// L.
     pub local_views: usize,
-    /// ((2+L)·B, C).
+    /// ((2+L)·B, W).
     pub student_cls: Vec<f32>,
-    /// (2B, C).
+    /// (2B, W).
     pub teacher_cls: Vec<f32>,
-    /// (2B, T, C).
+    /// (2B, N, W).
     pub student_patch: Vec<f32>,
-    /// (2B, T, C).
+    /// (2B, N, W).
     pub teacher_patch: Vec<f32>,
-    /// (2B, T), 0 or 1.
+    /// (2B, N), 0 or 1.
     pub masks: Vec<u8>,
     pub cls: BankInputs,
     pub patch: BankInputs,
@@ -204,7 +206,7 @@ impl ObjectiveInputs {
             }
         }
 
-        // teacher_cls fixes B, student_patch fixes T; everything else must agree with them.
+        // teacher_cls fixes B, student_patch fixes N; everything else must agree with them.
         let (tc_shape, teacher_cls) = r.f32s("teacher_cls", 2)?;
         if tc_shape[0] == 0 || tc_shape[0] % global_views != 0 {
             return Err(r.fail(format!("tensor `teacher_cls` has {} rows, expected 2B with B ≥ 1", tc_shape[0])));
@@ -401,9 +403,9 @@ pub struct ObjectiveOutputs {
     pub loss_cls: f64,
     pub loss_mim: f64,
     pub loss: f64,
-    /// ((2+L)·B, C).
+    /// ((2+L)·B, W).
     pub dstudent_cls: Vec<f64>,
-    /// (2B, T, C).
+    /// (2B, N, W).
     pub dstudent_patch: Vec<f64>,
 }
 

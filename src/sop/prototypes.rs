@@ -1,16 +1,18 @@
 //! Self-organizing prototypes for one task (docs/METHOD.md "Building the prototypes").
+//! Shape letters as in src/lib.rs: N_b bank rows, P anchors, E members per prototype, P′
+//! prototypes kept, M = P′·E member rows, W bank width; j indexes prototypes, r member rows.
 //!
 //! Given the bank and this task's draws (a permutation whose first P entries are the
 //! anchors, and when E > 1 the indices of the P/2 anchors kept), every step runs on the
 //! device; the host uploads the permutation and the keep list and waits for nothing:
-//!   sims (P, N−P) = anchors · poolᵀ          gather_rows, matmul
+//!   sims (P, N_b−P) = anchors · poolᵀ        gather_rows, matmul
 //!   SEs = top-(E−1) of each row              topk (values and pool positions stay on the
 //!                                            device; ties → lower pool position)
 //!   member rows (M) and weights (M)          prototypes.wgsl: prototype_members
-//!     prototype p = [anchor, SE_1 … SE_E−1] of kept anchor keep[p], weights [1 − s, sim_1 …]
-//!   Y (M, P'), f32                           prototypes.wgsl: prototype_votes
-//!     Y[r, p(r)] = w_r, Y[r, q≠p(r)] = (1 − w_r)/(P' − 1), each row divided by its sum
-//!   D (M, W), M = P'·E, prototype-major      gather_rows of the member rows
+//!     prototype j = [anchor, SE_1 … SE_E−1] of kept anchor keep[j], weights [1 − s, sim_1 …]
+//!   Y (M, P′), f32                           prototypes.wgsl: prototype_votes
+//!     Y[r, j(r)] = w_r, Y[r, j′≠j(r)] = (1 − w_r)/(P′ − 1), each row divided by its sum
+//!   D (M, W), M = P′·E, prototype-major      gather_rows of the member rows
 //! The keep list comes from the task's RNG on the host (`sample_keep`): the default
 //! `AnchorSampling::Uniform` draws it without looking at the similarities, so nothing is
 //! read back; `AnchorSampling::InverseCv` reads the SE similarities (one blocking read per
@@ -33,20 +35,20 @@ pub struct PrototypeConfig {
     pub anchors: usize,
     /// E: members per prototype, anchor included.
     pub experts: usize,
-    /// T: independent tasks per step.
+    /// Independent tasks per step (`tasks`; no letter, T is tokens).
     pub tasks: usize,
 }
 
 pub struct Prototypes {
     /// (M, W) member vectors, prototype-major.
     pub members: Tensor,
-    /// (M, P') row-stochastic vote matrix.
+    /// (M, P′) row-stochastic vote matrix.
     pub votes: Tensor,
     /// (M) u32 bank row of each member, on the device (`sop prototypes` reads it back).
     pub member_rows: Tensor,
     /// Every anchor's SEs, before subsampling (`se_sims_host` reads their similarities).
     pub neighbours: Neighbours,
-    /// Number of prototypes kept (P').
+    /// Number of prototypes kept (P′).
     pub kept: usize,
 }
 
@@ -59,7 +61,7 @@ impl Prototypes {
 
 /// The permutation and every anchor's SEs (before subsampling), on the device.
 pub struct Neighbours {
-    /// (N) u32 the task's permutation: anchors perm[..P], pool perm[P..].
+    /// (N_b) u32 the task's permutation: anchors perm[..P], pool perm[P..].
     pub perm: Tensor,
     /// (P, E−1) f32 similarities of each anchor's SEs to it, nearest first; None when E = 1.
     pub sims: Option<Tensor>,
@@ -101,7 +103,7 @@ pub fn neighbours(gpu: &Gpu, bank: &Bank, perm: &[u32], cfg: &PrototypeConfig) -
     let pool = gpu.slice_rows(&perm_t, p, n - p)?;
     let a = gather_rows(gpu, &bank.vectors, &anchors)?;
     let pool_vecs = gather_rows(gpu, &bank.vectors, &pool)?;
-    let sims = Matmul::new(&a, &pool_vecs).trans_b().run(gpu)?; // (P, N−P)
+    let sims = Matmul::new(&a, &pool_vecs).trans_b().run(gpu)?; // (P, N_b−P)
     drop(pool_vecs);
     let (vals, idx) = topk_forward(gpu, &sims, e - 1)?;
     Ok(Neighbours { perm: perm_t, sims: Some(vals), pool_idx: Some(idx), anchors: p })
@@ -138,7 +140,7 @@ pub fn build(
 pub enum AnchorSampling {
     /// Uniform without replacement (the default; what the authors' code does in effect).
     Uniform,
-    /// Weight 1/CV of each anchor's SE similarities, CV = std/mean·(1 + 1/(4n)), n = pool size.
+    /// Weight 1/CV of each anchor's SE similarities, CV = std/mean·(1 + 1/(4n)), n = N_b − P.
     /// Costs one blocking read per task and step (the similarities come back to the host), so
     /// the step waits for the GPU there.
     InverseCv,

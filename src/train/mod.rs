@@ -192,7 +192,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         config_toml,
         saved_step,
     };
-    let summary = |steps, final_loss, knn_after| TrainSummary { steps, final_loss, knn_before: knn_before.clone(), knn_after, seconds: t0.elapsed().as_secs_f64(), out: out.clone() };
+    let summary = |steps, final_loss, knn_after| TrainSummary { steps, final_loss, knn_before, knn_after, seconds: t0.elapsed().as_secs_f64(), out: out.clone() };
     if total_steps == 0 || start_step >= total_steps {
         trainer.save(start_step)?;
         return Ok(summary(start_step, None, None));
