@@ -6,7 +6,8 @@ fn main() {
     let adapter = gpu.adapter_name();
     println!("adapter: {adapter}\n{}", sop::bench::TABLE_HEADER);
     let opts = sop::bench::Options { filter, ..Default::default() };
-    let results = sop::bench::run(&gpu, &opts, |m| println!("{}", sop::bench::table_row(m))).unwrap_or_else(|e| panic!("{e}"));
+    let results =
+        sop::bench::run(&gpu, &opts, |m| println!("{}", sop::bench::table_row(m))).unwrap_or_else(|e| panic!("{e}"));
     for line in sop::bench::ratios(&results) {
         println!("{line}");
     }

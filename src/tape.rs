@@ -33,25 +33,76 @@ impl Var {
 
 enum Op {
     /// y = x·Wᵀ + b, x (R, in), W (out, in), b (out).
-    Linear { x: Tensor, w: Tensor, ids: [Option<usize>; 3] },
+    Linear {
+        x: Tensor,
+        w: Tensor,
+        ids: [Option<usize>; 3],
+    },
     /// y = A·x with a constant A (m, k) and x (k, n) (position-embedding interpolation).
-    ConstMatmul { a: Tensor, id: Option<usize> },
-    LayerNorm { x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, ids: [Option<usize>; 3] },
-    Gelu { x: Tensor, id: Option<usize> },
-    Attention { qkv: Tensor, out: Tensor, lse: Tensor, heads: usize, id: Option<usize> },
-    Add { ids: [Option<usize>; 2] },
+    ConstMatmul {
+        a: Tensor,
+        id: Option<usize>,
+    },
+    LayerNorm {
+        x: Tensor,
+        gamma: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        ids: [Option<usize>; 3],
+    },
+    Gelu {
+        x: Tensor,
+        id: Option<usize>,
+    },
+    Attention {
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        heads: usize,
+        id: Option<usize>,
+    },
+    Add {
+        ids: [Option<usize>; 2],
+    },
     /// y = x + b with b repeated along leading dims.
-    AddBroadcast { b_shape: Vec<usize>, ids: [Option<usize>; 2] },
+    AddBroadcast {
+        b_shape: Vec<usize>,
+        ids: [Option<usize>; 2],
+    },
     /// y[b, …] = s[b]·x[b, …] (drop path).
-    ScaleSamples { s: Tensor, id: Option<usize> },
-    MaskTokens { mask: Tensor, ids: [Option<usize>; 2] },
-    Patchify { image_shape: Vec<usize>, patch: usize, id: Option<usize> },
+    ScaleSamples {
+        s: Tensor,
+        id: Option<usize>,
+    },
+    MaskTokens {
+        mask: Tensor,
+        ids: [Option<usize>; 2],
+    },
+    Patchify {
+        image_shape: Vec<usize>,
+        patch: usize,
+        id: Option<usize>,
+    },
     /// out = [cls; x]; `cls_shape` tells a shared (D) cls from a per-sample (B, D) one.
-    TokensJoin { cls_shape: Vec<usize>, ids: [Option<usize>; 2] },
+    TokensJoin {
+        cls_shape: Vec<usize>,
+        ids: [Option<usize>; 2],
+    },
     /// (cls, rest) = split(x); outputs are `outs[0]` and `outs[1]`.
-    TokensSplit { outs: [usize; 2], id: Option<usize> },
-    L2Norm { x: Tensor, norm: Tensor, eps: f32, id: Option<usize> },
-    Reshape { from: Vec<usize>, id: Option<usize> },
+    TokensSplit {
+        outs: [usize; 2],
+        id: Option<usize>,
+    },
+    L2Norm {
+        x: Tensor,
+        norm: Tensor,
+        eps: f32,
+        id: Option<usize>,
+    },
+    Reshape {
+        from: Vec<usize>,
+        id: Option<usize>,
+    },
 }
 
 struct Node {

@@ -5,7 +5,8 @@ use std::process::Command;
 
 #[test]
 fn bench_step_reports_steady_state_steps_and_counters() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--step", "--steps", "2", "--json"]).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--step", "--steps", "2", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();

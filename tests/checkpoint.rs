@@ -74,10 +74,7 @@ fn non_finite_values_are_saved_exactly_but_not_loaded() {
         }
         other => panic!("expected NonFinite, got {other:?}"),
     }
-    assert!(matches!(
-        checkpoint::load_backbone(&path, &param_specs(&cfg())),
-        Err(CheckpointError::NonFinite { .. })
-    ));
+    assert!(matches!(checkpoint::load_backbone(&path, &param_specs(&cfg())), Err(CheckpointError::NonFinite { .. })));
 }
 
 /// Writes a file through the safetensors crate directly (names, dtypes and shapes the
@@ -413,7 +410,9 @@ fn run_state_errors_keep_their_structure() {
         std::fs::write(dir.join(f), &bytes[..bytes.len() - 1]).unwrap();
     }
     match state::load_all(&dir.0, &param_specs(&cfg())) {
-        Err(sop::SopError::Checkpoint(CheckpointError::Truncated { path, .. })) => assert!(path.ends_with(state::STATE), "{path:?}"),
+        Err(sop::SopError::Checkpoint(CheckpointError::Truncated { path, .. })) => {
+            assert!(path.ends_with(state::STATE), "{path:?}")
+        }
         Err(e) => panic!("expected a truncated-checkpoint error, got {e:?}"),
         Ok(_) => panic!("a truncated run state was accepted"),
     }

@@ -98,7 +98,8 @@ fn bad_input_gets_clear_errors() {
     let good = root().join("kernels-tests/fixtures/vit_tiny.safetensors");
     let bytes = std::fs::read(&good).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() - 100]).unwrap();
-    let (success, _, err) = sop(&["embed", "--weights", s(&bad), "--data", "assets/fashion-mnist", "--out", s(&dir.join("x.safetensors"))]);
+    let (success, _, err) =
+        sop(&["embed", "--weights", s(&bad), "--data", "assets/fashion-mnist", "--out", s(&dir.join("x.safetensors"))]);
     assert!(!success && err.contains("bad.safetensors") && err.contains("truncated"), "{err}");
     assert!(!dir.join("x.safetensors").exists(), "nothing written on failure");
     // Not a run folder.
@@ -115,7 +116,11 @@ fn bad_input_gets_clear_errors() {
     let (success, _, err) = sop(&["train", "--config", s(&cfg)]);
     assert!(!success && err.contains("typo.toml") && err.contains("learning_rate"), "{err}");
     // A misspelt matmul override is an error, not a silent autotune.
-    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--filter", "matmul"]).env("SOP_MATMUL", "tile").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(["bench", "--filter", "matmul"])
+        .env("SOP_MATMUL", "tile")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("SOP_MATMUL") && err.contains("tiled_shared"), "{err}");
 }
@@ -124,7 +129,21 @@ fn bad_input_gets_clear_errors() {
 fn preview_objective_and_bench_run() {
     let dir = tmp("misc");
     let png = dir.join("preview.png");
-    ok(&["preview", "--data", "assets/fashion-mnist", "--out", s(&png), "--n", "2", "--global-size", "28", "--local-size", "14", "--patch-size", "7"]);
+    ok(&[
+        "preview",
+        "--data",
+        "assets/fashion-mnist",
+        "--out",
+        s(&png),
+        "--n",
+        "2",
+        "--global-size",
+        "28",
+        "--local-size",
+        "14",
+        "--patch-size",
+        "7",
+    ]);
     assert!(image::open(&png).is_ok());
 
     let inputs = root().join("kernels-tests/fixtures/sop_objective_e4_local.inputs.safetensors");
@@ -142,8 +161,25 @@ fn preview_objective_and_bench_run() {
     // The per-kernel table: every kernel of a training step shows up, with its dispatches.
     let cfg = tiny_config(&dir);
     let run = dir.join("profiled");
-    let out = ok(&["train", "--config", s(&cfg), "--out", s(&run), "--steps", "2", "--quiet", "--no-eval", "--profile-kernels"]);
-    for kernel in ["matmul", "attention.wgsl:attention_forward", "soft_assign.wgsl:soft_assign_forward", "adamw.wgsl:adamw_step", "all kernels"] {
+    let out = ok(&[
+        "train",
+        "--config",
+        s(&cfg),
+        "--out",
+        s(&run),
+        "--steps",
+        "2",
+        "--quiet",
+        "--no-eval",
+        "--profile-kernels",
+    ]);
+    for kernel in [
+        "matmul",
+        "attention.wgsl:attention_forward",
+        "soft_assign.wgsl:soft_assign_forward",
+        "adamw.wgsl:adamw_step",
+        "all kernels",
+    ] {
         assert!(out.contains(kernel), "profile lacks {kernel}: {out}");
     }
 }
@@ -442,8 +478,19 @@ fn symlinked_folders_are_visited_once() {
     std::os::unix::fs::symlink("0.png", train.join("dog/again.png")).unwrap();
     let png = dir.join("preview.png");
     let args = [
-        "preview", "--data", s(&train), "--out", s(&png), "--n", "2", "--global-size", "8", "--local-size", "4",
-        "--patch-size", "4",
+        "preview",
+        "--data",
+        s(&train),
+        "--out",
+        s(&png),
+        "--n",
+        "2",
+        "--global-size",
+        "8",
+        "--local-size",
+        "4",
+        "--patch-size",
+        "4",
     ];
     let (success, err) = sop_within(120, &args);
     assert!(success, "preview did not finish: {err}");

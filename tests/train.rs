@@ -13,7 +13,8 @@ fn gpu() -> sop::Gpu {
 }
 
 fn tiny(out: &Path) -> TrainConfig {
-    let mut c = TrainConfig::smoke(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"), out.to_path_buf());
+    let mut c =
+        TrainConfig::smoke(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"), out.to_path_buf());
     c.run.no_eval = true;
     c
 }
@@ -77,7 +78,11 @@ fn teacher_follows_the_ema_rule_and_banks_fill_in_fifo_order() {
     for (n, t) in &t1 {
         for i in 0..t.data.len() {
             let want = m * t0[n].data[i] as f64 + (1.0 - m) * s1[n].data[i] as f64;
-            assert!((t.data[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{n}[{i}]: teacher {} vs EMA {want}", t.data[i]);
+            assert!(
+                (t.data[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{n}[{i}]: teacher {} vs EMA {want}",
+                t.data[i]
+            );
         }
         moved |= t.data != t0[n].data;
     }
@@ -86,7 +91,11 @@ fn teacher_follows_the_ema_rule_and_banks_fill_in_fifo_order() {
     let st = checkpoint::read(&dir.join(state::STATE)).unwrap();
     assert_eq!(st.metadata["cls_bank_ptr"], "8");
     // The matmul variant is recorded so that a resume keeps it.
-    assert!(sop::ops::matmul::MatmulVariant::parse(&st.metadata["matmul"]).is_some(), "{:?}", st.metadata.get("matmul"));
+    assert!(
+        sop::ops::matmul::MatmulVariant::parse(&st.metadata["matmul"]).is_some(),
+        "{:?}",
+        st.metadata.get("matmul")
+    );
     let src = &st.tensors["cls_bank_sources"].data;
     assert!(src[..8].iter().all(|&s| s >= 0.0) && src[8..].iter().all(|&s| s == -1.0), "{src:?}");
     let bank = &st.tensors["cls_bank"].data;
@@ -183,7 +192,12 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
     let student = Weights::upload(&gpu, &host).unwrap();
     let teacher = Weights::upload(&gpu, &host).unwrap();
     let vit = Vit::new(cfg.clone());
-    let images = gpu.upload_f32(&[2 * b, 3, s, s], &(0..2 * b * 3 * s * s).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>()).unwrap();
+    let images = gpu
+        .upload_f32(
+            &[2 * b, 3, s, s],
+            &(0..2 * b * 3 * s * s).map(|_| rng.random_range(-1.0f32..1.0)).collect::<Vec<_>>(),
+        )
+        .unwrap();
     let mask_host: Vec<u32> = (0..2 * b * n).map(|i| (i % 3 == 0) as u32).collect();
     let mask = gpu.upload_u32(&[2 * b, n], &mask_host).unwrap();
     let masks_u8: Vec<u8> = mask_host.iter().map(|&m| m as u8).collect();
@@ -222,8 +236,17 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         let tok = vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&mask), drop_path: None }).unwrap();
         let h = vit.head(&mut tape, &p, &tok).unwrap();
         let (c, r) = tape.tokens_split(&h).unwrap();
-        let emb = Embeddings { student_cls: &c.value, teacher_cls: &t_cls, student_patch: &r.value, teacher_patch: &t_patch, masks: &masks_u8, batch: b, local_views: 0 };
-        let (cls, patch) = (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
+        let emb = Embeddings {
+            student_cls: &c.value,
+            teacher_cls: &t_cls,
+            student_patch: &r.value,
+            teacher_patch: &t_patch,
+            masks: &masks_u8,
+            batch: b,
+            local_views: 0,
+        };
+        let (cls, patch) =
+            (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
         let out = sop_objective(&gpu, &ocfg, &emb, cls, patch, |_, _, _| unreachable!()).unwrap();
         assert!(out.loss.is_finite(), "loss {}", out.loss);
         losses.push(out.loss);

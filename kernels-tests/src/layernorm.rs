@@ -2,7 +2,14 @@
 //! (R, D) row-major: y = (x − μ)·rstd·γ + β, rstd = 1/√(σ² + eps).
 
 /// Returns (y (R, D), mean (R), rstd (R)).
-pub fn layernorm_forward(x: &[f64], gamma: &[f64], beta: &[f64], r: usize, d: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn layernorm_forward(
+    x: &[f64],
+    gamma: &[f64],
+    beta: &[f64],
+    r: usize,
+    d: usize,
+    eps: f64,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut y = vec![0.0; r * d];
     let mut mean = vec![0.0; r];
     let mut rstd = vec![0.0; r];

@@ -3,17 +3,17 @@
 //! here is itself checked against central finite differences of its forward
 //! (`finite_difference`). No dependencies, no tricks: loops a reader can check by eye.
 
+pub mod adamw;
 pub mod attention;
+pub mod cross_entropy;
 pub mod elementwise;
+pub mod ema;
+pub mod gather;
 pub mod gelu;
 pub mod l2norm;
 pub mod layernorm;
-pub mod matmul;
-pub mod adamw;
-pub mod cross_entropy;
-pub mod ema;
-pub mod gather;
 pub mod mask_tokens;
+pub mod matmul;
 pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;

@@ -37,7 +37,14 @@ pub fn matmul_forward(
 
 /// Backward of C = A·B (no transposes, one batch): dA = dC·Bᵀ (M, K), dB = Aᵀ·dC (K, N),
 /// dbias = Σ_i dC[i, :].
-pub fn matmul_backward(a: &[f64], b: &[f64], dc: &[f64], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+pub fn matmul_backward(
+    a: &[f64],
+    b: &[f64],
+    dc: &[f64],
+    m: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut da = vec![0.0; m * k];
     let mut db = vec![0.0; k * n];
     let mut dbias = vec![0.0; n];

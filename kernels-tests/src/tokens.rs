@@ -33,7 +33,8 @@ pub fn patchify_backward(dpatches: &[f64], b: usize, c: usize, s: usize, p: usiz
                 for py in 0..p {
                     for px in 0..p {
                         let (y, x) = ((ni / g) * p + py, (ni % g) * p + px);
-                        dimg[((bi * c + ci) * s + y) * s + x] += dpatches[(bi * n + ni) * cols + (ci * p + py) * p + px];
+                        dimg[((bi * c + ci) * s + y) * s + x] +=
+                            dpatches[(bi * n + ni) * cols + (ci * p + py) * p + px];
                     }
                 }
             }

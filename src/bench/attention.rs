@@ -87,7 +87,8 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
                 let dqkv = gpu.read_f32(&attention_backward(gpu, &i.gqkv, &i.out, &i.lse, &i.gdout, i.a.h)?)?;
                 for bi in [0, i.a.b - 1] {
                     let one = Attn { b: 1, ..i.a };
-                    let want = reference::attention_backward(&slice(&i.qkv, bi, t * 3 * d), &slice(&i.dout, bi, t * d), one);
+                    let want =
+                        reference::attention_backward(&slice(&i.qkv, bi, t * 3 * d), &slice(&i.dout, bi, t * d), one);
                     compare("dqkv", bi, &dqkv[bi * t * 3 * d..(bi + 1) * t * 3 * d], &want)?;
                 }
                 Ok(())

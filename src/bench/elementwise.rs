@@ -56,15 +56,22 @@ fn case(
 pub fn layernorm_cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let (r, d, eps) = (4096, 384, 1e-6f32);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let (x, gamma, beta, dy) = (random(&mut rng, r * d, 2.0), random(&mut rng, d, 1.0), random(&mut rng, d, 1.0), random(&mut rng, r * d, 1.0));
+    let (x, gamma, beta, dy) = (
+        random(&mut rng, r * d, 2.0),
+        random(&mut rng, d, 1.0),
+        random(&mut rng, d, 1.0),
+        random(&mut rng, r * d, 1.0),
+    );
     let gx = Rc::new(gpu.upload_f32(&[r, d], &x)?);
     let gg = Rc::new(gpu.upload_f32(&[d], &gamma)?);
     let gb = Rc::new(gpu.upload_f32(&[d], &beta)?);
     let gdy = Rc::new(gpu.upload_f32(&[r, d], &dy)?);
     let (_, mean, rstd) = layernorm::layernorm_forward(gpu, &gx, &gg, &gb, eps)?;
     let (mean, rstd) = (Rc::new(mean), Rc::new(rstd));
-    let (wy, wmean, wrstd) = sop_reference::layernorm::layernorm_forward(&f64s(&x), &f64s(&gamma), &f64s(&beta), r, d, eps as f64);
-    let (wdx, wdg, wdb) = sop_reference::layernorm::layernorm_backward(&f64s(&dy), &f64s(&x), &f64s(&gamma), &wmean, &wrstd, r, d);
+    let (wy, wmean, wrstd) =
+        sop_reference::layernorm::layernorm_forward(&f64s(&x), &f64s(&gamma), &f64s(&beta), r, d, eps as f64);
+    let (wdx, wdg, wdb) =
+        sop_reference::layernorm::layernorm_backward(&f64s(&dy), &f64s(&x), &f64s(&gamma), &wmean, &wrstd, r, d);
     let shape = format!("{r}x{d}");
     // Tolerances as in kernels-tests/tests/kernels/layernorm.rs: f32 sums over D = 384 terms.
     let t = 2e-7 * (d + 8) as f64;
@@ -173,7 +180,15 @@ pub fn softmax_cases(gpu: &Gpu) -> Result<Vec<Case>> {
         shape,
         4 * 3 * r * c,
         move |gpu| softmax::softmax_backward(gpu, &gy, &gdy, scale).map(|_| ()),
-        move |gpu| close("softmax dx", &gpu.read_f32(&softmax::softmax_backward(gpu, &vy, &vdy, scale)?)?, &wdx, 2.0 * scale as f64 * kappa, kappa),
+        move |gpu| {
+            close(
+                "softmax dx",
+                &gpu.read_f32(&softmax::softmax_backward(gpu, &vy, &vdy, scale)?)?,
+                &wdx,
+                2.0 * scale as f64 * kappa,
+                kappa,
+            )
+        },
     ));
     Ok(cases)
 }

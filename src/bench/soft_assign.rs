@@ -72,7 +72,8 @@ fn validate_rows(h: &Inputs, got: &[f32], r: usize, m: usize, k: usize, tau: f32
         let dp = f64s(&h.dp[i * k..(i + 1) * k]);
         let (want, got, atol, rtol) = if backward {
             let want = reference::soft_assign_backward(&logits, &y, &dp, 1, m, k, tau as f64);
-            let g_max = (0..m).map(|mm| (0..k).map(|kk| dp[kk] * y[mm * k + kk]).sum::<f64>().abs()).fold(0.0, f64::max);
+            let g_max =
+                (0..m).map(|mm| (0..k).map(|kk| dp[kk] * y[mm * k + kk]).sum::<f64>().abs()).fold(0.0, f64::max);
             (want, &got[i * m..(i + 1) * m], g_max / tau as f64 * (2e-5 + k as f64 * 1.2e-7), 1e-4)
         } else {
             let want = reference::soft_assign_forward(&logits, &y, 1, m, k, tau as f64);

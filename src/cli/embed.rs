@@ -39,6 +39,14 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
     map.insert("features".into(), HostTensor { shape: vec![f.len(), f.dim], data: f.data.clone() });
     let meta = BTreeMap::from([("paths".to_string(), serde_json::to_string(&paths)?)]);
     checkpoint::save(&args.out, &map, &meta)?;
-    println!("{} images embedded ({} skipped) -> {} ({} x {}) on {}", f.len(), f.skipped, args.out.display(), f.len(), f.dim, gpu.adapter_name());
+    println!(
+        "{} images embedded ({} skipped) -> {} ({} x {}) on {}",
+        f.len(),
+        f.skipped,
+        args.out.display(),
+        f.len(),
+        f.dim,
+        gpu.adapter_name()
+    );
     Ok(())
 }

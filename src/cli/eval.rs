@@ -114,7 +114,8 @@ fn open_splits(train: &PathBuf, val: &Option<PathBuf>) -> anyhow::Result<(Arc<Da
 }
 
 fn labels(d: &Dataset, f: &Features) -> anyhow::Result<Vec<u32>> {
-    let l = d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
+    let l =
+        d.labels().ok_or_else(|| anyhow::anyhow!("{}: no labels (use one subfolder per class)", d.root().display()))?;
     Ok(f.indices.iter().map(|&i| l[i]).collect())
 }
 
@@ -136,7 +137,10 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("k-NN on raw pixels ({0}x{0}, k = {1}): top-1 {2:.2}%  top-5 {3:.2}%  ({4} train, {5} val)", a.size, r.k, r.top1, r.top5, r.n_train, r.n_val);
+                println!(
+                    "k-NN on raw pixels ({0}x{0}, k = {1}): top-1 {2:.2}%  top-5 {3:.2}%  ({4} train, {5} val)",
+                    a.size, r.k, r.top1, r.top5, r.n_train, r.n_val
+                );
             }
         }
         EvalCommand::Knn(a) => {
@@ -147,18 +151,31 @@ pub fn run(cmd: EvalCommand) -> anyhow::Result<()> {
             if a.splits.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("k-NN (k = {}, T = {}): top-1 {:.2}%  top-5 {:.2}%  ({} train, {} val) on {}", r.k, a.temperature, r.top1, r.top5, r.n_train, r.n_val, gpu.adapter_name());
+                println!(
+                    "k-NN (k = {}, T = {}): top-1 {:.2}%  top-5 {:.2}%  ({} train, {} val) on {}",
+                    r.k,
+                    a.temperature,
+                    r.top1,
+                    r.top5,
+                    r.n_train,
+                    r.n_val,
+                    gpu.adapter_name()
+                );
             }
         }
         EvalCommand::Linear(a) => {
             let gpu = a.splits.adapter.gpu()?;
             let (t, tl, v, vl, dim) = features(&a.splits, &gpu)?;
-            let settings = crate::eval::linear::ProbeSettings { epochs: a.epochs, lr: a.lr, weight_decay: a.weight_decay };
+            let settings =
+                crate::eval::linear::ProbeSettings { epochs: a.epochs, lr: a.lr, weight_decay: a.weight_decay };
             let r = linear_probe(&t, &tl, &v, &vl, dim, settings)?;
             if a.splits.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
-                println!("linear probe: top-1 {:.2}% (train {:.2}%, {} epochs, {} train, {} val)", r.top1, r.train_top1, r.epochs, r.n_train, r.n_val);
+                println!(
+                    "linear probe: top-1 {:.2}% (train {:.2}%, {} epochs, {} train, {} val)",
+                    r.top1, r.train_top1, r.epochs, r.n_train, r.n_val
+                );
             }
         }
     }

@@ -40,7 +40,14 @@ pub fn run(args: ObjectiveArgs) -> anyhow::Result<()> {
     let gpu = args.adapter.gpu()?;
     let r = replay(&gpu, &inp).map_err(|e| anyhow::anyhow!("{}: {e}", args.inputs.display()))?;
     write_objective_outputs(&args.out, &inp, r.loss_cls, r.loss_mim, r.loss, &r.dstudent_cls, &r.dstudent_patch)?;
-    println!("loss {:.6} (cls {:.6}, mim {:.6}) -> {} on {}", r.loss, r.loss_cls, r.loss_mim, args.out.display(), gpu.adapter_name());
+    println!(
+        "loss {:.6} (cls {:.6}, mim {:.6}) -> {} on {}",
+        r.loss,
+        r.loss_cls,
+        r.loss_mim,
+        args.out.display(),
+        gpu.adapter_name()
+    );
     if args.check {
         let c = sop_reference::sop_objective::sop_objective(&inp.to_reference());
         println!(

@@ -125,7 +125,11 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
     super::check_output(&args.out, &inputs, args.force)?;
     let gpu = args.adapter.gpu()?;
     let ckpt = crate::checkpoint::read(&state_path)?;
-    let cfg: TrainConfig = toml::from_str(ckpt.metadata.get("config").ok_or_else(|| anyhow::anyhow!("{}: no config in metadata", state_path.display()))?)?;
+    let cfg: TrainConfig = toml::from_str(
+        ckpt.metadata
+            .get("config")
+            .ok_or_else(|| anyhow::anyhow!("{}: no config in metadata", state_path.display()))?,
+    )?;
     let width = cfg.model.head_bottleneck;
     let n_bank = cfg.sop.cls_bank_size;
     if args.n < 2 || args.n > n_bank / 2 {
@@ -162,6 +166,12 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
         }
     }
     save_png(&canvas, &args.out)?;
-    println!("{} prototypes of {} members ({} images shown; dark tiles are bank rows not yet written) -> {}", pc.anchors, e, shown, args.out.display());
+    println!(
+        "{} prototypes of {} members ({} images shown; dark tiles are bank rows not yet written) -> {}",
+        pc.anchors,
+        e,
+        shown,
+        args.out.display()
+    );
     Ok(())
 }

@@ -197,7 +197,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         gpu.enable_kernel_profile();
     }
     let summary = train::train(&gpu, cfg, args.resume.as_deref(), !args.quiet)?;
-    println!("trained {} steps in {:.1} s on {}; run folder {}", summary.steps, summary.seconds, gpu.adapter_name(), summary.out.display());
+    println!(
+        "trained {} steps in {:.1} s on {}; run folder {}",
+        summary.steps,
+        summary.seconds,
+        gpu.adapter_name(),
+        summary.out.display()
+    );
     if let Some(table) = gpu.kernel_profile_table() {
         println!("{table}");
     }
@@ -208,7 +214,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         println!("k-NN before: top-1 {:.2}%  top-5 {:.2}%", k.top1, k.top5);
     }
     if let Some(k) = summary.knn_after {
-        println!("k-NN after:  top-1 {:.2}%  top-5 {:.2}%  (k = {}, {} train / {} val images)", k.top1, k.top5, k.k, k.n_train, k.n_val);
+        println!(
+            "k-NN after:  top-1 {:.2}%  top-5 {:.2}%  (k = {}, {} train / {} val images)",
+            k.top1, k.top5, k.k, k.n_train, k.n_val
+        );
     }
     Ok(())
 }

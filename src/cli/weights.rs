@@ -77,7 +77,8 @@ impl WeightsArgs {
     /// The backbone on the GPU.
     pub fn load_backbone(&self, gpu: &Gpu) -> anyhow::Result<(Vit, Weights)> {
         let cfg = self.config()?;
-        let ckpt = checkpoint::load_backbone(&self.weights, &backbone_specs(&cfg)).map_err(|e| self.explain(e, &cfg))?;
+        let ckpt =
+            checkpoint::load_backbone(&self.weights, &backbone_specs(&cfg)).map_err(|e| self.explain(e, &cfg))?;
         let host: Vec<_> = backbone_specs(&cfg)
             .iter()
             .map(|s| {

@@ -45,7 +45,9 @@ pub fn knn_classify(
 ) -> Result<KnnResult> {
     let (nt, nv) = (train_labels.len(), val_labels.len());
     if nt == 0 || nv == 0 || train.len() != nt * dim || val.len() != nv * dim {
-        return Err(SopError::Invalid(format!("k-NN needs labelled features: {nt} train, {nv} val rows of width {dim}")));
+        return Err(SopError::Invalid(format!(
+            "k-NN needs labelled features: {nt} train, {nv} val rows of width {dim}"
+        )));
     }
     check_params(k, temperature)?;
     let k = k.clamp(1, nt);
@@ -88,11 +90,25 @@ pub fn knn_classify(
             top5 += ranked.iter().take(5).any(|&c| c == truth) as usize;
         }
     }
-    Ok(KnnResult { top1: 100.0 * top1 as f64 / nv as f64, top5: 100.0 * top5 as f64 / nv as f64, k, n_train: nt, n_val: nv })
+    Ok(KnnResult {
+        top1: 100.0 * top1 as f64 / nv as f64,
+        top5: 100.0 * top5 as f64 / nv as f64,
+        k,
+        n_train: nt,
+        n_val: nv,
+    })
 }
 
 /// The same protocol on the host in f64: the reference for tests and raw-pixel baselines.
-pub fn knn_classify_cpu(train: &[f32], train_labels: &[u32], val: &[f32], val_labels: &[u32], dim: usize, k: usize, temperature: f32) -> KnnResult {
+pub fn knn_classify_cpu(
+    train: &[f32],
+    train_labels: &[u32],
+    val: &[f32],
+    val_labels: &[u32],
+    dim: usize,
+    k: usize,
+    temperature: f32,
+) -> KnnResult {
     let (nt, nv) = (train_labels.len(), val_labels.len());
     let k = k.clamp(1, nt.max(1));
     let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
@@ -113,5 +129,11 @@ pub fn knn_classify_cpu(train: &[f32], train_labels: &[u32], val: &[f32], val_la
         top1 += (ranked[0] == val_labels[r] as usize) as usize;
         top5 += ranked.iter().take(5).any(|&c| c == val_labels[r] as usize) as usize;
     }
-    KnnResult { top1: 100.0 * top1 as f64 / nv.max(1) as f64, top5: 100.0 * top5 as f64 / nv.max(1) as f64, k, n_train: nt, n_val: nv }
+    KnnResult {
+        top1: 100.0 * top1 as f64 / nv.max(1) as f64,
+        top5: 100.0 * top5 as f64 / nv.max(1) as f64,
+        k,
+        n_train: nt,
+        n_val: nv,
+    }
 }

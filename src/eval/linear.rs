@@ -43,7 +43,9 @@ pub fn linear_probe(
     let ProbeSettings { epochs, lr, weight_decay } = settings;
     let (nt, nv) = (train_labels.len(), val_labels.len());
     if nt == 0 || nv == 0 || train.len() != nt * dim || val.len() != nv * dim {
-        return Err(SopError::Invalid(format!("linear probe needs labelled features: {nt} train, {nv} val rows of width {dim}")));
+        return Err(SopError::Invalid(format!(
+            "linear probe needs labelled features: {nt} train, {nv} val rows of width {dim}"
+        )));
     }
     let classes = train_labels.iter().chain(val_labels).copied().max().unwrap_or(0) as usize + 1;
     // Standardise with the training mean and std.
@@ -60,7 +62,9 @@ pub fn linear_probe(
         }
     }
     let sd: Vec<f64> = sd.iter().map(|v| v.sqrt().max(1e-6)).collect();
-    let norm = |x: &[f32]| -> Vec<f64> { x.chunks(dim).flat_map(|r| (0..dim).map(|d| (r[d] as f64 - mean[d]) / sd[d]).collect::<Vec<_>>()).collect() };
+    let norm = |x: &[f32]| -> Vec<f64> {
+        x.chunks(dim).flat_map(|r| (0..dim).map(|d| (r[d] as f64 - mean[d]) / sd[d]).collect::<Vec<_>>()).collect()
+    };
     let (xt, xv) = (norm(train), norm(val));
 
     let mut w = vec![0f64; classes * dim];
@@ -89,7 +93,9 @@ pub fn linear_probe(
         }
         let (b1, b2) = (0.9f64, 0.999f64);
         let (c1, c2) = (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
-        for (((p, g), m), v) in w.iter_mut().zip(&gw).zip(&mut mw).zip(&mut vw).chain(b.iter_mut().zip(&gb).zip(&mut mb).zip(&mut vb)) {
+        for (((p, g), m), v) in
+            w.iter_mut().zip(&gw).zip(&mut mw).zip(&mut vw).chain(b.iter_mut().zip(&gb).zip(&mut mb).zip(&mut vb))
+        {
             *m = b1 * *m + (1.0 - b1) * g;
             *v = b2 * *v + (1.0 - b2) * g * g;
             *p -= lr * (*m / c1) / ((*v / c2).sqrt() + 1e-8);

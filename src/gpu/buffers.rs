@@ -111,9 +111,7 @@ impl Gpu {
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("sop tensor"),
                     size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
             }
@@ -194,7 +192,13 @@ impl Gpu {
         }
         if len > 0 {
             self.with_encoder(|enc| {
-                enc.copy_buffer_to_buffer(src.buffer(), 4 * src_at as u64, dst.buffer(), 4 * dst_at as u64, Some(4 * len as u64))
+                enc.copy_buffer_to_buffer(
+                    src.buffer(),
+                    4 * src_at as u64,
+                    dst.buffer(),
+                    4 * dst_at as u64,
+                    Some(4 * len as u64),
+                )
             })?;
         }
         Ok(())
@@ -265,16 +269,11 @@ impl Gpu {
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
         rx.recv()
             .map_err(|e| SopError::Gpu(format!("readback: {e}")))?
             .map_err(|e| SopError::Gpu(format!("readback map: {e}")))?;
-        let bytes = slice
-            .get_mapped_range()
-            .map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?
-            .to_vec();
+        let bytes = slice.get_mapped_range().map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?.to_vec();
         staging.unmap();
         if bucket_size <= MAX_POOLED_STAGING {
             self.pool.lock().unwrap().staging.entry(bucket_size).or_default().push(staging);

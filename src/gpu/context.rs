@@ -64,7 +64,11 @@ impl KernelChoices {
 
     /// The variant fixed for `family`, fixing `choose()`'s when none is (`choose` runs under
     /// the lock, so two threads never choose twice).
-    pub fn get_or_try_set(&self, family: &'static str, choose: impl FnOnce() -> Result<&'static str>) -> Result<&'static str> {
+    pub fn get_or_try_set(
+        &self,
+        family: &'static str,
+        choose: impl FnOnce() -> Result<&'static str>,
+    ) -> Result<&'static str> {
         let mut map = self.0.lock().unwrap();
         if let Some(&v) = map.get(family) {
             return Ok(v);
@@ -197,7 +201,8 @@ impl Gpu {
             }
         }));
         log::info!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
-        let uniform_stride = 256u64.div_ceil(limits.min_uniform_buffer_offset_alignment as u64) * limits.min_uniform_buffer_offset_alignment as u64;
+        let uniform_stride = 256u64.div_ceil(limits.min_uniform_buffer_offset_alignment as u64)
+            * limits.min_uniform_buffer_offset_alignment as u64;
         let uniform_ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("sop params ring"),
             size: UNIFORM_RING_BYTES as u64,
@@ -211,7 +216,11 @@ impl Gpu {
             limits,
             pool: Arc::new(Mutex::new(BufferPool::default())),
             pipelines: Mutex::new(PipelineCache::default()),
-            pending: Mutex::new(Pending { encoder: None, dispatches: 0, uniforms: Vec::with_capacity(UNIFORM_RING_BYTES) }),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                dispatches: 0,
+                uniforms: Vec::with_capacity(UNIFORM_RING_BYTES),
+            }),
             uncaptured,
             kernel_choices: KernelChoices::default(),
             kernel_profile: OnceLock::new(),
@@ -271,9 +280,7 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
         Counters::add(&self.counters.host_waits, 1);
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
         self.check_errors()
     }
 

@@ -31,7 +31,11 @@ pub struct Shader {
 
 macro_rules! shader {
     ($file:literal) => {
-        Shader { file: $file, source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)), trusted: false }
+        Shader {
+            file: $file,
+            source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+            trusted: false,
+        }
     };
     // `trusted`: see `Shader::trusted`.
     (trusted $prelude:literal + $file:literal) => {
@@ -159,7 +163,10 @@ impl Gpu {
         }
         if !cache.modules.contains_key(shader.file) {
             let (module, err) = scoped(self, || {
-                let desc = wgpu::ShaderModuleDescriptor { label: Some(shader.file), source: wgpu::ShaderSource::Wgsl(shader.source.into()) };
+                let desc = wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.file),
+                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                };
                 if shader.trusted && !self.runtime_checks.load(std::sync::atomic::Ordering::Relaxed) {
                     // SAFETY: a trusted shader bounds-checks every access itself (see its
                     // header) and every loop it has ends; `shader_runtime_checks` tests it.
@@ -204,8 +211,15 @@ impl Gpu {
 
     /// The bind group for these storage buffers and a uniform slot of `uniform_size` bytes
     /// in the ring (its offset is given per dispatch), created on first use.
-    fn bind_group(&self, layout: &wgpu::BindGroupLayout, read_only: Vec<bool>, uniform_size: u64, binds: &[Bind]) -> wgpu::BindGroup {
-        let key = BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| b.tensor().buffer().clone()).collect() };
+    fn bind_group(
+        &self,
+        layout: &wgpu::BindGroupLayout,
+        read_only: Vec<bool>,
+        uniform_size: u64,
+        binds: &[Bind],
+    ) -> wgpu::BindGroup {
+        let key =
+            BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| b.tensor().buffer().clone()).collect() };
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(g) = cache.bind_groups.get(&key) {
             return g.clone();
@@ -213,12 +227,20 @@ impl Gpu {
         if cache.bind_groups.len() >= MAX_CACHED_BIND_GROUPS {
             cache.bind_groups.clear();
         }
-        let uniform = wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
+        let uniform =
+            wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
         for (i, b) in binds.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.tensor().buffer().as_entire_binding() });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1 + i as u32,
+                resource: b.tensor().buffer().as_entire_binding(),
+            });
         }
-        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("sop bind group"), layout, entries: &entries });
+        let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("sop bind group"),
+            layout,
+            entries: &entries,
+        });
         Counters::add(&self.counters.bind_groups_created, 1);
         cache.bind_groups.insert(key, group.clone());
         group
@@ -239,7 +261,11 @@ impl Gpu {
         }
         let max_dim = self.limits.max_compute_workgroups_per_dimension;
         if workgroups.iter().any(|&w| w > max_dim) {
-            return Err(SopError::Limit { op: entry, detail: format!("dispatch {workgroups:?}"), limit: max_dim as u64 });
+            return Err(SopError::Limit {
+                op: entry,
+                detail: format!("dispatch {workgroups:?}"),
+                limit: max_dim as u64,
+            });
         }
         let max_binding = self.limits.max_storage_buffer_binding_size;
         for b in binds {
@@ -257,7 +283,11 @@ impl Gpu {
         // Uniform slots are 16-byte aligned in size.
         let uniform_size = params.len().max(16).div_ceil(16) * 16;
         if uniform_size as u64 > self.uniform_stride {
-            return Err(SopError::Limit { op: entry, detail: format!("{} bytes of params", params.len()), limit: self.uniform_stride });
+            return Err(SopError::Limit {
+                op: entry,
+                detail: format!("{} bytes of params", params.len()),
+                limit: self.uniform_stride,
+            });
         }
         let group = self.bind_group(&layout, read_only, uniform_size as u64, binds);
         let profile = self.kernel_profile.get();
@@ -276,7 +306,8 @@ impl Gpu {
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
             });
             {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
+                let mut pass =
+                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &group, &[offset as u32]);
                 pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);

@@ -31,7 +31,8 @@ impl KernelProfile {
         let rows = self.rows();
         let total: Duration = rows.iter().map(|r| r.2).sum();
         let w = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0).max("all kernels".len());
-        let mut s = format!("{:<w$} {:>10} {:>10} {:>7} {:>10}\n", "kernel", "dispatches", "total ms", "share", "µs each");
+        let mut s =
+            format!("{:<w$} {:>10} {:>10} {:>7} {:>10}\n", "kernel", "dispatches", "total ms", "share", "µs each");
         for (k, n, t) in rows {
             let share = 100.0 * t.as_secs_f64() / total.as_secs_f64().max(1e-12);
             let each = t.as_secs_f64() * 1e6 / n.max(1) as f64;

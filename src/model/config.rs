@@ -84,7 +84,16 @@ impl VitConfig {
     /// The smallest useful model (D 8, depth 2, 2 heads, patch 4, 8 px, head 16 → 4), for
     /// tests that compare against plain-loop references.
     pub fn micro() -> Self {
-        VitConfig { dim: 8, depth: 2, heads: 2, patch_size: 4, img_size: 8, head_hidden: 16, head_bottleneck: 4, ..VitConfig::vit_tiny() }
+        VitConfig {
+            dim: 8,
+            depth: 2,
+            heads: 2,
+            patch_size: 4,
+            img_size: 8,
+            head_hidden: 16,
+            head_bottleneck: 4,
+            ..VitConfig::vit_tiny()
+        }
     }
 
     /// A preset by name (`vit_tiny`, `vit_small`, `vit_base`; `tiny`/`small`/`base`, `-`

@@ -47,11 +47,7 @@ impl Weights {
 
     /// Read every tensor back (name, shape, data).
     pub fn download(&self, gpu: &Gpu) -> Result<Vec<HostTensor>> {
-        self.names
-            .iter()
-            .zip(&self.tensors)
-            .map(|(n, t)| Ok((n.clone(), t.shape.clone(), gpu.read_f32(t)?)))
-            .collect()
+        self.names.iter().zip(&self.tensors).map(|(n, t)| Ok((n.clone(), t.shape.clone(), gpu.read_f32(t)?))).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
@@ -122,11 +118,20 @@ impl Vit {
     }
 
     /// `backbone`, also returning the last block's qkv (B, T, 3D) for attention maps.
-    pub fn backbone_with_last_qkv(&self, tape: &mut Tape, p: &ParamVars, images: &Var, opts: &ForwardOptions) -> Result<(Var, Option<Tensor>)> {
+    pub fn backbone_with_last_qkv(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        images: &Var,
+        opts: &ForwardOptions,
+    ) -> Result<(Var, Option<Tensor>)> {
         let c = &self.cfg;
         let s = images.shape();
         if s.len() != 4 || s[1] != 3 || s[2] != s[3] || s[2] < c.patch_size {
-            return Err(SopError::shape("vit", format!("images {s:?}: want (B, 3, S, S) with S >= patch {}", c.patch_size)));
+            return Err(SopError::shape(
+                "vit",
+                format!("images {s:?}: want (B, 3, S, S) with S >= patch {}", c.patch_size),
+            ));
         }
         let (b, grid) = (s[0], s[2] / c.patch_size);
         let n = grid * grid;
@@ -139,7 +144,10 @@ impl Vit {
         let mut x = tape.reshape(&x, &[b, n, d])?;
         if let Some(mask) = opts.mask {
             if mask.shape != [b, n] || mask.dtype != DType::U32 {
-                return Err(SopError::shape("vit", format!("mask {:?} {:?} for {b} images of {n} patches", mask.shape, mask.dtype)));
+                return Err(SopError::shape(
+                    "vit",
+                    format!("mask {:?} {:?} for {b} images of {n} patches", mask.shape, mask.dtype),
+                ));
             }
             let token = tape.reshape(p.get("backbone.masked_embed")?, &[d])?;
             x = tape.mask_tokens(&x, mask, &token)?;

@@ -8,13 +8,12 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static ADAMW: Shader = shader!("adamw.wgsl");
 
 const ADAMW_STEP: Kernel = Kernel { shader: &ADAMW, entry: "adamw_step", wg: WG };
-
 
 /// Hyper-parameters of one step. `step` counts from 1 (the first update), as PyTorch's.
 #[derive(Clone, Copy, Debug)]
@@ -67,7 +66,9 @@ impl AdamWStep {
     }
 
     fn check(&self) -> std::result::Result<(), String> {
-        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.grad_scale].iter().all(|v| v.is_finite());
+        let finite = [self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.grad_scale]
+            .iter()
+            .all(|v| v.is_finite());
         if !finite {
             return Err("hyper-parameters must be finite".into());
         }
@@ -89,7 +90,10 @@ impl AdamWStep {
 ///   v ← β2 v + (1−β2) g²; param ← param − lr·(m/(1−β1^t)) / (sqrt(v/(1−β2^t)) + eps).
 pub fn adamw_step(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tensor, hp: &AdamWStep) -> Result<()> {
     let err = |d: String| {
-        SopError::shape("adamw", format!("param {:?}, grad {:?}, m {:?}, v {:?}: {d}", param.shape, grad.shape, m.shape, v.shape))
+        SopError::shape(
+            "adamw",
+            format!("param {:?}, grad {:?}, m {:?}, v {:?}: {d}", param.shape, grad.shape, m.shape, v.shape),
+        )
     };
     let all = [param, grad, m, v];
     if all.iter().any(|t| t.shape != param.shape || t.dtype != DType::F32) {
@@ -112,7 +116,9 @@ pub fn adamw_step(gpu: &Gpu, param: &Tensor, grad: &Tensor, m: &Tensor, v: &Tens
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(ADAMW, Params, [n, decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, inv_sqrt_bc2, eps, grad_scale]),
-    ]
+    vec![params_layout!(
+        ADAMW,
+        Params,
+        [n, decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, inv_sqrt_bc2, eps, grad_scale]
+    )]
 }

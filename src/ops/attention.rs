@@ -10,8 +10,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch_with, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch_with, Grid, Kernel, WG};
 
 pub static ATTENTION: Shader = shader!("attention.wgsl");
 
@@ -23,7 +23,6 @@ const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attenti
 
 /// Widest head the kernels hold in their private arrays (`MAX_DH` in the shader).
 pub const MAX_HEAD_DIM: usize = 64;
-
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -86,7 +85,8 @@ enum Layout {
 }
 
 fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
-    let too_big = || SopError::shape(kernel.entry, format!("B·H = {}·{} or T = {} does not fit in u32", dm.b, dm.h, dm.t));
+    let too_big =
+        || SopError::shape(kernel.entry, format!("B·H = {}·{} or T = {} does not fit in u32", dm.b, dm.h, dm.t));
     let heads = u32::try_from(dm.b * dm.h).map_err(|_| too_big())?;
     let t = u32::try_from(dm.t).map_err(|_| too_big())?;
     let params = Params {
@@ -175,7 +175,5 @@ pub fn attention_cls_probs(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<Tens
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale]),
-    ]
+    vec![params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale])]
 }

@@ -13,12 +13,13 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static CROSS_ENTROPY: Shader = shader!("cross_entropy.wgsl");
 
-const CROSS_ENTROPY_FORWARD_ROWS: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_rows", wg: WG };
+const CROSS_ENTROPY_FORWARD_ROWS: Kernel =
+    Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_rows", wg: WG };
 const CROSS_ENTROPY_FORWARD_SUM: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_sum", wg: WG };
 const CROSS_ENTROPY_BACKWARD: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_backward", wg: WG };
 
@@ -38,7 +39,8 @@ struct Params {
 
 /// (R, K) after checking q and p are the same (…, K) f32 shape and w has R f32 entries.
 fn check(q: &Tensor, p: &Tensor, w: &Tensor) -> Result<(usize, usize)> {
-    let err = |d: &str| SopError::shape("cross_entropy", format!("q {:?}, p {:?}, w {:?}: {d}", q.shape, p.shape, w.shape));
+    let err =
+        |d: &str| SopError::shape("cross_entropy", format!("q {:?}, p {:?}, w {:?}: {d}", q.shape, p.shape, w.shape));
     if q.shape != p.shape || q.shape.is_empty() {
         return Err(err("q and p must have the same shape (…, K)"));
     }
@@ -98,7 +100,5 @@ pub fn cross_entropy_backward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor, dlo
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(CROSS_ENTROPY, Params, [r, k, n, dloss]),
-    ]
+    vec![params_layout!(CROSS_ENTROPY, Params, [r, k, n, dloss])]
 }

@@ -115,7 +115,10 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
     check_f32("scale_samples", &[("x", x), ("s", s)])?;
     let batch = x.shape.first().copied().unwrap_or(0);
     if x.shape.is_empty() || s.numel() != batch {
-        return Err(SopError::shape("scale_samples", format!("s {:?} for x {:?}: need one scale per sample", s.shape, x.shape)));
+        return Err(SopError::shape(
+            "scale_samples",
+            format!("s {:?} for x {:?}: need one scale per sample", s.shape, x.shape),
+        ));
     }
     let out = gpu.empty(&x.shape, DType::F32)?;
     if let Some(per_sample) = x.numel().checked_div(batch) {
@@ -127,7 +130,5 @@ pub fn scale_samples(gpu: &Gpu, x: &Tensor, s: &Tensor) -> Result<Tensor> {
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(ELEMENTWISE, Params, [n, m, alpha]),
-    ]
+    vec![params_layout!(ELEMENTWISE, Params, [n, m, alpha])]
 }

@@ -6,13 +6,12 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static EMA: Shader = shader!("ema.wgsl");
 
 const EMA_UPDATE: Kernel = Kernel { shader: &EMA, entry: "ema_update", wg: WG };
-
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -25,7 +24,12 @@ struct Params {
 
 /// teacher ← momentum·teacher + (1 − momentum)·student, momentum in [0, 1].
 pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) -> Result<()> {
-    let err = |d: &str| SopError::shape("ema", format!("teacher {:?}, student {:?}, momentum {momentum}: {d}", teacher.shape, student.shape));
+    let err = |d: &str| {
+        SopError::shape(
+            "ema",
+            format!("teacher {:?}, student {:?}, momentum {momentum}: {d}", teacher.shape, student.shape),
+        )
+    };
     if teacher.shape != student.shape || teacher.dtype != DType::F32 || student.dtype != DType::F32 {
         return Err(err("teacher and student must be f32 of one shape"));
     }
@@ -46,7 +50,5 @@ pub fn ema_update(gpu: &Gpu, teacher: &Tensor, student: &Tensor, momentum: f32) 
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(EMA, Params, [n, momentum, one_minus_momentum]),
-    ]
+    vec![params_layout!(EMA, Params, [n, momentum, one_minus_momentum])]
 }

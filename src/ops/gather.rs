@@ -8,14 +8,13 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static GATHER: Shader = shader!("gather.wgsl");
 
 const GATHER_ROWS: Kernel = Kernel { shader: &GATHER, entry: "gather_rows", wg: WG };
 const SCATTER_ROWS_RING: Kernel = Kernel { shader: &GATHER, entry: "scatter_rows_ring", wg: WG };
-
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -69,7 +68,9 @@ pub fn gather_rows_host(gpu: &Gpu, src: &Tensor, idx: &[u32]) -> Result<Tensor> 
 /// memory-bank write, wrapping around). `start` is taken mod N, so a running write pointer
 /// may be passed as is.
 pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) -> Result<()> {
-    let err = |d: &str| SopError::shape("scatter_rows_ring", format!("dst {:?}, src {:?}, start {start}: {d}", dst.shape, src.shape));
+    let err = |d: &str| {
+        SopError::shape("scatter_rows_ring", format!("dst {:?}, src {:?}, start {start}: {d}", dst.shape, src.shape))
+    };
     if dst.shape.len() != 2 || src.shape.len() != 2 || dst.shape[1] != src.shape[1] {
         return Err(err("dst must be (N, C) and src (R, C)"));
     }
@@ -96,7 +97,5 @@ pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) ->
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(GATHER, Params, [n, c, r, start]),
-    ]
+    vec![params_layout!(GATHER, Params, [n, c, r, start])]
 }

@@ -31,7 +31,13 @@ pub fn gelu_forward(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     check_f32("gelu_forward", &[("x", x)])?;
     let y = gpu.empty(&x.shape, DType::F32)?;
     let n = x.numel();
-    launch(gpu, &GELU_FORWARD, &params("gelu_forward", n)?, &[Bind::Read(x), Bind::Write(&y)], Grid::Items(vec4_items(n)))?;
+    launch(
+        gpu,
+        &GELU_FORWARD,
+        &params("gelu_forward", n)?,
+        &[Bind::Read(x), Bind::Write(&y)],
+        Grid::Items(vec4_items(n)),
+    )?;
     Ok(y)
 }
 
@@ -43,13 +49,17 @@ pub fn gelu_backward(gpu: &Gpu, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     }
     let dx = gpu.empty(&x.shape, DType::F32)?;
     let n = x.numel();
-    launch(gpu, &GELU_BACKWARD, &params("gelu_backward", n)?, &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)], Grid::Items(vec4_items(n)))?;
+    launch(
+        gpu,
+        &GELU_BACKWARD,
+        &params("gelu_backward", n)?,
+        &[Bind::Read(x), Bind::Write(&dx), Bind::Read(dy)],
+        Grid::Items(vec4_items(n)),
+    )?;
     Ok(dx)
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(GELU, Params, [n]),
-    ]
+    vec![params_layout!(GELU, Params, [n])]
 }

@@ -55,17 +55,24 @@ pub fn l2norm_backward(gpu: &Gpu, dy: &Tensor, x: &Tensor, norm: &Tensor, eps: f
     check_f32(op, &[("dy", dy), ("x", x), ("norm", norm)])?;
     let (p, r) = params(op, x, eps)?;
     if dy.shape != x.shape || norm.numel() != r {
-        return Err(SopError::shape(op, format!("dy {:?}, x {:?}, norm {:?}: need dy = x and {r} norms", dy.shape, x.shape, norm.shape)));
+        return Err(SopError::shape(
+            op,
+            format!("dy {:?}, x {:?}, norm {:?}: need dy = x and {r} norms", dy.shape, x.shape, norm.shape),
+        ));
     }
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // norm is a writable binding of the shader (the forward writes it); only read here.
-    launch(gpu, &L2NORM_BACKWARD, &p, &[Bind::Read(x), Bind::Write(&dx), Bind::Write(norm), Bind::Read(dy)], Grid::Items(r))?;
+    launch(
+        gpu,
+        &L2NORM_BACKWARD,
+        &p,
+        &[Bind::Read(x), Bind::Write(&dx), Bind::Write(norm), Bind::Read(dy)],
+        Grid::Items(r),
+    )?;
     Ok(dx)
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(L2NORM, Params, [r, c, eps]),
-    ]
+    vec![params_layout!(L2NORM, Params, [r, c, eps])]
 }

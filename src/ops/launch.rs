@@ -45,7 +45,11 @@ pub fn launch_with<P: bytemuck::Pod>(
     let groups = match grid {
         Grid::Items(n) => {
             if n > MAX_INVOCATIONS {
-                return Err(SopError::Limit { op: kernel.entry, detail: format!("{n} invocations"), limit: MAX_INVOCATIONS as u64 });
+                return Err(SopError::Limit {
+                    op: kernel.entry,
+                    detail: format!("{n} invocations"),
+                    limit: MAX_INVOCATIONS as u64,
+                });
             }
             gpu.grid((n as u32).div_ceil(kernel.wg))
         }

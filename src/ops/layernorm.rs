@@ -21,9 +21,11 @@ pub static LAYERNORM: Shader = shader!("layernorm.wgsl");
 const LAYERNORM_FORWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_forward", wg: WG };
 const LAYERNORM_FORWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_forward_unaligned", wg: WG };
 const LAYERNORM_BACKWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward", wg: WG };
-const LAYERNORM_BACKWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_unaligned", wg: WG };
+const LAYERNORM_BACKWARD_UNALIGNED: Kernel =
+    Kernel { shader: &LAYERNORM, entry: "layernorm_backward_unaligned", wg: WG };
 const LAYERNORM_BACKWARD_PARAMS: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params", wg: WG };
-const LAYERNORM_BACKWARD_PARAMS_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_unaligned", wg: WG };
+const LAYERNORM_BACKWARD_PARAMS_UNALIGNED: Kernel =
+    Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_unaligned", wg: WG };
 
 /// Rows per partial sum of dγ, dβ: enough invocations to fill a GPU at ViT shapes
 /// (R = 12,608, D = 384 gives 197 chunks × 96 vec4 columns), few enough chunks to sum quickly.
@@ -61,7 +63,10 @@ fn dims(op: &'static str, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> 
     for (name, t) in [("gamma", Some(gamma)), ("beta", beta)] {
         if let Some(t) = t {
             if t.numel() != d {
-                return Err(SopError::shape(op, format!("{name} {:?} for x {:?}: need {d} elements", t.shape, x.shape)));
+                return Err(SopError::shape(
+                    op,
+                    format!("{name} {:?} for x {:?}: need {d} elements", t.shape, x.shape),
+                ));
             }
         }
     }
@@ -69,7 +74,13 @@ fn dims(op: &'static str, x: &Tensor, gamma: &Tensor, beta: Option<&Tensor>) -> 
 }
 
 /// LayerNorm of every row of x (…, D): returns (y (…, D), mean (R), rstd (R)).
-pub fn layernorm_forward(gpu: &Gpu, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn layernorm_forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     check_f32("layernorm_forward", &[("x", x), ("gamma", gamma), ("beta", beta)])?;
     if eps.is_nan() || eps < 0.0 {
         return Err(SopError::shape("layernorm_forward", format!("eps {eps} must be ≥ 0")));
@@ -117,7 +128,15 @@ pub fn layernorm_backward(
         gpu,
         kernel,
         &p,
-        &[Bind::Read(x), Bind::Read(gamma), Bind::Read(gamma), Bind::Write(mean), Bind::Write(rstd), Bind::Write(&dx), Bind::Read(dy)],
+        &[
+            Bind::Read(x),
+            Bind::Read(gamma),
+            Bind::Read(gamma),
+            Bind::Write(mean),
+            Bind::Write(rstd),
+            Bind::Write(&dx),
+            Bind::Read(dy),
+        ],
         Grid::Items(invocations),
     )?;
     if r == 0 {
@@ -154,7 +173,5 @@ pub fn layernorm_backward(
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(LAYERNORM, Params, [r, d, eps, chunk]),
-    ]
+    vec![params_layout!(LAYERNORM, Params, [r, d, eps, chunk])]
 }

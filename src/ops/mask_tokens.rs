@@ -8,13 +8,14 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static MASK_TOKENS: Shader = shader!("mask_tokens.wgsl");
 
 const MASK_TOKENS_FORWARD: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_forward", wg: WG };
-const MASK_TOKENS_BACKWARD_PARTIAL: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_backward_partial", wg: WG };
+const MASK_TOKENS_BACKWARD_PARTIAL: Kernel =
+    Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_backward_partial", wg: WG };
 const MASK_TOKENS_BACKWARD: Kernel = Kernel { shader: &MASK_TOKENS, entry: "mask_tokens_backward", wg: WG };
 
 /// Rows per partial sum of dtoken (`CHUNK` in the shader).
@@ -77,7 +78,8 @@ pub fn mask_tokens_backward(gpu: &Gpu, dy: &Tensor, mask: &Tensor) -> Result<(Te
     let chunks = rows.div_ceil(CHUNK);
     let part = gpu.empty(&[chunks, d], DType::F32)?;
     let prm = Params { rows: rows as u32, d: d as u32, chunks: chunks as u32, _p0: 0 };
-    let binds = [Bind::Read(dy), Bind::Read(mask), Bind::Read(dy), Bind::Write(&dx), Bind::Write(&part), Bind::Write(&dtoken)];
+    let binds =
+        [Bind::Read(dy), Bind::Read(mask), Bind::Read(dy), Bind::Write(&dx), Bind::Write(&part), Bind::Write(&dtoken)];
     launch(gpu, &MASK_TOKENS_BACKWARD_PARTIAL, &prm, &binds[..5], Grid::Items(chunks * d))?;
     launch(gpu, &MASK_TOKENS_BACKWARD, &prm, &binds, Grid::Items(d))?;
     Ok((dx, dtoken))
@@ -85,7 +87,5 @@ pub fn mask_tokens_backward(gpu: &Gpu, dy: &Tensor, mask: &Tensor) -> Result<(Te
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(MASK_TOKENS, Params, [rows, d, chunks]),
-    ]
+    vec![params_layout!(MASK_TOKENS, Params, [rows, d, chunks])]
 }

@@ -97,7 +97,11 @@ impl MatmulVariant {
         let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
             if let Some(v) = MatmulVariant::from_env()? {
                 if !v.available(gpu) {
-                    return Err(SopError::Invalid(format!("SOP_MATMUL={} needs subgroup operations, which {} lacks", v.name(), gpu.adapter_name())));
+                    return Err(SopError::Invalid(format!(
+                        "SOP_MATMUL={} needs subgroup operations, which {} lacks",
+                        v.name(),
+                        gpu.adapter_name()
+                    )));
                 }
                 return Ok(v.name());
             }
@@ -237,7 +241,9 @@ impl<'a> Matmul<'a> {
 
     fn dims(&self) -> Result<Dims> {
         let (a, b) = (&self.a.shape, &self.b.shape);
-        let err = |d: &str| SopError::shape("matmul", format!("A {a:?}{} · B {b:?}{}: {d}", t(self.trans_a), t(self.trans_b)));
+        let err = |d: &str| {
+            SopError::shape("matmul", format!("A {a:?}{} · B {b:?}{}: {d}", t(self.trans_a), t(self.trans_b)))
+        };
         if a.len() < 2 || b.len() < 2 {
             return Err(err("both operands need at least 2 dims"));
         }
@@ -314,7 +320,11 @@ impl<'a> Matmul<'a> {
             None => MatmulVariant::for_adapter(gpu)?,
         };
         if !variant.available(gpu) {
-            return Err(SopError::Invalid(format!("matmul variant {} needs subgroup operations, which {} lacks", variant.name(), gpu.adapter_name())));
+            return Err(SopError::Invalid(format!(
+                "matmul variant {} needs subgroup operations, which {} lacks",
+                variant.name(),
+                gpu.adapter_name()
+            )));
         }
         let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
         // Every variant but `naive` covers a 64×64 tile of C per workgroup.
@@ -324,7 +334,9 @@ impl<'a> Matmul<'a> {
             MatmulVariant::TiledShared => (&MATMUL_TILED_SHARED, tiles64),
             MatmulVariant::Tiled8x8 => (&MATMUL_TILED_8X8, tiles64),
             MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP_16X4, tiles64),
-            MatmulVariant::Blocked128 | MatmulVariant::Blocked64 => return self.encode_blocked(gpu, d, out, variant, params),
+            MatmulVariant::Blocked128 | MatmulVariant::Blocked64 => {
+                return self.encode_blocked(gpu, d, out, variant, params)
+            }
         };
         launch(gpu, kernel, &params, &binds, Grid::Groups(groups))
     }
@@ -339,7 +351,14 @@ impl<'a> Matmul<'a> {
         let bias = self.bias.unwrap_or(self.a);
         let Some(chunk) = variant.split_k(d.batch, d.m, d.n, d.k) else {
             let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
-            return launch_with(gpu, &MATMUL_BLOCKED_TILES, &constants, &params, &binds, Grid::Groups([tx, ty, d.batch as u32]));
+            return launch_with(
+                gpu,
+                &MATMUL_BLOCKED_TILES,
+                &constants,
+                &params,
+                &binds,
+                Grid::Groups([tx, ty, d.batch as u32]),
+            );
         };
         let splits = d.k.div_ceil(chunk);
         let partial = gpu.empty(&[splits, d.m, d.n], DType::F32)?;
@@ -389,7 +408,10 @@ pub fn autotune(gpu: &Gpu, (m, k, n): (usize, usize, usize)) -> Result<Vec<(Matm
 
 /// The variant with the smallest time (the first one on ties).
 pub fn fastest(timings: &[(MatmulVariant, f64)]) -> (MatmulVariant, f64) {
-    timings.iter().copied().fold((MatmulVariant::TiledShared, f64::INFINITY), |best, t| if t.1 < best.1 { t } else { best })
+    timings
+        .iter()
+        .copied()
+        .fold((MatmulVariant::TiledShared, f64::INFINITY), |best, t| if t.1 < best.1 { t } else { best })
 }
 
 fn t(trans: bool) -> &'static str {
@@ -411,8 +433,20 @@ pub fn matmul(gpu: &Gpu, a: &Tensor, trans_a: bool, b: &Tensor, trans_b: bool) -
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
-        params_layout!(MATMUL, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
-        params_layout!(MATMUL_SUBGROUP, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
-        params_layout!(MATMUL_BLOCKED, Params, [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]),
+        params_layout!(
+            MATMUL,
+            Params,
+            [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]
+        ),
+        params_layout!(
+            MATMUL_SUBGROUP,
+            Params,
+            [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]
+        ),
+        params_layout!(
+            MATMUL_BLOCKED,
+            Params,
+            [m, n, k, batch, a_rs, a_cs, a_bs, b_rs, b_cs, b_bs, c_bs, flags, alpha, k_chunk]
+        ),
     ]
 }

@@ -1,8 +1,7 @@
 //! One op family per file: shape checks, dispatch, and the backward with its derivation.
 
-pub mod attention;
-pub mod matmul;
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;
@@ -12,6 +11,7 @@ pub mod l2norm;
 pub mod launch;
 pub mod layernorm;
 pub mod mask_tokens;
+pub mod matmul;
 pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;

@@ -116,7 +116,5 @@ pub fn prototype_members_votes(
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(PROTOTYPES, Params, [n, p, e, kept, smoothing, kept_minus_one]),
-    ]
+    vec![params_layout!(PROTOTYPES, Params, [n, p, e, kept, smoothing, kept_minus_one])]
 }

@@ -125,7 +125,5 @@ pub fn sum_squares(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(REDUCE, Params, [n, cols, rows, chunk, nchunks, square]),
-    ]
+    vec![params_layout!(REDUCE, Params, [n, cols, rows, chunk, nchunks, square])]
 }

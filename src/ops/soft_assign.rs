@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static SOFT_ASSIGN: Shader = shader!("soft_assign.wgsl");
 
@@ -74,7 +74,14 @@ fn check(logits: &Tensor, y: &Tensor, tau: f32, dp: Option<&Tensor>) -> Result<D
 }
 
 fn params(d: &Dims, tiles: usize, tau: f32) -> Params {
-    Params { r: d.r as u32, m: d.m as u32, k: d.k as u32, tiles: tiles as u32, inv_tau: (1.0 / tau as f64) as f32, _pad: [0; 3] }
+    Params {
+        r: d.r as u32,
+        m: d.m as u32,
+        k: d.k as u32,
+        tiles: tiles as u32,
+        inv_tau: (1.0 / tau as f64) as f32,
+        _pad: [0; 3],
+    }
 }
 
 /// p (…, K) = softmax(logits / τ) · Y for logits (…, M), Y (M, K); τ > 0.
@@ -107,7 +114,5 @@ pub fn soft_assign_backward(gpu: &Gpu, logits: &Tensor, y: &Tensor, tau: f32, dp
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(SOFT_ASSIGN, Params, [r, m, k, tiles, inv_tau]),
-    ]
+    vec![params_layout!(SOFT_ASSIGN, Params, [r, m, k, tiles, inv_tau])]
 }

@@ -50,7 +50,10 @@ pub fn softmax_forward(gpu: &Gpu, x: &Tensor, scale: f32) -> Result<Tensor> {
 pub fn softmax_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
     check_f32("softmax_backward", &[("y", y), ("dy", dy)])?;
     if y.shape.is_empty() || y.shape != dy.shape {
-        return Err(SopError::shape("softmax_backward", format!("y {:?} and dy {:?}: need one shape (…, C)", y.shape, dy.shape)));
+        return Err(SopError::shape(
+            "softmax_backward",
+            format!("y {:?} and dy {:?}: need one shape (…, C)", y.shape, dy.shape),
+        ));
     }
     let dx = gpu.empty(&y.shape, DType::F32)?;
     run(gpu, &SOFTMAX_BACKWARD, y, scale, &[Bind::Read(y), Bind::Write(&dx), Bind::Read(dy)])?;
@@ -59,7 +62,5 @@ pub fn softmax_backward(gpu: &Gpu, y: &Tensor, dy: &Tensor, scale: f32) -> Resul
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(SOFTMAX, Params, [r, c, scale]),
-    ]
+    vec![params_layout!(SOFTMAX, Params, [r, c, scale])]
 }

@@ -7,8 +7,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel};
 
 pub static TOKENS: Shader = shader!("tokens.wgsl");
 
@@ -48,8 +48,22 @@ fn image_dims(images: &Tensor, patch: usize) -> Result<(usize, usize, usize, usi
 pub fn patchify_forward(gpu: &Gpu, images: &Tensor, patch: usize) -> Result<Tensor> {
     let (b, c, s, g) = image_dims(images, patch)?;
     let out = gpu.empty(&[b * g * g, c * patch * patch], DType::F32)?;
-    let params = Params { b: b as u32, c: c as u32, s: s as u32, p: patch as u32, g: g as u32, n: (g * g) as u32, ..Default::default() };
-    run(gpu, &PATCHIFY_FORWARD, params, &[Bind::Read(images), Bind::Read(images), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
+    let params = Params {
+        b: b as u32,
+        c: c as u32,
+        s: s as u32,
+        p: patch as u32,
+        g: g as u32,
+        n: (g * g) as u32,
+        ..Default::default()
+    };
+    run(
+        gpu,
+        &PATCHIFY_FORWARD,
+        params,
+        &[Bind::Read(images), Bind::Read(images), Bind::Write(&out), Bind::Write(&out)],
+        out.numel(),
+    )?;
     Ok(out)
 }
 
@@ -58,10 +72,27 @@ pub fn patchify_backward(gpu: &Gpu, dpatches: &Tensor, image_shape: &[usize], pa
     let dimg = gpu.empty(image_shape, DType::F32)?;
     let (b, c, s, g) = image_dims(&dimg, patch)?;
     if dpatches.shape != [b * g * g, c * patch * patch] {
-        return Err(SopError::shape("patchify_backward", format!("dpatches {:?} for images {image_shape:?}", dpatches.shape)));
+        return Err(SopError::shape(
+            "patchify_backward",
+            format!("dpatches {:?} for images {image_shape:?}", dpatches.shape),
+        ));
     }
-    let params = Params { b: b as u32, c: c as u32, s: s as u32, p: patch as u32, g: g as u32, n: (g * g) as u32, ..Default::default() };
-    run(gpu, &PATCHIFY_BACKWARD, params, &[Bind::Read(dpatches), Bind::Read(dpatches), Bind::Write(&dimg), Bind::Write(&dimg)], dimg.numel())?;
+    let params = Params {
+        b: b as u32,
+        c: c as u32,
+        s: s as u32,
+        p: patch as u32,
+        g: g as u32,
+        n: (g * g) as u32,
+        ..Default::default()
+    };
+    run(
+        gpu,
+        &PATCHIFY_BACKWARD,
+        params,
+        &[Bind::Read(dpatches), Bind::Read(dpatches), Bind::Write(&dimg), Bind::Write(&dimg)],
+        dimg.numel(),
+    )?;
     Ok(dimg)
 }
 
@@ -79,7 +110,13 @@ pub fn tokens_join(gpu: &Gpu, cls: &Tensor, x: &Tensor) -> Result<Tensor> {
     }
     let out = gpu.empty(&[b, n + 1, d], DType::F32)?;
     let params = Params { b: b as u32, n: n as u32, d: d as u32, flags: shared as u32, ..Default::default() };
-    run(gpu, &TOKENS_JOIN, params, &[Bind::Read(x), Bind::Read(cls), Bind::Write(&out), Bind::Write(&out)], out.numel())?;
+    run(
+        gpu,
+        &TOKENS_JOIN,
+        params,
+        &[Bind::Read(x), Bind::Read(cls), Bind::Write(&out), Bind::Write(&out)],
+        out.numel(),
+    )?;
     Ok(out)
 }
 
@@ -99,7 +136,5 @@ pub fn tokens_split(gpu: &Gpu, x: &Tensor) -> Result<(Tensor, Tensor)> {
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(TOKENS, Params, [b, c, s, p, g, n, d, flags]),
-    ]
+    vec![params_layout!(TOKENS, Params, [b, c, s, p, g, n, d, flags])]
 }

@@ -11,8 +11,8 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::ops::launch::{launch, Grid, Kernel, WG};
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::launch::{launch, Grid, Kernel, WG};
 
 pub static TOPK: Shader = shader!("topk.wgsl");
 
@@ -64,7 +64,8 @@ pub fn topk_forward(gpu: &Gpu, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)>
     let cand_v = gpu.empty(&[r, lanes, k], DType::F32)?;
     let cand_i = gpu.empty(&[r, lanes, k], DType::U32)?;
     let params = Params { r: r as u32, c: c as u32, k: k as u32, lanes: lanes as u32 };
-    let binds = [Bind::Read(x), Bind::Write(&cand_v), Bind::Write(&cand_i), Bind::Write(&values), Bind::Write(&indices)];
+    let binds =
+        [Bind::Read(x), Bind::Write(&cand_v), Bind::Write(&cand_i), Bind::Write(&values), Bind::Write(&indices)];
     launch(gpu, &TOPK_FORWARD_CANDIDATES, &params, &binds, Grid::Items(r * lanes))?;
     launch(gpu, &TOPK_FORWARD, &params, &binds, Grid::Items(r))?;
     Ok((values, indices))
@@ -72,7 +73,5 @@ pub fn topk_forward(gpu: &Gpu, x: &Tensor, k: usize) -> Result<(Tensor, Tensor)>
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![
-        params_layout!(TOPK, Params, [r, c, k, lanes]),
-    ]
+    vec![params_layout!(TOPK, Params, [r, c, k, lanes])]
 }

@@ -55,7 +55,10 @@ impl Bank {
     pub fn push(&mut self, gpu: &Gpu, rows: &Tensor, sources: &[i64]) -> Result<()> {
         let r = rows.shape[0];
         if rows.shape.len() != 2 || rows.shape[1] != self.width() || sources.len() != r {
-            return Err(SopError::shape("bank push", format!("rows {:?} with {} sources into bank {:?}", rows.shape, sources.len(), self.vectors.shape)));
+            return Err(SopError::shape(
+                "bank push",
+                format!("rows {:?} with {} sources into bank {:?}", rows.shape, sources.len(), self.vectors.shape),
+            ));
         }
         if r > self.len() {
             return Err(SopError::shape("bank push", format!("{r} rows exceed the bank size {}", self.len())));

@@ -129,7 +129,14 @@ fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<(Tensor
 }
 
 /// One cross-entropy term: loss (a (1) tensor), and du (R, W) of the student rows.
-fn term(gpu: &Gpu, u_s: &Tensor, target: &Tensor, w: &Tensor, proto: &Prototypes, tau_s: f32) -> Result<(Tensor, Tensor, Tensor)> {
+fn term(
+    gpu: &Gpu,
+    u_s: &Tensor,
+    target: &Tensor,
+    w: &Tensor,
+    proto: &Prototypes,
+    tau_s: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (logits, p_s) = assign(gpu, u_s, proto, tau_s)?;
     let loss = cross_entropy_forward(gpu, target, &p_s, w)?;
     let dp = cross_entropy_backward(gpu, target, &p_s, w, 1.0)?;
@@ -158,7 +165,10 @@ fn check(e: &Embeddings) -> Result<usize> {
         return bad("teacher_patch", e.teacher_patch, &[2 * b, t, w]);
     }
     if e.masks.len() != 2 * b * t {
-        return Err(SopError::shape("sop_objective", format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t)));
+        return Err(SopError::shape(
+            "sop_objective",
+            format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t),
+        ));
     }
     Ok(t)
 }
@@ -234,7 +244,13 @@ fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskS
 }
 
 /// SOP-MIM: patch rows (2B·T, W), weight mask / max(1, masked count of the image) / (2B · tasks).
-fn patch_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>, t: usize) -> Result<KindTerms<'a>> {
+fn patch_terms<'a>(
+    gpu: &Gpu,
+    cfg: &'a ObjectiveConfig,
+    e: &Embeddings,
+    set: TaskSet<'a>,
+    t: usize,
+) -> Result<KindTerms<'a>> {
     let (b, w) = (e.batch, e.teacher_cls.shape[1]);
     let mut w_mim = vec![0f32; 2 * b * t];
     for img in 0..2 * b {
@@ -267,7 +283,11 @@ pub fn sop_objective_tensors(
     mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveTensors> {
     let t = check(e)?;
-    if cls.draws.len() != cfg.cls.tasks || patch.draws.len() != cfg.patch.tasks || cfg.cls.tasks == 0 || cfg.patch.tasks == 0 {
+    if cls.draws.len() != cfg.cls.tasks
+        || patch.draws.len() != cfg.patch.tasks
+        || cfg.cls.tasks == 0
+        || cfg.patch.tasks == 0
+    {
         return Err(SopError::Invalid(format!(
             "sop_objective: {} [CLS] and {} patch draws for {} and {} tasks",
             cls.draws.len(),

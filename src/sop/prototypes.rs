@@ -169,7 +169,11 @@ pub fn sample_keep(
                 let mean = s.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
                 let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0).max(1.0);
                 let cv = var.sqrt() / mean * (1.0 + 1.0 / (4.0 * pool as f64));
-                if cv.is_finite() && cv > 0.0 { 1.0 / cv } else { 0.0 }
+                if cv.is_finite() && cv > 0.0 {
+                    1.0 / cv
+                } else {
+                    0.0
+                }
             }
         })
         .collect();

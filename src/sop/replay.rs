@@ -5,7 +5,7 @@
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 use crate::sop::bank::Bank;
-use crate::sop::objective::{TaskSet, sop_objective, Embeddings, ObjectiveConfig, TaskDraw};
+use crate::sop::objective::{sop_objective, Embeddings, ObjectiveConfig, TaskDraw, TaskSet};
 use crate::sop::objective_io::{BankInputs, ObjectiveInputs, WIDTH};
 use crate::sop::prototypes::PrototypeConfig;
 
@@ -57,7 +57,8 @@ pub fn replay(gpu: &Gpu, inp: &ObjectiveInputs) -> Result<Replayed> {
     };
     // Every draw from a file carries its kept anchors, so `choose_keep` is never asked.
     let (cls_draws, patch_draws) = (draws(&inp.cls), draws(&inp.patch));
-    let (cls, patch) = (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
+    let (cls, patch) =
+        (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
     let out = sop_objective(gpu, &cfg, &emb, cls, patch, |_, _, _| Ok(Vec::new()))?;
     Ok(Replayed {
         loss_cls: out.loss_cls,

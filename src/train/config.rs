@@ -198,7 +198,15 @@ impl Default for OptimConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { out: PathBuf::from("runs/default"), seed: 0, checkpoint_every: 100, eval_every: 0, knn_k: 20, knn_temperature: 0.07, no_eval: false }
+        RunConfig {
+            out: PathBuf::from("runs/default"),
+            seed: 0,
+            checkpoint_every: 100,
+            eval_every: 0,
+            knn_k: 20,
+            knn_temperature: 0.07,
+            no_eval: false,
+        }
     }
 }
 
@@ -210,7 +218,17 @@ impl TrainConfig {
         c.data.path = data;
         c.data.batch_size = 8;
         c.data.threads = 2;
-        c.model = VitConfig { dim: 16, depth: 1, heads: 2, patch_size: 4, img_size: 8, head_hidden: 16, head_bottleneck: 16, drop_path: 0.1, ..c.model };
+        c.model = VitConfig {
+            dim: 16,
+            depth: 1,
+            heads: 2,
+            patch_size: 4,
+            img_size: 8,
+            head_hidden: 16,
+            head_bottleneck: 16,
+            drop_path: 0.1,
+            ..c.model
+        };
         c.augment.global_size = 8;
         c.augment.local_size = 4;
         c.augment.local_crops = 1;
@@ -286,7 +304,10 @@ impl TrainConfig {
             ));
         }
         if a.mask.patch_size != m.patch_size {
-            return bad(format!("augment.mask.patch_size {} differs from model.patch_size {}", a.mask.patch_size, m.patch_size));
+            return bad(format!(
+                "augment.mask.patch_size {} differs from model.patch_size {}",
+                a.mask.patch_size, m.patch_size
+            ));
         }
         if m.head_bottleneck == 0 {
             return bad("model.head_bottleneck must be positive".into());
@@ -294,17 +315,25 @@ impl TrainConfig {
         if self.data.batch_size == 0 || self.optim.accumulate == 0 {
             return bad("batch_size and accumulate must be positive".into());
         }
-        for (name, p, n) in [("cls", &self.sop.cls, self.sop.cls_bank_size), ("patch", &self.sop.patch, self.sop.patch_bank_size)] {
+        for (name, p, n) in
+            [("cls", &self.sop.cls, self.sop.cls_bank_size), ("patch", &self.sop.patch, self.sop.patch_bank_size)]
+        {
             if p.anchors < 4 || p.experts == 0 || p.tasks == 0 {
                 return bad(format!("sop.{name}: anchors >= 4, experts >= 1, tasks >= 1 (got {p:?})"));
             }
             if n < p.anchors + p.experts {
-                return bad(format!("sop.{name}: a bank of {n} rows is too small for {} anchors with {} experts", p.anchors, p.experts));
+                return bad(format!(
+                    "sop.{name}: a bank of {n} rows is too small for {} anchors with {} experts",
+                    p.anchors, p.experts
+                ));
             }
         }
         let b = self.data.batch_size * self.optim.accumulate;
         if b > self.sop.cls_bank_size || b > self.sop.patch_bank_size {
-            return bad(format!("a step writes {b} rows into each bank; the banks ({} and {}) must hold at least that", self.sop.cls_bank_size, self.sop.patch_bank_size));
+            return bad(format!(
+                "a step writes {b} rows into each bank; the banks ({} and {}) must hold at least that",
+                self.sop.cls_bank_size, self.sop.patch_bank_size
+            ));
         }
         if !(self.sop.student_temp > 0.0 && self.sop.teacher_temp > 0.0 && self.sop.warmup_teacher_temp > 0.0) {
             return bad("temperatures must be positive".into());

@@ -46,7 +46,6 @@ use state::Progress;
 
 use crate::rng::{step_rng, stream_seed, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_INIT, STEP_KEEP};
 
-
 /// What a finished run reports.
 #[derive(Debug)]
 pub struct TrainSummary {
@@ -125,7 +124,15 @@ fn knn_datasets(cfg: &TrainConfig) -> Result<Option<(Arc<Dataset>, Arc<Dataset>)
 }
 
 /// Weighted k-NN of the teacher backbone's [CLS] features.
-pub fn knn_eval(gpu: &Gpu, vit: &Vit, weights: &Weights, train: Arc<Dataset>, val: Arc<Dataset>, k: usize, temperature: f32) -> Result<KnnResult> {
+pub fn knn_eval(
+    gpu: &Gpu,
+    vit: &Vit,
+    weights: &Weights,
+    train: Arc<Dataset>,
+    val: Arc<Dataset>,
+    k: usize,
+    temperature: f32,
+) -> Result<KnnResult> {
     let labels = |d: &Dataset, f: &crate::eval::features::Features| -> Vec<u32> {
         let l = d.labels().expect("labelled");
         f.indices.iter().map(|&i| l[i]).collect()
@@ -168,13 +175,18 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let (model, opt, cls_bank, patch_bank, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
     let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
         match &knn_sets {
-            Some((t, v)) => Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?)),
+            Some((t, v)) => {
+                Ok(Some(knn_eval(gpu, vit, w, t.clone(), v.clone(), cfg.run.knn_k, cfg.run.knn_temperature)?))
+            }
             None => Ok(None),
         }
     };
     let knn_before = if start_step == 0 { knn(&model.vit, &model.teacher)? } else { None };
     if let Some(k) = &knn_before {
-        eprintln!("k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)", k.top1, k.top5, k.k, k.n_train, k.n_val);
+        eprintln!(
+            "k-NN before training: top-1 {:.2}%, top-5 {:.2}% (k = {}, {} train, {} val)",
+            k.top1, k.top5, k.k, k.n_train, k.n_val
+        );
     }
     let mut metrics = MetricsLog::open(&out)?;
     // The checkpoint the run folder holds (a run moved to a new folder has none there yet).
@@ -192,13 +204,27 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         config_toml,
         saved_step,
     };
-    let summary = |steps, final_loss, knn_after| TrainSummary { steps, final_loss, knn_before, knn_after, seconds: t0.elapsed().as_secs_f64(), out: out.clone() };
+    let summary = |steps, final_loss, knn_after| TrainSummary {
+        steps,
+        final_loss,
+        knn_before,
+        knn_after,
+        seconds: t0.elapsed().as_secs_f64(),
+        out: out.clone(),
+    };
     if total_steps == 0 || start_step >= total_steps {
         trainer.save(start_step)?;
         return Ok(summary(start_step, None, None));
     }
 
-    let loader_cfg = LoaderConfig { batch_size: b, drop_last: true, shuffle: true, seed: cfg.run.seed, prefetch: 3, threads: cfg.data.threads };
+    let loader_cfg = LoaderConfig {
+        batch_size: b,
+        drop_last: true,
+        shuffle: true,
+        seed: cfg.run.seed,
+        prefetch: 3,
+        threads: cfg.data.threads,
+    };
     let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
     let bar = progress_bar.then(|| new_progress_bar(total_steps, start_step));
     let mut step = start_step;
@@ -224,7 +250,15 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             let secs = t_step.elapsed().as_secs_f64();
             final_loss = Some(m.loss);
             let images_per_sec = (b * accum) as f64 / secs;
-            metrics.write(step_line(step, epoch, &m, images_per_sec, skipped_images, secs, &gpu.counters().since(&counted)))?;
+            metrics.write(step_line(
+                step,
+                epoch,
+                &m,
+                images_per_sec,
+                skipped_images,
+                secs,
+                &gpu.counters().since(&counted),
+            ))?;
             if let Some(bar) = &bar {
                 bar.set_position(step as u64);
                 bar.set_message(format!(
@@ -244,7 +278,8 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         }
         if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
             if let Some(k) = knn(&trainer.model.vit, &trainer.model.teacher)? {
-                metrics.write(serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5}))?;
+                metrics
+                    .write(serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5}))?;
             }
         }
     }
@@ -262,7 +297,11 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
 /// The configuration a run uses: `cfg` for a fresh run; for a resumed one its own saved
 /// configuration (its architecture too), extended by `cfg`'s epochs, steps, folder and
 /// `no_eval`, with the matmul variant it started with pinned.
-fn resolve_run(gpu: &Gpu, mut cfg: TrainConfig, resume: Option<&Path>) -> Result<(TrainConfig, Option<(PathBuf, state::Resumed)>)> {
+fn resolve_run(
+    gpu: &Gpu,
+    mut cfg: TrainConfig,
+    resume: Option<&Path>,
+) -> Result<(TrainConfig, Option<(PathBuf, state::Resumed)>)> {
     let resumed = match resume {
         Some(dir) => {
             let saved = state::saved_config(dir)?;
@@ -318,7 +357,11 @@ fn prepare_folder(cfg: &TrainConfig, resumed: Option<&(PathBuf, state::Resumed)>
 }
 
 /// Model, optimiser, banks and the first step: restored from a run, or fresh from the seed.
-fn restore_or_init(gpu: &Gpu, cfg: &TrainConfig, resumed: Option<&(PathBuf, state::Resumed)>) -> Result<(Model, AdamW, Bank, Bank, usize)> {
+fn restore_or_init(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    resumed: Option<&(PathBuf, state::Resumed)>,
+) -> Result<(Model, AdamW, Bank, Bank, usize)> {
     let specs = param_specs(&cfg.model);
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
@@ -330,12 +373,19 @@ fn restore_or_init(gpu: &Gpu, cfg: &TrainConfig, resumed: Option<&(PathBuf, stat
             let teacher = weights_from_map(gpu, &names, &r.teacher)?;
             let mut opt = AdamW::new(gpu, &student.tensors, decay)?;
             for (i, (n, t)) in names.iter().zip(&student.tensors).enumerate() {
-                opt.m[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data)?;
-                opt.v[i] = gpu.upload_f32(&t.shape, &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data)?;
+                opt.m[i] = gpu.upload_f32(
+                    &t.shape,
+                    &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data,
+                )?;
+                opt.v[i] = gpu.upload_f32(
+                    &t.shape,
+                    &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data,
+                )?;
             }
             opt.step = r.adamw_step;
             let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
-            let pb = state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
+            let pb =
+                state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
             Ok((Model { vit, student, teacher }, opt, cb, pb, r.progress.step))
         }
         None => {
@@ -359,7 +409,8 @@ struct MetricsLog {
 impl MetricsLog {
     fn open(out: &Path) -> Result<MetricsLog> {
         let path = out.join(state::METRICS);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SopError::file(&path, e))?;
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SopError::file(&path, e))?;
         Ok(MetricsLog { file, path })
     }
 
@@ -370,7 +421,15 @@ impl MetricsLog {
 
 /// One step's line of `metrics.jsonl`: what it computed, how fast, and what it asked of the
 /// device (`gpu::counters`).
-fn step_line(step: usize, epoch: usize, m: &StepMetrics, images_per_sec: f64, skipped: usize, secs: f64, c: &CounterSnapshot) -> serde_json::Value {
+fn step_line(
+    step: usize,
+    epoch: usize,
+    m: &StepMetrics,
+    images_per_sec: f64,
+    skipped: usize,
+    secs: f64,
+    c: &CounterSnapshot,
+) -> serde_json::Value {
     serde_json::json!({
         "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
         "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
@@ -385,7 +444,8 @@ fn step_line(step: usize, epoch: usize, m: &StepMetrics, images_per_sec: f64, sk
 fn new_progress_bar(total_steps: usize, start_step: usize) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(total_steps as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").expect("valid template"),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
     );
     pb.set_position(start_step as u64);
     pb
@@ -581,13 +641,15 @@ impl Trainer<'_> {
         let mut rng = step_rng(seed, step, mi, STEP_DROP_PATH);
         let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
         let x = tape.constant(globals);
-        let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&masks), drop_path: dp_g.as_deref() })?;
+        let tokens =
+            vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&masks), drop_path: dp_g.as_deref() })?;
         let h = vit.head(&mut tape, &p, &tokens)?;
         let (s_cls_g, s_patch) = tape.tokens_split(&h)?;
         let s_cls_l = if l > 0 {
             let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
             let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
-            let tokens = vit.backbone(&mut tape, &p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
+            let tokens =
+                vit.backbone(&mut tape, &p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
             let (cls, _) = tape.tokens_split(&tokens)?;
             Some(vit.head(&mut tape, &p, &cls)?)
         } else {
@@ -600,8 +662,12 @@ impl Trainer<'_> {
 
         // 3. Objective, then backward from its embedding gradients.
         let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
-        let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks).map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None }).collect();
-        let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks).map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None }).collect();
+        let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks)
+            .map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None })
+            .collect();
+        let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks)
+            .map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None })
+            .collect();
         let emb = Embeddings {
             student_cls: &student_cls,
             teacher_cls: &t_cls,

@@ -69,7 +69,8 @@ impl AdamW {
         let sq = grad_squares(gpu, grads)?;
         let present: Vec<&Tensor> = sq.iter().flatten().collect();
         let mut words = gpu.read_words(&present)?.into_iter();
-        let sq_host: Vec<Option<f32>> = sq.iter().map(|s| s.as_ref().and_then(|_| words.next()).map(|w| f32::from_bits(w[0]))).collect();
+        let sq_host: Vec<Option<f32>> =
+            sq.iter().map(|s| s.as_ref().and_then(|_| words.next()).map(|w| f32::from_bits(w[0]))).collect();
         self.apply(gpu, params, grads, &sq_host, lr, weight_decay, clip)
     }
 

@@ -213,15 +213,22 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
     for (p, c) in [(&paths[1], &student), (&paths[2], &teacher)] {
         let s: usize = meta_num(p, &c.metadata, "step")?;
         if s != step {
-            return Err(SopError::file(p, format!("is from step {s} but train_state.safetensors is from step {step} (an interrupted save?)")));
+            return Err(SopError::file(
+                p,
+                format!("is from step {s} but train_state.safetensors is from step {step} (an interrupted save?)"),
+            ));
         }
     }
-    let config_toml = state.metadata.get("config").cloned().ok_or_else(|| SopError::file(&paths[0], "metadata config is missing"))?;
+    let config_toml =
+        state.metadata.get("config").cloned().ok_or_else(|| SopError::file(&paths[0], "metadata config is missing"))?;
     Ok(Resumed {
         progress: Progress { step, seed: meta_num(&paths[0], &state.metadata, "seed")? },
         config_toml,
         adamw_step: meta_num(&paths[0], &state.metadata, "adamw_step")?,
-        bank_ptrs: (meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?, meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?),
+        bank_ptrs: (
+            meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?,
+            meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?,
+        ),
         matmul: match state.metadata.get("matmul") {
             None => None,
             Some(v) => Some(crate::ops::matmul::MatmulVariant::parse(v).ok_or_else(|| {
@@ -238,13 +245,24 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
 pub fn state_tensor<'a>(dir: &Path, map: &'a TensorMap, name: &str, shape: &[usize]) -> Result<&'a HostTensor> {
     let t = map.get(name).ok_or_else(|| SopError::file(dir.join(STATE), format!("missing tensor {name}")))?;
     if t.shape != shape {
-        return Err(SopError::file(dir.join(STATE), format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape)));
+        return Err(SopError::file(
+            dir.join(STATE),
+            format!("tensor {name} has shape {:?}, expected {shape:?}", t.shape),
+        ));
     }
     Ok(t)
 }
 
 /// Restore a bank from the train state.
-pub fn restore_bank(gpu: &Gpu, dir: &Path, map: &TensorMap, name: &str, n: usize, width: usize, ptr: usize) -> Result<Bank> {
+pub fn restore_bank(
+    gpu: &Gpu,
+    dir: &Path,
+    map: &TensorMap,
+    name: &str,
+    n: usize,
+    width: usize,
+    ptr: usize,
+) -> Result<Bank> {
     let v = state_tensor(dir, map, name, &[n, width])?;
     let s = state_tensor(dir, map, &format!("{name}_sources"), &[n])?;
     Bank::from_parts(gpu, n, width, &v.data, ptr, s.data.iter().map(|&x| x as i64).collect())

@@ -22,7 +22,8 @@ fn run(n: usize, hp0: AdamWStep, zero_state: bool) {
     } else {
         (randn(&mut rng, n), (0..n).map(|_| rng.random_range(0.0..0.5)).collect())
     };
-    let (gp, gm, gv) = (gpu.upload_f32(&[n], &param).unwrap(), gpu.upload_f32(&[n], &m).unwrap(), gpu.upload_f32(&[n], &v).unwrap());
+    let (gp, gm, gv) =
+        (gpu.upload_f32(&[n], &param).unwrap(), gpu.upload_f32(&[n], &m).unwrap(), gpu.upload_f32(&[n], &v).unwrap());
     let (mut p64, mut m64, mut v64) = (f64s(&param), f64s(&m), f64s(&v));
     for step in 1..=3 {
         let grad = randn(&mut rng, n);
@@ -49,7 +50,8 @@ fn run(n: usize, hp0: AdamWStep, zero_state: bool) {
     }
 }
 
-const HP: AdamWStep = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.04, step: 1, grad_scale: 0.7 };
+const HP: AdamWStep =
+    AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.04, step: 1, grad_scale: 0.7 };
 
 #[test]
 fn adamw_step_matches_reference_over_three_steps() {
@@ -57,7 +59,11 @@ fn adamw_step_matches_reference_over_three_steps() {
         run(n, HP, true);
     }
     run(257, HP, false);
-    run(65, AdamWStep { lr: 3e-3, beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.4, step: 1, grad_scale: 1.0 }, false);
+    run(
+        65,
+        AdamWStep { lr: 3e-3, beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.4, step: 1, grad_scale: 1.0 },
+        false,
+    );
 }
 
 #[test]

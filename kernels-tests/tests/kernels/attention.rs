@@ -102,7 +102,11 @@ fn attention_backward_matches_reference() {
         assert_eq!(dqkv.shape, [a.b, a.t, 3 * a.d()]);
         let got = gpu.read_f32(&dqkv).unwrap();
         let want = reference::attention_backward(&f64s(&qkv), &f64s(&dout), a);
-        eprintln!("{a:?}: max |Δdqkv| {:.2e}, max |dqkv| {:.2e}", max_abs_err(&got, &want), want.iter().fold(0.0f64, |m, x| m.max(x.abs())));
+        eprintln!(
+            "{a:?}: max |Δdqkv| {:.2e}, max |dqkv| {:.2e}",
+            max_abs_err(&got, &want),
+            want.iter().fold(0.0f64, |m, x| m.max(x.abs()))
+        );
         // Sums over T of P·(dP − D)·q (or k) and P·dO: errors ~1e-6 absolute at |dqkv| ≤ 2.
         assert_close(&format!("attention_backward dqkv {a:?}"), &got, &want, 1e-5, 1e-5);
 
@@ -118,7 +122,8 @@ fn attention_backward_reference_matches_finite_differences() {
     let qkv = f64s(&random_qkv(&mut rng, a));
     let dout = f64s(&randn(&mut rng, a.b * a.t * a.d()));
     let dqkv = reference::attention_backward(&qkv, &dout, a);
-    let fd = sop_reference::finite_difference(&qkv, |x| sop_reference::dot(&reference::attention_forward(x, a).0, &dout));
+    let fd =
+        sop_reference::finite_difference(&qkv, |x| sop_reference::dot(&reference::attention_forward(x, a).0, &dout));
     // Central differences in f64 with h ~ 1e-6·|x|: truncation O(h²) and rounding ~1e-10.
     assert_close_f64("attention_backward (reference) vs finite differences", &dqkv, &fd, 1e-7, 1e-6);
 }

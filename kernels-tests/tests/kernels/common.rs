@@ -16,10 +16,8 @@ pub fn gpu() -> Gpu {
 
 /// A fresh RNG per run; the seed is printed so a failure can be replayed with SOP_TEST_SEED.
 pub fn rng() -> rand::rngs::StdRng {
-    let seed = std::env::var("SOP_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random::<u64>());
+    let seed =
+        std::env::var("SOP_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| rand::rng().random::<u64>());
     eprintln!("SOP_TEST_SEED={seed}");
     rand::rngs::StdRng::seed_from_u64(seed)
 }

@@ -29,7 +29,8 @@ fn distributions(rng: &mut impl Rng, r: usize, k: usize, floor: f32) -> Vec<f32>
 
 #[allow(clippy::too_many_arguments)]
 fn check(gpu: &Gpu, q: &[f32], p: &[f32], w: &[f32], r: usize, k: usize, dloss: f32, what: &str) {
-    let (gq, gp, gw) = (gpu.upload_f32(&[r, k], q).unwrap(), gpu.upload_f32(&[r, k], p).unwrap(), gpu.upload_f32(&[r], w).unwrap());
+    let (gq, gp, gw) =
+        (gpu.upload_f32(&[r, k], q).unwrap(), gpu.upload_f32(&[r, k], p).unwrap(), gpu.upload_f32(&[r], w).unwrap());
     let (q64, p64, w64) = (f64s(q), f64s(p), f64s(w));
     poison_pool(gpu, &[1]);
     let loss = cross_entropy_forward(gpu, &gq, &gp, &gw).unwrap();

@@ -29,8 +29,11 @@ fn check_binary(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize]) {
     let (ga, gb) = (gpu.upload_f32(shape, &a).unwrap(), gpu.upload_f32(shape, &b).unwrap());
     let (a64, b64) = (f64s(&a), f64s(&b));
     type Op = fn(&Gpu, &sop::Tensor, &sop::Tensor) -> sop::Result<sop::Tensor>;
-    let cases: [(&str, Op, Vec<f64>); 3] =
-        [("add", add, reference::add(&a64, &b64)), ("sub", sub, reference::sub(&a64, &b64)), ("mul", mul, reference::mul(&a64, &b64))];
+    let cases: [(&str, Op, Vec<f64>); 3] = [
+        ("add", add, reference::add(&a64, &b64)),
+        ("sub", sub, reference::sub(&a64, &b64)),
+        ("mul", mul, reference::mul(&a64, &b64)),
+    ];
     for (name, op, want) in cases {
         poison_pool(gpu, &[shape]);
         let y = op(gpu, &ga, &gb).unwrap();
@@ -39,7 +42,13 @@ fn check_binary(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize]) {
     }
     poison_pool(gpu, &[shape]);
     let y = scale(gpu, &ga, -0.37).unwrap();
-    assert_close(&format!("scale {shape:?}"), &gpu.read_f32(&y).unwrap(), &rounded(reference::scale(&a64, -0.37f32 as f64)), 0.0, 0.0);
+    assert_close(
+        &format!("scale {shape:?}"),
+        &gpu.read_f32(&y).unwrap(),
+        &rounded(reference::scale(&a64, -0.37f32 as f64)),
+        0.0,
+        0.0,
+    );
 
     // add_scaled_into reads and writes y in place: every element must change as the reference says.
     let gy = gpu.upload_f32(shape, &b).unwrap();
@@ -125,7 +134,9 @@ fn scale_samples_awkward_shapes() {
     let gpu = gpu();
     let mut rng = rng();
     // per-sample sizes not multiples of 4 (unaligned entry point), then multiples of 4
-    for shape in [&[1, 7][..], &[3, 65, 7], &[63, 5], &[65, 197, 3], &[257], &[4, 1, 1], &[3, 65, 8], &[7, 197, 384], &[65, 4]] {
+    for shape in
+        [&[1, 7][..], &[3, 65, 7], &[63, 5], &[65, 197, 3], &[257], &[4, 1, 1], &[3, 65, 8], &[7, 197, 384], &[65, 4]]
+    {
         check_scale_samples(&gpu, &mut rng, shape);
     }
 }
@@ -138,8 +149,20 @@ fn elementwise_backward_references_match_finite_differences() {
     let bb = f64s(&randn(&mut rng, 4));
     // f64 central differences of functions linear in the perturbed argument: ~1e-10.
     let (da, db) = reference::mul_backward(&a, &b, &dy);
-    assert_close_f64("mul da", &da, &sop_reference::finite_difference(&a, |v| sop_reference::dot(&reference::mul(v, &b), &dy)), 1e-8, 1e-8);
-    assert_close_f64("mul db", &db, &sop_reference::finite_difference(&b, |v| sop_reference::dot(&reference::mul(&a, v), &dy)), 1e-8, 1e-8);
+    assert_close_f64(
+        "mul da",
+        &da,
+        &sop_reference::finite_difference(&a, |v| sop_reference::dot(&reference::mul(v, &b), &dy)),
+        1e-8,
+        1e-8,
+    );
+    assert_close_f64(
+        "mul db",
+        &db,
+        &sop_reference::finite_difference(&b, |v| sop_reference::dot(&reference::mul(&a, v), &dy)),
+        1e-8,
+        1e-8,
+    );
     let (dx, dbb) = reference::add_broadcast_backward(&dy, 4);
     let fx = sop_reference::finite_difference(&a, |v| sop_reference::dot(&reference::add_broadcast(v, &bb), &dy));
     let fb = sop_reference::finite_difference(&bb, |v| sop_reference::dot(&reference::add_broadcast(&a, v), &dy));

@@ -28,7 +28,11 @@ fn gather_rows_awkward_shapes() {
 
         poison_pool(&gpu, &[r, c]);
         let out = gather_rows_host(&gpu, &gsrc, &idx).unwrap();
-        assert_eq!(gpu.read_f32(&out).unwrap(), reference::gather_rows(&src, n, c, &idx), "gather_rows_host N {n} C {c} R {r}");
+        assert_eq!(
+            gpu.read_f32(&out).unwrap(),
+            reference::gather_rows(&src, n, c, &idx),
+            "gather_rows_host N {n} C {c} R {r}"
+        );
     }
 }
 
@@ -54,7 +58,16 @@ fn scatter_rows_ring_wraps() {
     let gpu = gpu();
     let mut rng = rng();
     // (N, C, R, start): no wrap, wrap, the whole ring, start beyond N (taken mod N).
-    for &(n, c, r, start) in &[(1, 1, 1, 0), (7, 3, 5, 4), (7, 3, 7, 0), (7, 3, 7, 5), (63, 5, 63, 10), (257, 65, 65, 250), (10, 4, 3, 23), (65, 256, 1, 64)] {
+    for &(n, c, r, start) in &[
+        (1, 1, 1, 0),
+        (7, 3, 5, 4),
+        (7, 3, 7, 0),
+        (7, 3, 7, 5),
+        (63, 5, 63, 10),
+        (257, 65, 65, 250),
+        (10, 4, 3, 23),
+        (65, 256, 1, 64),
+    ] {
         let mut dst = randn(&mut rng, n * c);
         let src = randn(&mut rng, r * c);
         let gdst = gpu.upload_f32(&[n, c], &dst).unwrap();

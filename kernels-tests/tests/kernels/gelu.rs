@@ -23,7 +23,13 @@ fn check(gpu: &Gpu, rng: &mut impl rand::Rng, shape: &[usize]) {
     let gdy = gpu.upload_f32(shape, &dy).unwrap();
     poison_pool(gpu, &[shape]);
     let y = gelu_forward(gpu, &gx).unwrap();
-    assert_close(&format!("gelu_forward {shape:?}"), &gpu.read_f32(&y).unwrap(), &reference::gelu_forward(&f64s(&x)), 6e-6, 5e-7);
+    assert_close(
+        &format!("gelu_forward {shape:?}"),
+        &gpu.read_f32(&y).unwrap(),
+        &reference::gelu_forward(&f64s(&x)),
+        6e-6,
+        5e-7,
+    );
     poison_pool(gpu, &[shape]);
     let dx = gelu_backward(gpu, &gx, &gdy).unwrap();
     let want = reference::gelu_backward(&f64s(&x), &f64s(&dy));

@@ -24,7 +24,13 @@ fn check(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize], eps: f32, tiny: bool) {
     let mut x = randn(rng, r * c);
     if tiny {
         for i in 0..r {
-            let f = if i % 7 == 3 { 0.0 } else if i % 5 == 1 { 1e-9 } else { 1.0 };
+            let f = if i % 7 == 3 {
+                0.0
+            } else if i % 5 == 1 {
+                1e-9
+            } else {
+                1.0
+            };
             x[i * c..(i + 1) * c].iter_mut().for_each(|v| *v *= f);
         }
     }
@@ -46,7 +52,8 @@ fn check(gpu: &Gpu, rng: &mut impl Rng, shape: &[usize], eps: f32, tiny: bool) {
     let wdx = reference::l2norm_backward(&f64s(&dy), &f64s(&x), &wnorm, r, c, eps as f64);
     // dx·max(n, eps) per row: O(|dy|) whatever the row's norm.
     let denom = |i: usize| wnorm[i / c].max(eps as f64);
-    let got: Vec<f32> = gpu.read_f32(&dx).unwrap().iter().enumerate().map(|(i, &v)| (v as f64 * denom(i)) as f32).collect();
+    let got: Vec<f32> =
+        gpu.read_f32(&dx).unwrap().iter().enumerate().map(|(i, &v)| (v as f64 * denom(i)) as f32).collect();
     let want: Vec<f64> = wdx.iter().enumerate().map(|(i, &v)| v * denom(i)).collect();
     assert_close(&format!("{what} dx·max(n, eps)"), &got, &want, t, t);
 }
@@ -90,7 +97,9 @@ fn l2norm_backward_reference_matches_finite_differences() {
         let dy = f64s(&randn(&mut rng, r * c));
         let (_, norm) = reference::l2norm_forward(&x, r, c, eps);
         let dx = reference::l2norm_backward(&dy, &x, &norm, r, c, eps);
-        let fd = sop_reference::finite_difference(&x, |v| sop_reference::dot(&reference::l2norm_forward(v, r, c, eps).0, &dy));
+        let fd = sop_reference::finite_difference(&x, |v| {
+            sop_reference::dot(&reference::l2norm_forward(v, r, c, eps).0, &dy)
+        });
         // f64 central differences with h = 1e-6 (norms ≥ 0.05 here, far from eps): error ≲ 1e-8.
         assert_close_f64(&format!("dx r {r} c {c} eps {eps}"), &dx, &fd, 1e-7, 1e-6);
     }

@@ -70,8 +70,15 @@ fn check_inputs(gpu: &Gpu, shape: &[usize], eps: f32, (x, gamma, beta, dy): (Vec
     let (dx, dgamma, dbeta) = layernorm_backward(gpu, &gdy, &gx, &gg, &mean, &rstd).unwrap();
     // The reference backward from the reference statistics: the GPU's own μ, rstd differ
     // from them by the forward's tolerance, which the backward's tolerance covers.
-    let (wdx, wdgamma, wdbeta) = reference::layernorm_backward(&f64s(&dy), &f64s(&x), &f64s(&gamma), &wmean, &wrstd, r, d);
-    assert_close(&format!("{what} dx"), &gpu.read_f32(&dx).unwrap(), &wdx, t + cond * rmax * (1.0 + (d as f64).sqrt()), t);
+    let (wdx, wdgamma, wdbeta) =
+        reference::layernorm_backward(&f64s(&dy), &f64s(&x), &f64s(&gamma), &wmean, &wrstd, r, d);
+    assert_close(
+        &format!("{what} dx"),
+        &gpu.read_f32(&dx).unwrap(),
+        &wdx,
+        t + cond * rmax * (1.0 + (d as f64).sqrt()),
+        t,
+    );
     let ts = tol_sum(r) + t;
     assert_close(&format!("{what} dgamma"), &gpu.read_f32(&dgamma).unwrap(), &wdgamma, ts, ts);
     assert_close(&format!("{what} dbeta"), &gpu.read_f32(&dbeta).unwrap(), &wdbeta, ts, ts);
@@ -127,7 +134,9 @@ fn layernorm_backward_reference_matches_finite_differences() {
         let (x, gamma, beta, dy) = (f64s(&x), f64s(&gamma), f64s(&beta), f64s(&dy));
         let (_, mean, rstd) = reference::layernorm_forward(&x, &gamma, &beta, r, d, eps);
         let (dx, dgamma, dbeta) = reference::layernorm_backward(&dy, &x, &gamma, &mean, &rstd, r, d);
-        let loss = |x: &[f64], g: &[f64], b: &[f64]| sop_reference::dot(&reference::layernorm_forward(x, g, b, r, d, eps).0, &dy);
+        let loss = |x: &[f64], g: &[f64], b: &[f64]| {
+            sop_reference::dot(&reference::layernorm_forward(x, g, b, r, d, eps).0, &dy)
+        };
         let fx = sop_reference::finite_difference(&x, |v| loss(v, &gamma, &beta));
         let fg = sop_reference::finite_difference(&gamma, |v| loss(&x, v, &beta));
         let fb = sop_reference::finite_difference(&beta, |v| loss(&x, &gamma, v));

@@ -11,7 +11,19 @@ use sop_reference::matmul::{matmul_backward, matmul_forward};
 
 // One case of the matmul contract: its shape and its flags, each a parameter.
 #[allow(clippy::too_many_arguments)]
-fn check(gpu: &sop::Gpu, rng: &mut impl rand::Rng, batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, b_batched: bool, bias: bool, acc: bool) {
+fn check(
+    gpu: &sop::Gpu,
+    rng: &mut impl rand::Rng,
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    b_batched: bool,
+    bias: bool,
+    acc: bool,
+) {
     let a = randn(rng, batch * m * k);
     let bn = if b_batched { batch } else { 1 };
     let b = randn(rng, bn * k * n);
@@ -26,7 +38,19 @@ fn check(gpu: &sop::Gpu, rng: &mut impl rand::Rng, batch: usize, m: usize, n: us
     let gb = gpu.upload_f32(&b_shape, &b).unwrap();
     let gbias = gpu.upload_f32(&[n], &bias_v).unwrap();
     let alpha = 0.75f32;
-    let mut want = matmul_forward(&f64s(&a), &f64s(&b), bias.then_some(&f64s(&bias_v)[..]), batch, m, n, k, ta, tb, b_batched, alpha as f64);
+    let mut want = matmul_forward(
+        &f64s(&a),
+        &f64s(&b),
+        bias.then_some(&f64s(&bias_v)[..]),
+        batch,
+        m,
+        n,
+        k,
+        ta,
+        tb,
+        b_batched,
+        alpha as f64,
+    );
     if acc {
         for (w, c) in want.iter_mut().zip(&c0) {
             *w += *c as f64;

@@ -113,7 +113,8 @@ fn check_totals(gpu: &Gpu, x: &[f32], exact: bool) {
     let n = x.len();
     let gx = gpu.upload_f32(&[n], x).unwrap();
     let xs = f64s(x);
-    let (tol, tol2) = if exact { (0.0, 0.0) } else { (6.0 * rounding_sigma(&xs, false), 6.0 * rounding_sigma(&xs, true)) };
+    let (tol, tol2) =
+        if exact { (0.0, 0.0) } else { (6.0 * rounding_sigma(&xs, false), 6.0 * rounding_sigma(&xs, true)) };
     poison_stages(gpu, n, |m| m.div_ceil(4).div_ceil(256));
     let s = read1(gpu, &sum(gpu, &gx).unwrap()) as f64;
     let want = reference::sum(&xs);

@@ -37,7 +37,13 @@ fn check(gpu: &Gpu, rng: &mut impl rand::Rng, shape: &[usize], scale: f32) {
     let dx = softmax_backward(gpu, &y, &gdy, scale).unwrap();
     let wdx = reference::softmax_backward(&wy, &f64s(&dy), r, c, scale as f64);
     let ymax = wy.iter().fold(0.0f64, |m, &v| m.max(v));
-    assert_close(&format!("{what} dx"), &gpu.read_f32(&dx).unwrap(), &wdx, 2.0 * scale.abs() as f64 * ymax * kappa, kappa);
+    assert_close(
+        &format!("{what} dx"),
+        &gpu.read_f32(&dx).unwrap(),
+        &wdx,
+        2.0 * scale.abs() as f64 * ymax * kappa,
+        kappa,
+    );
 }
 
 #[test]
@@ -88,7 +94,9 @@ fn softmax_backward_reference_matches_finite_differences() {
         let dy = f64s(&randn(&mut rng, r * c));
         let y = reference::softmax_forward(&x, r, c, scale);
         let dx = reference::softmax_backward(&y, &dy, r, c, scale);
-        let fd = sop_reference::finite_difference(&x, |v| sop_reference::dot(&reference::softmax_forward(v, r, c, scale), &dy));
+        let fd = sop_reference::finite_difference(&x, |v| {
+            sop_reference::dot(&reference::softmax_forward(v, r, c, scale), &dy)
+        });
         // f64 central differences with h = 1e-6: error ≲ 1e-9 for these smooth functions.
         assert_close_f64(&format!("dx r {r} c {c} scale {scale}"), &dx, &fd, 1e-8, 1e-6);
     }

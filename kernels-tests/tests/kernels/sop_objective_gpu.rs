@@ -11,7 +11,6 @@ use crate::common::fixture;
 use sop::sop::objective_io::{ObjectiveInputs, ObjectiveOutputs};
 use sop::sop::replay::replay;
 
-
 fn rel(got: &[f32], want: &[f64]) -> f64 {
     let num: f64 = got.iter().zip(want).map(|(g, w)| (*g as f64 - w).powi(2)).sum::<f64>().sqrt();
     num / want.iter().map(|w| w * w).sum::<f64>().sqrt().max(1e-30)
@@ -25,7 +24,10 @@ fn compare(what: &str, gpu: &sop::Gpu, inp: &ObjectiveInputs, want: (f64, f64, &
         rel(&r.dstudent_cls, want.2),
         rel(&r.dstudent_patch, want.3),
     ];
-    eprintln!("{what}: relative errors loss_cls {:.1e} loss_mim {:.1e} dcls {:.1e} dpatch {:.1e}", errs[0], errs[1], errs[2], errs[3]);
+    eprintln!(
+        "{what}: relative errors loss_cls {:.1e} loss_mim {:.1e} dcls {:.1e} dpatch {:.1e}",
+        errs[0], errs[1], errs[2], errs[3]
+    );
     assert!(errs.iter().all(|&e| e < 1e-3), "{what}: {errs:?}");
     assert!((r.loss - r.loss_cls - r.loss_mim).abs() < 1e-5 * r.loss.abs());
 }
@@ -36,9 +38,19 @@ fn gpu_objective_matches_pytorch_and_the_reference_on_fixtures() {
     for name in ["sop_objective_e1", "sop_objective_e4_local"] {
         let inp = ObjectiveInputs::load(fixture(&format!("{name}.inputs.safetensors"))).unwrap();
         let torch = ObjectiveOutputs::load(fixture(&format!("{name}.torch.safetensors")), &inp).unwrap();
-        compare(&format!("{name} vs torch"), &gpu, &inp, (torch.loss_cls, torch.loss_mim, &torch.dstudent_cls, &torch.dstudent_patch));
+        compare(
+            &format!("{name} vs torch"),
+            &gpu,
+            &inp,
+            (torch.loss_cls, torch.loss_mim, &torch.dstudent_cls, &torch.dstudent_patch),
+        );
         let c = sop_reference::sop_objective::sop_objective(&inp.to_reference());
-        compare(&format!("{name} vs f64 reference"), &gpu, &inp, (c.loss_cls, c.loss_mim, &c.dstudent_cls, &c.dstudent_patch));
+        compare(
+            &format!("{name} vs f64 reference"),
+            &gpu,
+            &inp,
+            (c.loss_cls, c.loss_mim, &c.dstudent_cls, &c.dstudent_patch),
+        );
     }
 }
 

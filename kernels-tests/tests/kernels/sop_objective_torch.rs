@@ -12,7 +12,6 @@ use crate::common::fixture;
 use sop::sop::objective_io::{ObjectiveInputs, ObjectiveOutputs};
 use sop_reference::sop_objective::sop_objective;
 
-
 fn close(what: &str, got: f64, want: f64) {
     let rel = (got - want).abs() / want.abs();
     assert!(rel < 1e-6, "{what}: reference {got} vs torch {want} (relative error {rel:e})");

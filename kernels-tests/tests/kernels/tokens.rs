@@ -48,7 +48,8 @@ fn tokens_join_split_roundtrip() {
             let (c2, x2) = tokens_split(&gpu, &joined).unwrap();
             assert_eq!(x2.shape, vec![b, n, d]);
             assert_close("split rest", &gpu.read_f32(&x2).unwrap(), &f64s(&x), 0.0, 0.0);
-            let want_cls: Vec<f64> = (0..b).flat_map(|bi| want[bi * (n + 1) * d..bi * (n + 1) * d + d].to_vec()).collect();
+            let want_cls: Vec<f64> =
+                (0..b).flat_map(|bi| want[bi * (n + 1) * d..bi * (n + 1) * d + d].to_vec()).collect();
             assert_close("split cls", &gpu.read_f32(&c2).unwrap(), &want_cls, 0.0, 0.0);
         }
     }

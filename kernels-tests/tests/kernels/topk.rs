@@ -49,7 +49,9 @@ fn check(gpu: &Gpu, x: &[f32], r: usize, c: usize, k: usize, what: &str) {
 fn topk_forward_random_rows() {
     let gpu = gpu();
     let mut rng = rng();
-    for &(r, c, k) in &[(1, 1, 1), (1, 16, 16), (3, 17, 16), (65, 257, 8), (63, 1000, 1), (2, 300, 16), (5, 513, 8), (257, 9, 8)] {
+    for &(r, c, k) in
+        &[(1, 1, 1), (1, 16, 16), (3, 17, 16), (65, 257, 8), (63, 1000, 1), (2, 300, 16), (5, 513, 8), (257, 9, 8)]
+    {
         let x = randn(&mut rng, r * c);
         check(&gpu, &x, r, c, k, "random");
     }

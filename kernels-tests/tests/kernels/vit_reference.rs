@@ -17,7 +17,6 @@ use sop_reference::vit::{self, Params};
 
 const TOL: f64 = 1e-6;
 
-
 fn f64s(t: &HostTensor) -> Vec<f64> {
     t.data.iter().map(|&v| v as f64).collect()
 }

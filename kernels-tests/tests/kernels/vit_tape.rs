@@ -27,7 +27,16 @@ fn random_params(cfg: &VitConfig, rng: &mut impl Rng) -> Vec<(String, Vec<usize>
         .map(|s| {
             let n: usize = s.shape.iter().product();
             let is_ln_weight = s.name.ends_with("weight") && s.shape.len() == 1;
-            let v = (0..n).map(|_| if is_ln_weight { 1.0 + rng.random_range(-0.3f32..0.3) } else { rng.random_range(-0.5f32..0.5) }).collect();
+            let v =
+                (0..n)
+                    .map(|_| {
+                        if is_ln_weight {
+                            1.0 + rng.random_range(-0.3f32..0.3)
+                        } else {
+                            rng.random_range(-0.5f32..0.5)
+                        }
+                    })
+                    .collect();
             (s.name, s.shape, v)
         })
         .collect()
@@ -38,7 +47,15 @@ fn as_reference(host: &[(String, Vec<usize>, Vec<f32>)]) -> Params {
 }
 
 /// Head outputs (B, T, O) on the GPU (optionally with a mask), and the final tokens.
-fn gpu_forward(gpu: &sop::Gpu, vit: &Vit, w: &Weights, x: &[f32], b: usize, s: usize, mask: Option<&[u32]>) -> (Vec<f32>, Vec<f32>) {
+fn gpu_forward(
+    gpu: &sop::Gpu,
+    vit: &Vit,
+    w: &Weights,
+    x: &[f32],
+    b: usize,
+    s: usize,
+    mask: Option<&[u32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let mut tape = Tape::no_grad(gpu);
     let p = w.leaves(&mut tape, false);
     let xv = tape.constant(gpu.upload_f32(&[b, 3, s, s], x).unwrap());
@@ -100,7 +117,9 @@ fn vit_gradients_match_finite_differences() {
 
     let params = as_reference(&host);
     let c64 = f64s(&c);
-    let loss = |params: &Params, x: &[f64]| sop_reference::dot(&vit_forward(params, cfg.heads, x, b, s, Some(&mask_b)).head, &c64);
+    let loss = |params: &Params, x: &[f64]| {
+        sop_reference::dot(&vit_forward(params, cfg.heads, x, b, s, Some(&mask_b)).head, &c64)
+    };
     let check = |name: &str, got: Vec<f32>, fd: Vec<f64>| {
         let scale = fd.iter().fold(0f64, |m, v| m.max(v.abs()));
         assert_close(&format!("d{name}"), &got, &fd, 2e-3 * scale + 1e-7, 2e-2);
@@ -134,13 +153,15 @@ fn training_shaped_steps_allocate_no_new_buffers_after_the_first() {
     let dp: Vec<[sop::Tensor; 2]> = (0..cfg.depth)
         .map(|_| [gpu.upload_f32(&[b], &[1.1, 0.0, 1.1, 1.1]).unwrap(), gpu.upload_f32(&[b], &[1.1; 4]).unwrap()])
         .collect();
-    let seed = gpu.upload_f32(&[b, 1 + n, cfg.head_bottleneck], &randn(&mut rng, b * (1 + n) * cfg.head_bottleneck)).unwrap();
+    let seed =
+        gpu.upload_f32(&[b, 1 + n, cfg.head_bottleneck], &randn(&mut rng, b * (1 + n) * cfg.head_bottleneck)).unwrap();
     let mut counts = Vec::new();
     for _ in 0..10 {
         let mut tape = Tape::new(&gpu);
         let p = w.leaves(&mut tape, true);
         let xv = tape.constant(x.clone());
-        let tokens = vit.backbone(&mut tape, &p, &xv, &ForwardOptions { mask: Some(&mask), drop_path: Some(&dp) }).unwrap();
+        let tokens =
+            vit.backbone(&mut tape, &p, &xv, &ForwardOptions { mask: Some(&mask), drop_path: Some(&dp) }).unwrap();
         let head = vit.head(&mut tape, &p, &tokens).unwrap();
         let grads = tape.backward(vec![(&head, seed.clone())]).unwrap();
         drop(grads);

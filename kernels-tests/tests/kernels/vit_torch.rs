@@ -11,7 +11,6 @@ use sop::model::vit::{ForwardOptions, Vit, Weights};
 use sop::model::{backbone_specs, param_specs};
 use sop::tape::Tape;
 
-
 fn rel_err(got: &[f32], want: &HostTensor) -> f64 {
     assert_eq!(got.len(), want.data.len());
     let scale = want.data.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
@@ -19,7 +18,10 @@ fn rel_err(got: &[f32], want: &HostTensor) -> f64 {
 }
 
 fn weights(gpu: &sop::Gpu, ck: &checkpoint::Checkpoint, specs: &[sop::model::ParamSpec]) -> Weights {
-    let host: Vec<_> = specs.iter().map(|s| (s.name.clone(), ck.tensors[&s.name].shape.clone(), ck.tensors[&s.name].data.clone())).collect();
+    let host: Vec<_> = specs
+        .iter()
+        .map(|s| (s.name.clone(), ck.tensors[&s.name].shape.clone(), ck.tensors[&s.name].data.clone()))
+        .collect();
     Weights::upload(gpu, &host).unwrap()
 }
 
@@ -27,7 +29,8 @@ fn run(gpu: &sop::Gpu, vit: &Vit, w: &Weights, x: &HostTensor, mask: Option<&Hos
     let mut tape = Tape::no_grad(gpu);
     let p = w.leaves(&mut tape, false);
     let xv = tape.constant(gpu.upload_f32(&x.shape, &x.data).unwrap());
-    let m = mask.map(|m| gpu.upload_u32(&m.shape, &m.data.iter().map(|&v| (v != 0.0) as u32).collect::<Vec<_>>()).unwrap());
+    let m =
+        mask.map(|m| gpu.upload_u32(&m.shape, &m.data.iter().map(|&v| (v != 0.0) as u32).collect::<Vec<_>>()).unwrap());
     let tokens = vit.backbone(&mut tape, &p, &xv, &ForwardOptions { mask: m.as_ref(), drop_path: None }).unwrap();
     let out = if head { vit.head(&mut tape, &p, &tokens).unwrap() } else { tokens };
     gpu.read_f32(&out.value).unwrap()
