@@ -378,16 +378,18 @@ pub fn read_config(path: &Path) -> CResult<Option<VitConfig>> {
     config_from_metadata(&meta).map_err(|(key, reason)| CheckpointError::Metadata { path: path.into(), key, reason })
 }
 
-/// A parsed file: the raw bytes and the metadata.
-struct Raw {
-    bytes: Vec<u8>,
-    metadata: BTreeMap<String, String>,
+/// A whole file's bytes, or the error naming it.
+fn read_file(path: &Path) -> CResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), error: e })
 }
 
-fn read_raw(path: &Path) -> CResult<Raw> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io { path: path.into(), error: e })?;
+/// The one safetensors reader of sop: `bytes` (the whole file at `path`) checked once —
+/// header length, JSON header, truncation, bytes after the last tensor, and the crate's own
+/// validation (offsets contiguous, sizes matching dtype × shape) — and returned as the
+/// crate's view with the string metadata. Checkpoints and objective files both read here.
+pub fn parse<'a>(path: &Path, bytes: &'a [u8]) -> CResult<(SafeTensors<'a>, BTreeMap<String, String>)> {
     let len = bytes.len() as u64;
-    let n = check_prefix(path, &bytes, len)?;
+    let n = check_prefix(path, bytes, len)?;
     let (map, end) = parse_header(path, &bytes[8..(8 + n) as usize])?;
     let expected = 8 + n + end;
     if len < expected {
@@ -399,10 +401,9 @@ fn read_raw(path: &Path) -> CResult<Raw> {
             reason: format!("{} bytes after the last tensor's data", len - expected),
         });
     }
-    // The crate's own validation (offsets contiguous, sizes matching dtype × shape).
-    SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: e.to_string() })?;
-    Ok(Raw { metadata: metadata_of(&map), bytes })
+    Ok((st, metadata_of(&map)))
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -439,24 +440,24 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, data: &[u8]) -> CResult<Vec<f32
 /// Every tensor in the file as f32, with no check against a parameter list (fixtures,
 /// embeddings, inspection).
 pub fn read(path: &Path) -> CResult<Checkpoint> {
-    let raw = read_raw(path)?;
-    let st = SafeTensors::deserialize(&raw.bytes).expect("validated by read_raw");
+    let bytes = read_file(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
     let mut tensors = TensorMap::new();
     for (name, view) in st.iter() {
         let data = to_f32(path, name, view.dtype(), view.data())?;
         tensors.insert(name.to_string(), HostTensor { shape: view.shape().to_vec(), data });
     }
-    Ok(Checkpoint { tensors, metadata: raw.metadata, defaulted: vec![] })
+    Ok(Checkpoint { tensors, metadata, defaulted: vec![] })
 }
 
 /// Loads exactly the parameters in `specs`: every one must be present with its shape and a
 /// readable dtype, and the file must hold nothing else.
 pub fn load(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
-    let raw = read_raw(path)?;
-    let st = SafeTensors::deserialize(&raw.bytes).expect("validated by read_raw");
+    let bytes = read_file(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
     let names: BTreeMap<String, String> = st.names().into_iter().map(|n| (n.to_string(), n.to_string())).collect();
     let tensors = take(path, &st, &names, specs, &BTreeSet::new())?;
-    Ok(Checkpoint { tensors, metadata: raw.metadata, defaulted: vec![] })
+    Ok(Checkpoint { tensors, metadata, defaulted: vec![] })
 }
 
 /// Loads only the `backbone.*` parameters of `specs`, for callers that need no head (`sop
@@ -470,8 +471,8 @@ pub fn load(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
 /// it is then zero, its initial value, and listed in `defaulted`. Any other unexpected
 /// `backbone.*` tensor is refused, since it means a different architecture.
 pub fn load_backbone(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
-    let raw = read_raw(path)?;
-    let st = SafeTensors::deserialize(&raw.bytes).expect("validated by read_raw");
+    let bytes = read_file(path)?;
+    let (st, metadata) = parse(path, &bytes)?;
     let file_names = st.names();
     let prefixed = !file_names.iter().any(|n| n.starts_with("backbone."));
     // Canonical name -> name in the file.
@@ -495,7 +496,7 @@ pub fn load_backbone(path: &Path, specs: &[ParamSpec]) -> CResult<Checkpoint> {
             defaulted.push(s.name.clone());
         }
     }
-    Ok(Checkpoint { tensors, metadata: raw.metadata, defaulted })
+    Ok(Checkpoint { tensors, metadata, defaulted })
 }
 
 /// The ViT a weights file holds, read from its tensor names and shapes (with or without the

@@ -40,6 +40,11 @@ pub enum SopError {
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
 
+    /// A training configuration that is inconsistent or out of range; the message names the
+    /// fields (`model.patch_size`, `augment.local_size`, …).
+    #[error("training config: {0}")]
+    Config(String),
+
     /// Training stopped at `step` (counted from 1) because its loss, embeddings or gradients
     /// were not finite; nothing of that step was applied. `checkpoint` is the step of the
     /// checkpoint `folder` keeps, if it has one.

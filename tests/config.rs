@@ -38,6 +38,8 @@ fn unknown_keys_and_inconsistent_results_are_refused_by_name() {
     let err = load("[model]\npatchsize = 4\n").unwrap_err();
     assert!(err.contains("patchsize"), "{err}");
     let c = load("[model]\npatch_size = 4\n").unwrap();
-    let err = c.validate().unwrap_err().to_string();
+    let err = c.validate().unwrap_err();
+    assert!(matches!(err, sop::SopError::Config(_)), "a typed config error: {err:?}");
+    let err = err.to_string();
     assert!(err.contains("model.patch_size") && err.contains("augment.local_size"), "{err}");
 }

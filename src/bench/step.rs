@@ -46,14 +46,7 @@ pub fn config(args: &StepBenchArgs, out: PathBuf) -> Result<TrainConfig> {
         let p = VitConfig::from_arch(a)?;
         (cfg.model.dim, cfg.model.depth, cfg.model.heads) = (p.dim, p.depth, p.heads);
     }
-    if let Some(p) = args.patch_size {
-        cfg.model.patch_size = p;
-        cfg.augment.mask.patch_size = p;
-    }
-    if let Some(s) = args.img_size {
-        cfg.model.img_size = s;
-        cfg.augment.global_size = s;
-    }
+    cfg.set_shape(args.patch_size, args.img_size);
     // Local crops are off in the default run; their size only has to be a whole number of
     // patches: half the global crop, rounded down to patches.
     let p = cfg.model.patch_size;

@@ -166,14 +166,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
     set!(cfg.model.dim, args.dim);
     set!(cfg.model.depth, args.depth);
     set!(cfg.model.heads, args.heads);
-    if let Some(p) = args.patch_size {
-        cfg.model.patch_size = p;
-        cfg.augment.mask.patch_size = p;
-    }
-    if let Some(s) = args.img_size {
-        cfg.model.img_size = s;
-        cfg.augment.global_size = s;
-    }
+    cfg.set_shape(args.patch_size, args.img_size);
     set!(cfg.data.batch_size, args.batch_size);
     set!(cfg.optim.epochs, args.epochs);
     if args.steps.is_some() {

@@ -86,12 +86,47 @@ impl Tensor {
 /// losses, norms and top-k results); larger ones (features, checkpoints) are dropped.
 const MAX_POOLED_STAGING: u64 = 1 << 20;
 
+/// What a pooled buffer is for.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A tensor's storage buffer.
+    Storage,
+    /// A MAP_READ buffer a readback copies into.
+    Staging,
+}
+
 /// Pool bucket: byte size rounded up to 256 (min 256) so near sizes share buffers.
 fn bucket(bytes: u64) -> u64 {
     bytes.max(1).div_ceil(256) * 256
 }
 
 impl Gpu {
+    /// A free buffer of this kind and bucket size from the pool, or a new one (counted).
+    fn pooled_buffer(&self, kind: Kind, size: u64) -> wgpu::Buffer {
+        let mut pool = self.pool.lock().unwrap();
+        let free = match kind {
+            Kind::Storage => &mut pool.free,
+            Kind::Staging => &mut pool.staging,
+        };
+        if let Some(b) = free.get_mut(&size).and_then(|v| v.pop()) {
+            return b;
+        }
+        pool.created += 1;
+        let (label, usage) = match kind {
+            Kind::Storage => (
+                "sop tensor",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            ),
+            Kind::Staging => ("sop readback", wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
+        };
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
     /// A tensor with undefined contents (possibly a recycled buffer's old data).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
@@ -103,19 +138,7 @@ impl Gpu {
                 limit: self.limits.max_buffer_size,
             });
         }
-        let reused = self.pool.lock().unwrap().free.get_mut(&size).and_then(|v| v.pop());
-        let buffer = match reused {
-            Some(b) => b,
-            None => {
-                self.pool.lock().unwrap().created += 1;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("sop tensor"),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            }
-        };
+        let buffer = self.pooled_buffer(Kind::Storage, size);
         let buf = Arc::new(PooledBuffer { buffer: Some(buffer), size, pool: Arc::downgrade(&self.pool) });
         Ok(Tensor { shape: shape.to_vec(), dtype, buf })
     }
@@ -248,19 +271,7 @@ impl Gpu {
             return Ok(Vec::new());
         }
         let bucket_size = bucket(size);
-        let reused = self.pool.lock().unwrap().staging.get_mut(&bucket_size).and_then(|v| v.pop());
-        let staging = match reused {
-            Some(b) => b,
-            None => {
-                self.pool.lock().unwrap().created += 1;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("sop readback"),
-                    size: bucket_size,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
-            }
-        };
+        let staging = self.pooled_buffer(Kind::Staging, bucket_size);
         Counters::add(&self.counters.host_waits, 1);
         self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)))?;
         self.flush()?;

@@ -44,11 +44,9 @@ fn image_dims(images: &Tensor, patch: usize) -> Result<(usize, usize, usize, usi
     Ok((s[0], s[1], s[2], s[2] / patch))
 }
 
-/// images (B, C, S, S) -> patches (B·N, C·P·P), N = (S/P)².
-pub fn patchify_forward(gpu: &Gpu, images: &Tensor, patch: usize) -> Result<Tensor> {
-    let (b, c, s, g) = image_dims(images, patch)?;
-    let out = gpu.empty(&[b * g * g, c * patch * patch], DType::F32)?;
-    let params = Params {
+/// Params of the patchify pair for images (B, C, S, S) cut into G × G patches of P.
+fn patch_params(b: usize, c: usize, s: usize, patch: usize, g: usize) -> Params {
+    Params {
         b: b as u32,
         c: c as u32,
         s: s as u32,
@@ -56,7 +54,14 @@ pub fn patchify_forward(gpu: &Gpu, images: &Tensor, patch: usize) -> Result<Tens
         g: g as u32,
         n: (g * g) as u32,
         ..Default::default()
-    };
+    }
+}
+
+/// images (B, C, S, S) -> patches (B·N, C·P·P), N = (S/P)².
+pub fn patchify_forward(gpu: &Gpu, images: &Tensor, patch: usize) -> Result<Tensor> {
+    let (b, c, s, g) = image_dims(images, patch)?;
+    let out = gpu.empty(&[b * g * g, c * patch * patch], DType::F32)?;
+    let params = patch_params(b, c, s, patch, g);
     run(
         gpu,
         &PATCHIFY_FORWARD,
@@ -77,15 +82,7 @@ pub fn patchify_backward(gpu: &Gpu, dpatches: &Tensor, image_shape: &[usize], pa
             format!("dpatches {:?} for images {image_shape:?}", dpatches.shape),
         ));
     }
-    let params = Params {
-        b: b as u32,
-        c: c as u32,
-        s: s as u32,
-        p: patch as u32,
-        g: g as u32,
-        n: (g * g) as u32,
-        ..Default::default()
-    };
+    let params = patch_params(b, c, s, patch, g);
     run(
         gpu,
         &PATCHIFY_BACKWARD,

@@ -25,7 +25,7 @@
 //! `ObjectiveOutputs::load` also accepts shape-[1] scalars and f64 tensors (the PyTorch
 //! script writes f64 so that the reference can be compared at 1e-6).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -104,15 +104,12 @@ struct Want<'a> {
 struct Reader<'a> {
     path: &'a Path,
     st: SafeTensors<'a>,
-    meta: HashMap<String, String>,
+    meta: BTreeMap<String, String>,
 }
 
 impl<'a> Reader<'a> {
     fn new(path: &'a Path, buf: &'a [u8]) -> Result<Self> {
-        let err = |e: safetensors::SafeTensorError| SopError::file(path, format!("not a safetensors file: {e}"));
-        let (_, metadata) = SafeTensors::read_metadata(buf).map_err(err)?;
-        let meta = metadata.metadata().clone().unwrap_or_default();
-        let st = SafeTensors::deserialize(buf).map_err(err)?;
+        let (st, meta) = crate::checkpoint::parse(path, buf)?;
         Ok(Reader { path, st, meta })
     }
 

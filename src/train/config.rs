@@ -211,6 +211,19 @@ impl Default for RunConfig {
 }
 
 impl TrainConfig {
+    /// A patch side (the block masks use it too) and an input side (the global crops take
+    /// it), where given.
+    pub fn set_shape(&mut self, patch_size: Option<usize>, img_size: Option<usize>) {
+        if let Some(p) = patch_size {
+            self.model.patch_size = p;
+            self.augment.mask.patch_size = p;
+        }
+        if let Some(s) = img_size {
+            self.model.img_size = s;
+            self.augment.global_size = s;
+        }
+    }
+
     /// Smoke-test settings: 8 px crops of `data`, one block of width 16, batch 8, banks of
     /// 64 and 48 rows. Seconds per run on a CPU adapter; what the tests train.
     pub fn smoke(data: PathBuf, out: PathBuf) -> TrainConfig {
@@ -293,7 +306,7 @@ impl TrainConfig {
 
     /// Everything that can be checked before any work starts.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(SopError::Invalid(format!("training config: {m}")));
+        let bad = |m: String| Err(SopError::Config(m));
         self.model.validate()?;
         self.augment.validate()?;
         let (m, a) = (&self.model, &self.augment);
