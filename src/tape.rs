@@ -88,9 +88,8 @@ enum Op {
         cls_shape: Vec<usize>,
         ids: [Option<usize>; 2],
     },
-    /// (cls, rest) = split(x); outputs are `outs[0]` and `outs[1]`.
+    /// (cls, rest) = split(x): a record with two outputs.
     TokensSplit {
-        outs: [usize; 2],
         id: Option<usize>,
     },
     L2Norm {
@@ -105,9 +104,9 @@ enum Op {
     },
 }
 
+/// One record: the op, and its outputs' ids and shapes (one output, or two for a split).
 struct Node {
-    out: usize,
-    out_shape: Vec<usize>,
+    outs: Vec<(usize, Vec<usize>)>,
     op: Op,
 }
 
@@ -169,7 +168,7 @@ impl<'g> Tape<'g> {
             return Var { id: None, value };
         }
         let out = self.fresh();
-        self.nodes.push(Node { out, out_shape: value.shape.clone(), op: op() });
+        self.nodes.push(Node { outs: vec![(out, value.shape.clone())], op: op() });
         Var { id: Some(out), value }
     }
 
@@ -281,8 +280,8 @@ impl<'g> Tape<'g> {
             return Ok((Var { id: None, value: cls }, Var { id: None, value: rest }));
         }
         let (a, b) = (self.fresh(), self.fresh());
-        // One record, keyed on the second output; it reads both output gradients.
-        self.nodes.push(Node { out: b, out_shape: rest.shape.clone(), op: Op::TokensSplit { outs: [a, b], id: x.id } });
+        let outs = vec![(a, cls.shape.clone()), (b, rest.shape.clone())];
+        self.nodes.push(Node { outs, op: Op::TokensSplit { id: x.id } });
         Ok((Var { id: Some(a), value: cls }, Var { id: Some(b), value: rest }))
     }
 
@@ -316,35 +315,27 @@ impl<'g> Tape<'g> {
             accumulate(gpu, &mut grads, Some(id), g)?;
         }
         while let Some(node) = self.nodes.pop() {
-            let dy = match &node.op {
-                Op::TokensSplit { outs, .. } => {
-                    // Needs both output gradients; a missing one is zero.
-                    let (dc, dr) = (grads.remove(&outs[0]), grads.remove(&outs[1]));
-                    if dc.is_none() && dr.is_none() {
-                        continue;
-                    }
-                    let b = node.out_shape[0];
-                    let d = node.out_shape[2];
-                    let dc = match dc {
-                        Some(t) => t,
-                        None => gpu.zeros(&[b, d], DType::F32)?,
-                    };
-                    let dr = match dr {
-                        Some(t) => t.reshape(&node.out_shape)?,
-                        None => gpu.zeros(&node.out_shape, DType::F32)?,
-                    };
-                    // d/dx of split is join: dx = [dcls; drest].
-                    let dx = tokens::tokens_join(gpu, &dc.reshape(&[b, d])?, &dr)?;
-                    if let Op::TokensSplit { id, .. } = node.op {
-                        accumulate(gpu, &mut grads, id, dx)?;
-                    }
-                    continue;
-                }
-                _ => match grads.remove(&node.out) {
-                    Some(g) => g.reshape(&node.out_shape)?,
-                    None => continue,
-                },
-            };
+            // The gradients of the record's outputs; a record none of whose outputs got one
+            // contributes nothing.
+            let mut dys: Vec<Option<Tensor>> = Vec::with_capacity(node.outs.len());
+            for (out, shape) in &node.outs {
+                dys.push(grads.remove(out).map(|g| g.reshape(shape)).transpose()?);
+            }
+            if dys.iter().all(Option::is_none) {
+                continue;
+            }
+            if let Op::TokensSplit { id } = node.op {
+                // d/dx of split is join: dx = [dcls; drest], a missing output gradient zero.
+                let zeros_or = |dy: Option<Tensor>, shape: &[usize]| match dy {
+                    Some(t) => Ok(t),
+                    None => gpu.zeros(shape, DType::F32),
+                };
+                let dr = zeros_or(dys.pop().flatten(), &node.outs[1].1)?;
+                let dc = zeros_or(dys.pop().flatten(), &node.outs[0].1)?;
+                accumulate(gpu, &mut grads, id, tokens::tokens_join(gpu, &dc, &dr)?)?;
+                continue;
+            }
+            let dy = dys.pop().flatten().expect("a single-output record with a gradient");
             match node.op {
                 Op::Linear { x, w, ids: [xid, wid, bid] } => {
                     // y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy.
@@ -424,7 +415,7 @@ impl<'g> Tape<'g> {
                     }
                     accumulate(gpu, &mut grads, x, dx)?;
                 }
-                Op::TokensSplit { .. } => unreachable!("handled above"),
+                Op::TokensSplit { .. } => unreachable!("two outputs: handled above"),
                 Op::L2Norm { x, norm, eps, id } => {
                     // y = x/n, n = max(‖x‖, eps): dx = (dy − y(y·dy))/n when ‖x‖ > eps, else dy/eps.
                     let dy2 = dy.reshape(&x.shape)?;
