@@ -32,14 +32,16 @@ use crate::eval::features::extract;
 use crate::eval::knn::{knn_classify, KnnResult};
 use crate::gpu::{CounterSnapshot, Gpu, Tensor};
 use crate::model::params::{init_params, param_specs};
-use crate::model::vit::{ForwardOptions, Vit, Weights};
+use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
 use crate::ops::ema::ema_update;
 use crate::ops::gather::gather_rows;
 use crate::ops::reduce::sum_squares;
 use crate::sop::bank::Bank;
-use crate::sop::objective::{sop_objective_tensors, Embeddings, ObjectiveTensors, TaskDraw, TaskKind, TaskSet};
+use crate::sop::objective::{
+    sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
+};
 use crate::sop::prototypes::sample_keep;
-use crate::tape::Tape;
+use crate::tape::{Tape, Var};
 use config::TrainConfig;
 use optimizer::AdamW;
 use state::Progress;
@@ -487,6 +489,44 @@ struct BankRows {
     sources: Vec<i64>,
 }
 
+/// The student's embeddings of one micro-batch, on its tape.
+struct StudentOut {
+    /// [CLS] of the two global crops (2B, W) and of the local crops (L·B, W), if any.
+    cls_global: Var,
+    cls_local: Option<Var>,
+    /// Patches of the masked global crops (2B, N, W).
+    patch: Var,
+    /// Every [CLS] row, the global views first ((2+L)·B, W).
+    cls: Tensor,
+}
+
+impl StudentOut {
+    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro):
+    /// the gradient of every student parameter.
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &mut Tape,
+        p: &ParamVars,
+        out: &ObjectiveTensors,
+        b: usize,
+        n_micro: usize,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let inv = 1.0 / n_micro as f32;
+        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
+        let mut seeds = vec![
+            (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
+            (&self.patch, scale(&out.dstudent_patch)?),
+        ];
+        if let Some(sl) = &self.cls_local {
+            let l = sl.value.shape[0];
+            seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l)?)?));
+        }
+        let mut g = tape.backward(seeds)?;
+        Ok(p.vars.iter().map(|v| g.take(v)).collect())
+    }
+}
+
 impl Trainer<'_> {
     /// Write the run's checkpoint of `step` into its folder.
     fn save(&mut self, step: usize) -> Result<()> {
@@ -605,62 +645,106 @@ impl Trainer<'_> {
         })
     }
 
-    /// Forward, objective and backward of one micro-batch: its loss terms, the rows it leaves
-    /// for the banks, and the gradient of every student parameter (scaled by 1/n_micro).
+    /// Forward, objective and backward of one micro-batch: its objective (losses still on
+    /// the device), the summed squares of its embeddings (the finiteness check), the rows it
+    /// leaves for the banks, and the gradient of every student parameter (scaled by
+    /// 1/n_micro).
     fn micro_step(
         &self,
         step: usize,
         mi: usize,
         batch: &Batch,
-        obj_cfg: &crate::sop::objective::ObjectiveConfig,
+        obj_cfg: &ObjectiveConfig,
         n_micro: usize,
     ) -> Result<(ObjectiveTensors, Tensor, BankRows, Vec<Option<Tensor>>)> {
-        let (gpu, cfg, vit) = (self.gpu, self.cfg, &self.model.vit);
-        let b = batch.batch_size;
-        let (s, l, ls) = (batch.global_size, batch.n_local, batch.local_size);
-        let n = batch.grid.0 * batch.grid.1;
-        let seed = cfg.run.seed;
+        let gpu = self.gpu;
+        let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
+        let s = batch.global_size;
         let globals = gpu.upload_f32(&[2 * b, 3, s, s], &batch.globals)?;
-        let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
         let masks = gpu.upload_u32(&[2 * b, n], &batch.masks)?;
-
-        // 1. Teacher: no grad, unmasked global crops.
-        let (t_cls, t_patch) = {
-            let mut tape = Tape::no_grad(gpu);
-            let p = self.model.teacher.leaves(&mut tape, false);
-            let x = tape.constant(globals.clone());
-            let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
-            let h = vit.head(&mut tape, &p, &tokens)?;
-            let (c, r) = tape.tokens_split(&h)?;
-            (c.value, r.value)
-        };
-
-        // 2. Student on the masked global crops (all tokens) and the local crops ([CLS] only).
+        let (t_cls, t_patch) = self.teacher_forward(&globals)?;
         let mut tape = Tape::new(gpu);
         let p = self.model.student.leaves(&mut tape, true);
-        let mut rng = step_rng(seed, step, mi, STEP_DROP_PATH);
+        let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
+        let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
+        let emb = Embeddings {
+            student_cls: &student.cls,
+            teacher_cls: &t_cls,
+            student_patch: &student.patch.value,
+            teacher_patch: &t_patch,
+            masks: &masks_host,
+            batch: b,
+            local_views: batch.n_local,
+        };
+        let out = self.objective(step, mi, obj_cfg, &emb)?;
+        // Summed squares of all four embeddings, checked for finiteness with the step's
+        // other scalars (`step`).
+        let ss = |t: &Tensor| sum_squares(gpu, t);
+        let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
+        let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
+        let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
+        let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
+        Ok((out, embed_sq, rows, grads))
+    }
+
+    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).
+    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (gpu, vit) = (self.gpu, &self.model.vit);
+        let mut tape = Tape::no_grad(gpu);
+        let p = self.model.teacher.leaves(&mut tape, false);
+        let x = tape.constant(globals.clone());
+        let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
+        let h = vit.head(&mut tape, &p, &tokens)?;
+        let (c, r) = tape.tokens_split(&h)?;
+        Ok((c.value, r.value))
+    }
+
+    /// Step 2, the student on the masked global crops (all tokens) and the local crops ([CLS]
+    /// only), with drop path, recorded on `tape`.
+    #[allow(clippy::too_many_arguments)]
+    fn student_forward(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        step: usize,
+        mi: usize,
+        batch: &Batch,
+        globals: Tensor,
+        masks: &Tensor,
+    ) -> Result<StudentOut> {
+        let (gpu, vit) = (self.gpu, &self.model.vit);
+        let (b, l, ls) = (batch.batch_size, batch.n_local, batch.local_size);
+        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_DROP_PATH);
         let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
         let x = tape.constant(globals);
-        let tokens =
-            vit.backbone(&mut tape, &p, &x, &ForwardOptions { mask: Some(&masks), drop_path: dp_g.as_deref() })?;
-        let h = vit.head(&mut tape, &p, &tokens)?;
-        let (s_cls_g, s_patch) = tape.tokens_split(&h)?;
-        let s_cls_l = if l > 0 {
+        let tokens = vit.backbone(tape, p, &x, &ForwardOptions { mask: Some(masks), drop_path: dp_g.as_deref() })?;
+        let h = vit.head(tape, p, &tokens)?;
+        let (cls_global, patch) = tape.tokens_split(&h)?;
+        let cls_local = if l > 0 {
             let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
             let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
-            let tokens =
-                vit.backbone(&mut tape, &p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
+            let tokens = vit.backbone(tape, p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
             let (cls, _) = tape.tokens_split(&tokens)?;
-            Some(vit.head(&mut tape, &p, &cls)?)
+            Some(vit.head(tape, p, &cls)?)
         } else {
             None
         };
-        let student_cls = match &s_cls_l {
-            Some(sl) => gpu.concat_rows(&[&s_cls_g.value, &sl.value])?,
-            None => s_cls_g.value.clone(),
+        let cls = match &cls_local {
+            Some(sl) => gpu.concat_rows(&[&cls_global.value, &sl.value])?,
+            None => cls_global.value.clone(),
         };
+        Ok(StudentOut { cls_global, cls_local, patch, cls })
+    }
 
-        // 3. Objective, then backward from its embedding gradients.
+    /// Step 3, the objective on this micro-batch's embeddings, with the step's random draws.
+    fn objective(
+        &self,
+        step: usize,
+        mi: usize,
+        obj_cfg: &ObjectiveConfig,
+        emb: &Embeddings,
+    ) -> Result<ObjectiveTensors> {
+        let (gpu, seed) = (self.gpu, self.cfg.run.seed);
         let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
         let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks)
             .map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None })
@@ -668,50 +752,29 @@ impl Trainer<'_> {
         let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks)
             .map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None })
             .collect();
-        let emb = Embeddings {
-            student_cls: &student_cls,
-            teacher_cls: &t_cls,
-            student_patch: &s_patch.value,
-            teacher_patch: &t_patch,
-            masks: &masks_host,
-            batch: b,
-            local_views: l,
-        };
-        let sampling = cfg.sop.anchor_sampling;
+        let sampling = self.cfg.sop.anchor_sampling;
         let mut keep_rng = step_rng(seed, step, mi, STEP_KEEP);
         let cls = TaskSet { bank: &self.cls_bank, draws: &cls_draws };
         let patch = TaskSet { bank: &self.patch_bank, draws: &patch_draws };
-        let out = sop_objective_tensors(gpu, obj_cfg, &emb, cls, patch, |nb, kind, _| {
+        sop_objective_tensors(gpu, obj_cfg, emb, cls, patch, |nb, kind, _| {
             let (pc, bank) = match kind {
                 TaskKind::Cls => (&obj_cfg.cls, &self.cls_bank),
                 TaskKind::Patch => (&obj_cfg.patch, &self.patch_bank),
             };
             sample_keep(gpu, nb, pc.anchors, pc.experts, bank.len() - pc.anchors, sampling, &mut keep_rng)
-        })?;
-        // Summed squares of all four embeddings, checked for finiteness with the step's
-        // other scalars (`step`).
-        let ss = |t: &Tensor| sum_squares(gpu, t);
-        let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
-        let embed_sq = add(&add(&ss(&student_cls)?, &ss(&s_patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
-        let inv = 1.0 / n_micro as f32;
-        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
-        let w = cfg.model.head_bottleneck;
-        let mut seeds = vec![
-            (&s_cls_g, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
-            (&s_patch, scale(&out.dstudent_patch)?),
-        ];
-        if let Some(sl) = &s_cls_l {
-            seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l * b)?)?));
-        }
-        let mut g = tape.backward(seeds)?;
-        let grads = p.vars.iter().map(|v| g.take(v)).collect();
+        })
+    }
 
-        // 4. What the banks take after the step: the second view's teacher rows.
-        let cls_rows = gpu.slice_rows(&t_cls, b, b)?;
-        let mut rng = step_rng(seed, step, mi, STEP_BANK_PATCH);
+    /// Step 4, what the banks take after the step: the second view's teacher [CLS] rows and one
+    /// random teacher patch row per image.
+    fn bank_rows(&self, step: usize, mi: usize, batch: &Batch, t_cls: &Tensor, t_patch: &Tensor) -> Result<BankRows> {
+        let gpu = self.gpu;
+        let (b, n, w) = (batch.batch_size, batch.grid.0 * batch.grid.1, self.cfg.model.head_bottleneck);
+        let cls = gpu.slice_rows(t_cls, b, b)?;
+        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_BANK_PATCH);
         let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
-        let patch_rows = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
+        let patch = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
         let sources = batch.indices.iter().map(|&i| i as i64).collect();
-        Ok((out, embed_sq, BankRows { cls: cls_rows, patch: patch_rows, sources }, grads))
+        Ok(BankRows { cls, patch, sources })
     }
 }
