@@ -24,3 +24,20 @@ fn bench_step_options_need_step() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--step"));
 }
+
+#[test]
+fn bench_autotune_prints_every_variant() {
+    let cache = std::env::temp_dir().join(format!("sop-bench-autotune-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(["bench", "--autotune"])
+        .env("SOP_CACHE_DIR", &cache)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    for v in ["naive", "tiled_shared", "tiled_8x8", "blocked_128", "blocked_64"] {
+        assert!(stdout.lines().any(|l| l.starts_with(v) && l.contains("GFLOP/s")), "{v} missing:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("fastest").count(), 1, "{stdout}");
+    let _ = std::fs::remove_dir_all(&cache);
+}

@@ -16,6 +16,11 @@ pub struct BenchArgs {
     /// Repetitions per case; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// Run the matmul autotune now and print its table: every variant timed on the product
+    /// the start-up choice uses (256³ on CPU adapters, where a rule picks instead); on other
+    /// adapters the choice is stored in the autotune cache for later runs.
+    #[arg(long, conflicts_with = "step")]
+    pub autotune: bool,
     /// Time whole training steps instead of kernels (the default run's model unless the
     /// options below say otherwise): ms per step, images/s and per-step counters.
     #[arg(long)]
@@ -59,6 +64,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.autotune {
+        return autotune_table(&gpu);
+    }
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
     let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?.name();
@@ -84,4 +92,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `sop bench --autotune`.
+fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
+    use crate::ops::matmul::{autotune, fastest, AUTOTUNE_SHAPE};
+    let shape = if gpu.is_cpu() { (256, 256, 256) } else { AUTOTUNE_SHAPE };
+    let timings = autotune(gpu, shape)?;
+    let (best, best_ms) = fastest(&timings);
+    let (m, k, n) = shape;
+    println!("adapter: {}; matmul {m}x{k}·{k}x{n}, median of 3 samples", gpu.adapter_name());
+    for (v, ms) in &timings {
+        let gflops = 2.0 * (m * k * n) as f64 / (ms * 1e-3) / 1e9;
+        println!("{:<14} {ms:>10.3} ms {gflops:>9.2} GFLOP/s{}", v.name(), if *v == best { "  fastest" } else { "" });
+    }
+    if gpu.is_cpu() {
+        println!("CPU adapter: sop uses the rule's variant ({}) rather than this table", cpu_rule(gpu));
+    } else {
+        let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+        crate::ops::autotune_cache::store(gpu, "matmul", best.name(), shape, &named);
+        let file = crate::ops::autotune_cache::cache_file().map(|f| f.display().to_string()).unwrap_or_default();
+        println!("stored {} ({best_ms:.3} ms) for this adapter in {file}", best.name());
+    }
+    Ok(())
+}
+
+fn cpu_rule(gpu: &crate::gpu::Gpu) -> &'static str {
+    if gpu.subgroups {
+        "subgroup_16x4"
+    } else {
+        "tiled_8x8"
+    }
 }

@@ -11,6 +11,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::ops::autotune_cache;
 use crate::ops::launch::{launch, launch_with, Grid, Kernel};
 
 pub static MATMUL: Shader = shader!("matmul_common.wgsl" + "matmul.wgsl");
@@ -108,11 +109,19 @@ impl MatmulVariant {
             if gpu.is_cpu() {
                 return Ok(if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 }.name());
             }
+            if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| MatmulVariant::parse(&n)) {
+                if v.available(gpu) {
+                    log::info!("matmul variant for {}: {} (cached)", gpu.adapter_name(), v.name());
+                    return Ok(v.name());
+                }
+            }
             Ok(match autotune(gpu, AUTOTUNE_SHAPE) {
                 Ok(timings) => {
                     let (best, _) = fastest(&timings);
                     let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
                     log::info!("matmul variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
+                    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+                    autotune_cache::store(gpu, FAMILY, best.name(), AUTOTUNE_SHAPE, &named);
                     best.name()
                 }
                 Err(e) => {

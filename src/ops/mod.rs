@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod autotune_cache;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;
