@@ -19,6 +19,10 @@
 //! back nothing, so the caller's parameters are never half-overwritten. Dtypes: F32 is read
 //! as is; F16 and BF16 are widened to f32 (exact); anything else (F64, integers, FP8) is
 //! refused rather than silently rounded.
+//!
+//! Why one file of about 600 lines: reading (the one safetensors reader, `parse`), writing
+//! (atomic), the name and shape checks and their error type are one format's concern, and
+//! each function is short; splitting them would scatter `CheckpointError`'s cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -4,6 +4,9 @@
 //! Shapes: A (…, M, K) or, transposed, (…, K, M); B (K, N) or (N, K), optionally with the
 //! same leading batch dims as A (a B without them is shared by every batch); C (…, M, N).
 //! Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, dbias = Σ_rows dC (see `sum_rows`).
+//!
+//! Why one file of about 450 lines: one op family, its six variants behind one `Params`,
+//! one launch path and one variant choice (rule, pin, override, autotune with its cache).
 
 use bytemuck::{Pod, Zeroable};
 

@@ -24,6 +24,10 @@
 //! `dstudent_cls`, `dstudent_patch` f32 with the shapes of `student_cls`, `student_patch`.
 //! `ObjectiveOutputs::load` also accepts shape-[1] scalars and f64 tensors (the PyTorch
 //! script writes f64 so that the reference can be compared at 1e-6).
+//!
+//! Why one file of about 500 lines: the objective's file format in both directions (inputs
+//! read and checked tensor by tensor, outputs written) and its consistency checks, each a
+//! short function over the same tensor names.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -1,0 +1,191 @@
+//! The run around the steps: which configuration a run uses (fresh or resumed), its folder
+//! (checked, announced, given the config), the model, optimiser and banks restored or made
+//! from the seed, and the metrics log with one line per step.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::TensorMap;
+use crate::error::{Result, SopError};
+use crate::gpu::{CounterSnapshot, Gpu};
+use crate::model::params::{init_params, param_specs};
+use crate::model::vit::{Vit, Weights};
+use crate::rng::{stream_seed, STEP_INIT};
+use crate::sop::bank::Bank;
+
+use super::config::TrainConfig;
+use super::optimizer::AdamW;
+use super::state;
+use super::step::{Model, StepMetrics};
+
+fn weights_from_map(gpu: &Gpu, names: &[String], map: &TensorMap) -> Result<Weights> {
+    let host: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let t = &map[n];
+            (n.clone(), t.shape.clone(), t.data.clone())
+        })
+        .collect();
+    Weights::upload(gpu, &host)
+}
+
+/// The configuration a run uses: `cfg` for a fresh run; for a resumed one its own saved
+/// configuration (its architecture too), extended by `cfg`'s epochs, steps, folder and
+/// `no_eval`, with the matmul variant it started with pinned.
+pub(super) fn resolve_run(
+    gpu: &Gpu,
+    mut cfg: TrainConfig,
+    resume: Option<&Path>,
+) -> Result<(TrainConfig, Option<(PathBuf, state::Resumed)>)> {
+    let resumed = match resume {
+        Some(dir) => {
+            let saved = state::saved_config(dir)?;
+            let r = state::load_all(dir, &param_specs(&saved.model))?;
+            let (epochs, steps, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.no_eval);
+            let out = cfg.run.out.clone();
+            cfg = saved;
+            cfg.optim.epochs = epochs.max(cfg.optim.epochs);
+            cfg.optim.steps = steps.or(cfg.optim.steps);
+            cfg.run.out = out;
+            cfg.run.no_eval |= no_eval;
+            if let Some(v) = r.matmul {
+                if !v.available(gpu) {
+                    log::warn!("the run used the {} matmul, which {} cannot run; continuing with its own, so the resumed run may differ in rounding", v.name(), gpu.adapter_name());
+                } else if !crate::ops::matmul::MatmulVariant::pin(gpu, v) {
+                    log::warn!("the run used the {} matmul; this process already uses another, so the resumed run may differ in rounding", v.name());
+                }
+            }
+            Some((dir.to_path_buf(), r))
+        }
+        None => None,
+    };
+    cfg.validate()?;
+    Ok((cfg, resumed))
+}
+
+/// The run folder: checked (a run continues in its own folder; any other must be free of
+/// run files, so nothing of another run or of the user's is overwritten or appended to),
+/// announced, and given the config; a resumed run's metrics are cut back to its checkpoint.
+/// Returns the config as saved.
+pub(super) fn prepare_folder(
+    cfg: &TrainConfig,
+    resumed: Option<&(PathBuf, state::Resumed)>,
+    in_place: bool,
+) -> Result<String> {
+    let out = &cfg.run.out;
+    if !in_place {
+        state::check_new_run_folder(out)?;
+    }
+    match resumed {
+        Some((dir, r)) => eprintln!(
+            "data: {}; run folder: {} (resuming {} at step {})",
+            cfg.data.path.display(),
+            out.display(),
+            dir.display(),
+            r.progress.step
+        ),
+        None => eprintln!("data: {}; run folder: {}", cfg.data.path.display(), out.display()),
+    }
+    std::fs::create_dir_all(out).map_err(|e| SopError::file(out, e))?;
+    let config_toml = cfg.to_toml();
+    crate::checkpoint::write_atomic(&out.join(state::CONFIG), config_toml.as_bytes())?;
+    if let Some((dir, r)) = resumed {
+        state::metrics_up_to(dir, out, r.progress.step)?;
+    }
+    Ok(config_toml)
+}
+
+/// Model, optimiser, banks and the first step: restored from a run, or fresh from the seed.
+pub(super) fn restore_or_init(
+    gpu: &Gpu,
+    cfg: &TrainConfig,
+    resumed: Option<&(PathBuf, state::Resumed)>,
+) -> Result<(Model, AdamW, Bank, Bank, usize)> {
+    let specs = param_specs(&cfg.model);
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
+    let (width, seed) = (cfg.model.head_bottleneck, cfg.run.seed);
+    let vit = Vit::new(cfg.model.clone());
+    match resumed {
+        Some((dir, r)) => {
+            let student = weights_from_map(gpu, &names, &r.student)?;
+            let teacher = weights_from_map(gpu, &names, &r.teacher)?;
+            let mut opt = AdamW::new(gpu, &student.tensors, decay)?;
+            for (i, (n, t)) in names.iter().zip(&student.tensors).enumerate() {
+                opt.m[i] = gpu.upload_f32(
+                    &t.shape,
+                    &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data,
+                )?;
+                opt.v[i] = gpu.upload_f32(
+                    &t.shape,
+                    &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data,
+                )?;
+            }
+            opt.step = r.adamw_step;
+            let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
+            let pb =
+                state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
+            Ok((Model { vit, student, teacher }, opt, cb, pb, r.progress.step))
+        }
+        None => {
+            let host = init_params(&cfg.model, stream_seed(seed, 0, 0, STEP_INIT));
+            let student = Weights::upload(gpu, &host)?;
+            let teacher = Weights::upload(gpu, &host)?;
+            let opt = AdamW::new(gpu, &student.tensors, decay)?;
+            let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, STEP_INIT))?;
+            let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, STEP_INIT))?;
+            Ok((Model { vit, student, teacher }, opt, cb, pb, 0))
+        }
+    }
+}
+
+/// The run's `metrics.jsonl`, appended to one JSON object per line.
+pub(super) struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    pub(super) fn open(out: &Path) -> Result<MetricsLog> {
+        let path = out.join(state::METRICS);
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SopError::file(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    pub(super) fn write(&mut self, line: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| SopError::file(&self.path, e))
+    }
+}
+
+/// One step's line of `metrics.jsonl`: what it computed, how fast, and what it asked of the
+/// device (`gpu::counters`).
+pub(super) fn step_line(
+    step: usize,
+    epoch: usize,
+    m: &StepMetrics,
+    images_per_sec: f64,
+    skipped: usize,
+    secs: f64,
+    c: &CounterSnapshot,
+) -> serde_json::Value {
+    serde_json::json!({
+        "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
+        "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
+        "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
+        "images_per_sec": images_per_sec, "skipped_images": skipped,
+        "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
+        "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
+        "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
+    })
+}
+
+pub(super) fn new_progress_bar(total_steps: usize, start_step: usize) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(total_steps as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    pb.set_position(start_step as u64);
+    pb
+}

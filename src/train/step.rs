@@ -1,0 +1,388 @@
+//! One optimiser step (`Trainer::step`): per micro-batch the teacher, the student on the
+//! tape, the objective and the backward (`micro_step` and its named parts), then the step's
+//! one read of its scalars, AdamW, the EMA teacher and the bank writes.
+
+use std::path::PathBuf;
+
+use rand::Rng;
+
+use crate::data::Batch;
+use crate::error::{Result, SopError};
+use crate::gpu::{Gpu, Tensor};
+use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
+use crate::ops::ema::ema_update;
+use crate::ops::gather::gather_rows;
+use crate::ops::reduce::sum_squares;
+use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
+use crate::sop::bank::Bank;
+use crate::sop::objective::{
+    sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
+};
+use crate::sop::prototypes::sample_keep;
+use crate::tape::{Tape, Var};
+
+use super::config::TrainConfig;
+use super::optimizer::{self, AdamW};
+use super::schedule;
+use super::state::{self, Progress};
+
+pub(super) struct Model {
+    pub(super) vit: Vit,
+    pub(super) student: Weights,
+    pub(super) teacher: Weights,
+}
+
+/// Per-block drop-path scales for `rows` samples (None when the rate is 0 everywhere).
+fn drop_path_scales(gpu: &Gpu, vit: &Vit, rows: usize, rng: &mut impl Rng) -> Result<Option<Vec<[Tensor; 2]>>> {
+    let cfg = &vit.cfg;
+    if cfg.drop_path <= 0.0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(cfg.depth);
+    for blk in 0..cfg.depth {
+        let rate = cfg.drop_path_rate(blk);
+        let mut pair = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let s: Vec<f32> = (0..rows)
+                .map(|_| if rate > 0.0 && rng.random::<f64>() < rate { 0.0 } else { (1.0 / (1.0 - rate)) as f32 })
+                .collect();
+            pair.push(gpu.upload_f32(&[rows], &s)?);
+        }
+        let [a, b]: [Tensor; 2] = pair.try_into().map_err(|_| SopError::Invalid("drop path".into()))?;
+        out.push([a, b]);
+    }
+    Ok(Some(out))
+}
+
+fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    p.shuffle(rng);
+    p
+}
+
+/// The mutable state of a run.
+pub(super) struct Trainer<'a> {
+    pub(super) gpu: &'a Gpu,
+    pub(super) cfg: &'a TrainConfig,
+    pub(super) model: Model,
+    pub(super) opt: AdamW,
+    pub(super) cls_bank: Bank,
+    pub(super) patch_bank: Bank,
+    pub(super) steps_per_epoch: usize,
+    pub(super) schedule_steps: usize,
+    /// The run folder, its config as saved, and the step of the checkpoint it holds.
+    pub(super) out: PathBuf,
+    pub(super) config_toml: String,
+    pub(super) saved_step: Option<usize>,
+}
+
+/// What one optimiser step logs.
+pub struct StepMetrics {
+    pub loss: f64,
+    pub loss_cls: f64,
+    pub loss_mim: f64,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub teacher_temp: f64,
+    pub momentum: f64,
+    pub grad_norm: f64,
+    pub agreement_cls: f64,
+}
+
+/// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
+struct BankRows {
+    cls: Tensor,
+    patch: Tensor,
+    sources: Vec<i64>,
+}
+
+/// The student's embeddings of one micro-batch, on its tape.
+struct StudentOut {
+    /// [CLS] of the two global crops (2B, W) and of the local crops (L·B, W), if any.
+    cls_global: Var,
+    cls_local: Option<Var>,
+    /// Patches of the masked global crops (2B, N, W).
+    patch: Var,
+    /// Every [CLS] row, the global views first ((2+L)·B, W).
+    cls: Tensor,
+}
+
+impl StudentOut {
+    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro):
+    /// the gradient of every student parameter.
+    fn backward(
+        &self,
+        gpu: &Gpu,
+        tape: &mut Tape,
+        p: &ParamVars,
+        out: &ObjectiveTensors,
+        b: usize,
+        n_micro: usize,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let inv = 1.0 / n_micro as f32;
+        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
+        let mut seeds = vec![
+            (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
+            (&self.patch, scale(&out.dstudent_patch)?),
+        ];
+        if let Some(sl) = &self.cls_local {
+            let l = sl.value.shape[0];
+            seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l)?)?));
+        }
+        let mut g = tape.backward(seeds)?;
+        Ok(p.vars.iter().map(|v| g.take(v)).collect())
+    }
+}
+
+impl Trainer<'_> {
+    /// Write the run's checkpoint of `step` into its folder.
+    pub(super) fn save(&mut self, step: usize) -> Result<()> {
+        state::save_all(
+            self.gpu,
+            &self.out,
+            &self.cfg.model,
+            &self.config_toml,
+            &self.model.student,
+            &self.model.teacher,
+            &self.opt,
+            (&self.cls_bank, &self.patch_bank),
+            &Progress { step, seed: self.cfg.run.seed },
+        )?;
+        self.saved_step = Some(step);
+        Ok(())
+    }
+
+    /// The error that stops the run at `step` (from 0) for `reason`.
+    fn stop(&self, step: usize, reason: String) -> SopError {
+        SopError::TrainingStopped { step: step + 1, reason, folder: self.out.clone(), checkpoint: self.saved_step }
+    }
+
+    /// One optimiser step over `micro` batches (gradient accumulation); `step` counts from 0.
+    pub(super) fn step(&mut self, step: usize, micro: &[Batch]) -> Result<StepMetrics> {
+        let (gpu, cfg) = (self.gpu, self.cfg);
+        let o = &cfg.optim;
+        let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
+        let warmup = o.warmup_epochs * self.steps_per_epoch;
+        let total = self.schedule_steps;
+        let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
+        let wd = schedule::cosine(step, total, 0, o.weight_decay, o.weight_decay, o.weight_decay_end);
+        let momentum = schedule::cosine(step, total, 0, o.momentum_teacher, o.momentum_teacher, o.momentum_teacher_end);
+        let obj_cfg = cfg.objective(step, self.steps_per_epoch);
+
+        let n_params = self.model.student.tensors.len();
+        let mut grads: Vec<Option<Tensor>> = vec![None; n_params];
+        let mut bank_rows = Vec::with_capacity(micro.len());
+        let mut scalars = Vec::with_capacity(micro.len());
+        for (mi, batch) in micro.iter().enumerate() {
+            let (obj, embed_sq, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            for (acc, g) in grads.iter_mut().zip(g) {
+                *acc = match (acc.take(), g) {
+                    (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
+                    (a, g) => a.or(g),
+                };
+            }
+            scalars.push((obj, embed_sq));
+            bank_rows.push(rows);
+        }
+        // The step's one wait: losses, agreement, the embeddings' finiteness check and the
+        // gradients' norms come back together.
+        let sq = optimizer::grad_squares(gpu, &grads)?;
+        let mut parts: Vec<&Tensor> = Vec::new();
+        for (obj, embed_sq) in &scalars {
+            parts.extend(obj.scalar_tensors());
+            parts.push(embed_sq);
+        }
+        parts.extend(sq.iter().flatten());
+        let words = gpu.read_words(&parts)?;
+        let mut at = 0;
+        let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
+        let n = micro.len() as f64;
+        for (obj, _) in scalars {
+            let k = obj.scalar_tensors().len();
+            let out = obj.finish_words(&words[at..at + k]);
+            // A NaN can hide inside clamped logs, so the embeddings are checked as well: the
+            // summed squares of all four (unit rows, so no finite sum overflows).
+            let embeddings_finite = f32::from_bits(words[at + k][0]).is_finite();
+            at += k + 1;
+            if !out.loss.is_finite() || !embeddings_finite {
+                let note = if embeddings_finite { "" } else { ", non-finite embeddings" };
+                let reason = format!("the loss is not finite (cls {}, mim {}{note})", out.loss_cls, out.loss_mim);
+                return Err(self.stop(step, reason));
+            }
+            loss += out.loss as f64 / n;
+            loss_cls += out.loss_cls as f64 / n;
+            loss_mim += out.loss_mim as f64 / n;
+            agreement += out.agreement_cls as f64 / n;
+        }
+        let sq_host: Vec<Option<f32>> = sq
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|_| {
+                    at += 1;
+                    f32::from_bits(words[at - 1][0])
+                })
+            })
+            .collect();
+        let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
+        let params = &self.model.student.tensors;
+        let report = match self.opt.apply(gpu, params, &grads, &sq_host, lr as f32, wd as f32, clip) {
+            Ok(r) => r,
+            Err(SopError::Invalid(reason)) => return Err(self.stop(step, reason)),
+            Err(e) => return Err(e),
+        };
+        drop(grads);
+        for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
+            ema_update(gpu, t, s, momentum as f32)?;
+        }
+        // The banks were read by the objective above; now they take this step's rows.
+        for rows in bank_rows {
+            self.cls_bank.push(gpu, &rows.cls, &rows.sources)?;
+            self.patch_bank.push(gpu, &rows.patch, &rows.sources)?;
+        }
+        Ok(StepMetrics {
+            loss,
+            loss_cls,
+            loss_mim,
+            lr,
+            weight_decay: wd,
+            teacher_temp: obj_cfg.teacher_temp as f64,
+            momentum,
+            grad_norm: report.grad_norm,
+            agreement_cls: agreement,
+        })
+    }
+
+    /// Forward, objective and backward of one micro-batch: its objective (losses still on
+    /// the device), the summed squares of its embeddings (the finiteness check), the rows it
+    /// leaves for the banks, and the gradient of every student parameter (scaled by
+    /// 1/n_micro).
+    fn micro_step(
+        &self,
+        step: usize,
+        mi: usize,
+        batch: &Batch,
+        obj_cfg: &ObjectiveConfig,
+        n_micro: usize,
+    ) -> Result<(ObjectiveTensors, Tensor, BankRows, Vec<Option<Tensor>>)> {
+        let gpu = self.gpu;
+        let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
+        let s = batch.global_size;
+        let globals = gpu.upload_f32(&[2 * b, 3, s, s], &batch.globals)?;
+        let masks = gpu.upload_u32(&[2 * b, n], &batch.masks)?;
+        let (t_cls, t_patch) = self.teacher_forward(&globals)?;
+        let mut tape = Tape::new(gpu);
+        let p = self.model.student.leaves(&mut tape, true);
+        let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
+        let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
+        let emb = Embeddings {
+            student_cls: &student.cls,
+            teacher_cls: &t_cls,
+            student_patch: &student.patch.value,
+            teacher_patch: &t_patch,
+            masks: &masks_host,
+            batch: b,
+            local_views: batch.n_local,
+        };
+        let out = self.objective(step, mi, obj_cfg, &emb)?;
+        // Summed squares of all four embeddings, checked for finiteness with the step's
+        // other scalars (`step`).
+        let ss = |t: &Tensor| sum_squares(gpu, t);
+        let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
+        let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
+        let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
+        let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
+        Ok((out, embed_sq, rows, grads))
+    }
+
+    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).
+    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (gpu, vit) = (self.gpu, &self.model.vit);
+        let mut tape = Tape::no_grad(gpu);
+        let p = self.model.teacher.leaves(&mut tape, false);
+        let x = tape.constant(globals.clone());
+        let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
+        let h = vit.head(&mut tape, &p, &tokens)?;
+        let (c, r) = tape.tokens_split(&h)?;
+        Ok((c.value, r.value))
+    }
+
+    /// Step 2, the student on the masked global crops (all tokens) and the local crops ([CLS]
+    /// only), with drop path, recorded on `tape`.
+    #[allow(clippy::too_many_arguments)]
+    fn student_forward(
+        &self,
+        tape: &mut Tape,
+        p: &ParamVars,
+        step: usize,
+        mi: usize,
+        batch: &Batch,
+        globals: Tensor,
+        masks: &Tensor,
+    ) -> Result<StudentOut> {
+        let (gpu, vit) = (self.gpu, &self.model.vit);
+        let (b, l, ls) = (batch.batch_size, batch.n_local, batch.local_size);
+        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_DROP_PATH);
+        let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
+        let x = tape.constant(globals);
+        let tokens = vit.backbone(tape, p, &x, &ForwardOptions { mask: Some(masks), drop_path: dp_g.as_deref() })?;
+        let h = vit.head(tape, p, &tokens)?;
+        let (cls_global, patch) = tape.tokens_split(&h)?;
+        let cls_local = if l > 0 {
+            let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
+            let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
+            let tokens = vit.backbone(tape, p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
+            let (cls, _) = tape.tokens_split(&tokens)?;
+            Some(vit.head(tape, p, &cls)?)
+        } else {
+            None
+        };
+        let cls = match &cls_local {
+            Some(sl) => gpu.concat_rows(&[&cls_global.value, &sl.value])?,
+            None => cls_global.value.clone(),
+        };
+        Ok(StudentOut { cls_global, cls_local, patch, cls })
+    }
+
+    /// Step 3, the objective on this micro-batch's embeddings, with the step's random draws.
+    fn objective(
+        &self,
+        step: usize,
+        mi: usize,
+        obj_cfg: &ObjectiveConfig,
+        emb: &Embeddings,
+    ) -> Result<ObjectiveTensors> {
+        let (gpu, seed) = (self.gpu, self.cfg.run.seed);
+        let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
+        let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks)
+            .map(|_| TaskDraw { perm: permutation(self.cls_bank.len(), &mut rng), keep: None })
+            .collect();
+        let patch_draws: Vec<TaskDraw> = (0..obj_cfg.patch.tasks)
+            .map(|_| TaskDraw { perm: permutation(self.patch_bank.len(), &mut rng), keep: None })
+            .collect();
+        let sampling = self.cfg.sop.anchor_sampling;
+        let mut keep_rng = step_rng(seed, step, mi, STEP_KEEP);
+        let cls = TaskSet { bank: &self.cls_bank, draws: &cls_draws };
+        let patch = TaskSet { bank: &self.patch_bank, draws: &patch_draws };
+        sop_objective_tensors(gpu, obj_cfg, emb, cls, patch, |nb, kind, _| {
+            let (pc, bank) = match kind {
+                TaskKind::Cls => (&obj_cfg.cls, &self.cls_bank),
+                TaskKind::Patch => (&obj_cfg.patch, &self.patch_bank),
+            };
+            sample_keep(gpu, nb, pc.anchors, pc.experts, bank.len() - pc.anchors, sampling, &mut keep_rng)
+        })
+    }
+
+    /// Step 4, what the banks take after the step: the second view's teacher [CLS] rows and one
+    /// random teacher patch row per image.
+    fn bank_rows(&self, step: usize, mi: usize, batch: &Batch, t_cls: &Tensor, t_patch: &Tensor) -> Result<BankRows> {
+        let gpu = self.gpu;
+        let (b, n, w) = (batch.batch_size, batch.grid.0 * batch.grid.1, self.cfg.model.head_bottleneck);
+        let cls = gpu.slice_rows(t_cls, b, b)?;
+        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_BANK_PATCH);
+        let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
+        let patch = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
+        let sources = batch.indices.iter().map(|&i| i as i64).collect();
+        Ok(BankRows { cls, patch, sources })
+    }
+}
