@@ -107,6 +107,13 @@ enum Op {
     },
 }
 
+/// The gradients reaching a record's outputs: one output's, or a split's two (either may
+/// be missing: it is then zero).
+enum OutGrads {
+    One(Tensor),
+    Two(Option<Tensor>, Option<Tensor>),
+}
+
 /// One record: the op, and its outputs' ids and shapes (one output, or two for a split).
 struct Node {
     outs: Vec<(usize, Vec<usize>)>,
@@ -327,20 +334,15 @@ impl<'g> Tape<'g> {
             if dys.iter().all(Option::is_none) {
                 continue;
             }
-            if let Op::TokensSplit { id } = node.op {
-                // d/dx of split is join: dx = [dcls; drest], a missing output gradient zero.
-                let zeros_or = |dy: Option<Tensor>, shape: &[usize]| match dy {
-                    Some(t) => Ok(t),
-                    None => gpu.zeros(shape, DType::F32),
-                };
-                let dr = zeros_or(dys.pop().flatten(), &node.outs[1].1)?;
-                let dc = zeros_or(dys.pop().flatten(), &node.outs[0].1)?;
-                accumulate(gpu, &mut grads, id, tokens::tokens_join(gpu, &dc, &dr)?)?;
-                continue;
-            }
-            let dy = dys.pop().flatten().expect("a single-output record with a gradient");
-            match node.op {
-                Op::Linear { x, w, ids: [xid, wid, bid] } => {
+            let grads_of_outputs = match dys.len() {
+                1 => OutGrads::One(dys.pop().flatten().expect("a record with a gradient")),
+                _ => {
+                    let second = dys.pop().flatten();
+                    OutGrads::Two(dys.pop().flatten(), second)
+                }
+            };
+            match (node.op, grads_of_outputs) {
+                (Op::Linear { x, w, ids: [xid, wid, bid] }, OutGrads::One(dy)) => {
                     // y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy.
                     let out = w.shape[0];
                     let dy2 = dy.reshape(&[dy.numel() / out, out])?;
@@ -354,11 +356,11 @@ impl<'g> Tape<'g> {
                         accumulate(gpu, &mut grads, bid, reduce::sum_rows(gpu, &dy2)?)?;
                     }
                 }
-                Op::ConstMatmul { a, id } => {
+                (Op::ConstMatmul { a, id }, OutGrads::One(dy)) => {
                     // y = A·x: dx = Aᵀ·dy.
                     accumulate(gpu, &mut grads, id, Matmul::new(&a, &dy).trans_a().run(gpu)?)?;
                 }
-                Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] } => {
+                (Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] }, OutGrads::One(dy)) => {
                     // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) with ĝ = dy⊙γ; dγ = Σ dy⊙x̂; dβ = Σ dy.
                     let dy2 = dy.reshape(&x.shape)?;
                     let (dx, dg, db) = layernorm::layernorm_backward(gpu, &dy2, &x, &gamma, &mean, &rstd)?;
@@ -366,22 +368,22 @@ impl<'g> Tape<'g> {
                     accumulate(gpu, &mut grads, gid, dg)?;
                     accumulate(gpu, &mut grads, bid, db)?;
                 }
-                Op::Gelu { x, id } => {
+                (Op::Gelu { x, id }, OutGrads::One(dy)) => {
                     // dx = dy·(Φ(x) + x·φ(x)).
                     accumulate(gpu, &mut grads, id, gelu::gelu_backward(gpu, &x, &dy)?)?;
                 }
-                Op::Attention { qkv, out, lse, heads, id } => {
+                (Op::Attention { qkv, out, lse, heads, id }, OutGrads::One(dy)) => {
                     // Flash-attention backward (derivation in shaders/attention.wgsl).
                     accumulate(gpu, &mut grads, id, attention::attention_backward(gpu, &qkv, &out, &lse, &dy, heads)?)?;
                 }
-                Op::Add { ids: [a, b] } => {
+                (Op::Add { ids: [a, b] }, OutGrads::One(dy)) => {
                     // y = a + b: da = db = dy.
                     if b.is_some() {
                         accumulate(gpu, &mut grads, b, dy.clone())?;
                     }
                     accumulate(gpu, &mut grads, a, dy)?;
                 }
-                Op::AddBroadcast { b_shape, ids: [x, b] } => {
+                (Op::AddBroadcast { b_shape, ids: [x, b] }, OutGrads::One(dy)) => {
                     // y = x + repeat(b): dx = dy, db = Σ over the repeats.
                     if b.is_some() {
                         let n: usize = b_shape.iter().product();
@@ -390,21 +392,21 @@ impl<'g> Tape<'g> {
                     }
                     accumulate(gpu, &mut grads, x, dy)?;
                 }
-                Op::ScaleSamples { s, id } => {
+                (Op::ScaleSamples { s, id }, OutGrads::One(dy)) => {
                     // y = s·x per sample: dx = s·dy.
                     accumulate(gpu, &mut grads, id, elementwise::scale_samples(gpu, &dy, &s)?)?;
                 }
-                Op::MaskTokens { mask, ids: [x, token] } => {
+                (Op::MaskTokens { mask, ids: [x, token] }, OutGrads::One(dy)) => {
                     // dx = dy off the mask, 0 on it; dtoken = Σ_masked dy.
                     let (dx, dtoken) = mask_tokens::mask_tokens_backward(gpu, &dy, &mask)?;
                     accumulate(gpu, &mut grads, x, dx)?;
                     accumulate(gpu, &mut grads, token, dtoken)?;
                 }
-                Op::Patchify { image_shape, patch, id } => {
+                (Op::Patchify { image_shape, patch, id }, OutGrads::One(dy)) => {
                     // A permutation of pixels: the backward copies each entry back.
                     accumulate(gpu, &mut grads, id, tokens::patchify_backward(gpu, &dy, &image_shape, patch)?)?;
                 }
-                Op::TokensJoin { cls_shape, ids: [cls, x] } => {
+                (Op::TokensJoin { cls_shape, ids: [cls, x] }, OutGrads::One(dy)) => {
                     // out = [cls; x]: (dcls_b, dx) = split(dy); a shared cls sums dcls_b over b.
                     let (dc, dx) = tokens::tokens_split(gpu, &dy)?;
                     if cls.is_some() {
@@ -418,15 +420,24 @@ impl<'g> Tape<'g> {
                     }
                     accumulate(gpu, &mut grads, x, dx)?;
                 }
-                Op::TokensSplit { .. } => unreachable!("two outputs: handled above"),
-                Op::L2Norm { x, norm, eps, id } => {
+                (Op::TokensSplit { id }, OutGrads::Two(dc, dr)) => {
+                    // d/dx of split is join: dx = [dcls; drest], a missing output gradient zero.
+                    let zeros_or = |dy: Option<Tensor>, shape: &[usize]| match dy {
+                        Some(t) => Ok(t),
+                        None => gpu.zeros(shape, DType::F32),
+                    };
+                    let (dc, dr) = (zeros_or(dc, &node.outs[0].1)?, zeros_or(dr, &node.outs[1].1)?);
+                    accumulate(gpu, &mut grads, id, tokens::tokens_join(gpu, &dc, &dr)?)?;
+                }
+                (Op::L2Norm { x, norm, eps, id }, OutGrads::One(dy)) => {
                     // y = x/n, n = max(‖x‖, eps): dx = (dy − y(y·dy))/n when ‖x‖ > eps, else dy/eps.
                     let dy2 = dy.reshape(&x.shape)?;
                     accumulate(gpu, &mut grads, id, l2norm::l2norm_backward(gpu, &dy2, &x, &norm, eps)?)?;
                 }
-                Op::Reshape { from, id } => {
+                (Op::Reshape { from, id }, OutGrads::One(dy)) => {
                     accumulate(gpu, &mut grads, id, dy.reshape(&from)?)?;
                 }
+                (_, _) => unreachable!("every op has one output but the split, which has two"),
             }
         }
         let leaves = std::mem::take(&mut self.leaves);
