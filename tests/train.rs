@@ -258,3 +258,30 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
     assert!(losses[11] < losses[0] - 0.05, "the loss did not fall: {losses:?}");
     assert!(losses.windows(2).filter(|w| w[1] < w[0]).count() >= 8, "mostly downhill: {losses:?}");
 }
+
+/// The banks' crowding diagnostic (`metrics.jsonl`: cls_bank_cos, patch_bank_cos) is the mean
+/// cosine over distinct pairs of rows, from one reduction on the device.
+#[test]
+fn bank_mean_cosine_matches_the_pairwise_mean() {
+    use sop::sop::bank::Bank;
+    let gpu = gpu();
+    let (n, w) = (37, 16);
+    let bank = Bank::random(&gpu, n, w, 3).unwrap();
+    let rows = gpu.read_f32(&bank.vectors).unwrap();
+    let mut sum = 0.0f64;
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            sum += (0..w).map(|k| rows[i * w + k] as f64 * rows[j * w + k] as f64).sum::<f64>();
+        }
+    }
+    let want = sum / (n * (n - 1)) as f64;
+    let s = gpu.read_f32(&bank.sum_norm_sq(&gpu).unwrap()).unwrap()[0] as f64;
+    let got = Bank::mean_cosine(s, n);
+    // f32 sums of 37 unit rows: |error of s| ~ 1e-5, divided by N(N−1) = 1332.
+    assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    // Identical rows: cosine 1.
+    let same = gpu.upload_f32(&[n, w], &rows[..w].repeat(n)).unwrap();
+    let crowded = Bank { vectors: same, ptr: 0, sources: vec![-1; n] };
+    let s = gpu.read_f32(&crowded.sum_norm_sq(&gpu).unwrap()).unwrap()[0] as f64;
+    assert!((Bank::mean_cosine(s, n) - 1.0).abs() < 1e-5);
+}

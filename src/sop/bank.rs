@@ -44,6 +44,20 @@ impl Bank {
     pub fn len(&self) -> usize {
         self.vectors.shape[0]
     }
+
+    /// ‖Σ_i x_i‖² of the bank's rows, a (1) tensor left on the device (the step reads it
+    /// with its other scalars). For unit rows it gives the mean cosine between distinct
+    /// rows (`mean_cosine`): a diagnostic of the crowded phase, when the rows bunch up.
+    pub fn sum_norm_sq(&self, gpu: &Gpu) -> Result<Tensor> {
+        crate::ops::reduce::sum_squares(gpu, &crate::ops::reduce::sum_rows(gpu, &self.vectors)?)
+    }
+
+    /// Mean of x_i·x_j over the N(N−1) ordered pairs of distinct unit rows, from
+    /// s = ‖Σ x_i‖² = N + Σ_{i≠j} x_i·x_j.
+    pub fn mean_cosine(sum_norm_sq: f64, n: usize) -> f64 {
+        let n = n as f64;
+        (sum_norm_sq - n) / (n * (n - 1.0)).max(1.0)
+    }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -173,6 +173,7 @@ pub(super) fn step_line(
         "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
         "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
         "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
+        "cls_bank_cos": m.cls_bank_cos, "patch_bank_cos": m.patch_bank_cos,
         "images_per_sec": images_per_sec, "skipped_images": skipped,
         "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,

@@ -88,6 +88,9 @@ pub struct StepMetrics {
     pub momentum: f64,
     pub grad_norm: f64,
     pub agreement_cls: f64,
+    /// Mean cosine between distinct rows of the [CLS] and patch banks the step read.
+    pub cls_bank_cos: f64,
+    pub patch_bank_cos: f64,
 }
 
 /// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
@@ -188,14 +191,18 @@ impl Trainer<'_> {
         // The step's one wait: losses, agreement, the embeddings' finiteness check and the
         // gradients' norms come back together.
         let sq = optimizer::grad_squares(gpu, &grads)?;
-        let mut parts: Vec<&Tensor> = Vec::new();
+        // Diagnostics of the banks this step read (before its writes).
+        let bank_sq = [self.cls_bank.sum_norm_sq(gpu)?, self.patch_bank.sum_norm_sq(gpu)?];
+        let mut parts: Vec<&Tensor> = bank_sq.iter().collect();
         for (obj, embed_sq) in &scalars {
             parts.extend(obj.scalar_tensors());
             parts.push(embed_sq);
         }
         parts.extend(sq.iter().flatten());
         let words = gpu.read_words(&parts)?;
-        let mut at = 0;
+        let bank_cos = |i: usize, n: usize| Bank::mean_cosine(f32::from_bits(words[i][0]) as f64, n);
+        let (cls_bank_cos, patch_bank_cos) = (bank_cos(0, self.cls_bank.len()), bank_cos(1, self.patch_bank.len()));
+        let mut at = 2;
         let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
         let n = micro.len() as f64;
         for (obj, _) in scalars {
@@ -250,6 +257,8 @@ impl Trainer<'_> {
             momentum,
             grad_norm: report.grad_norm,
             agreement_cls: agreement,
+            cls_bank_cos,
+            patch_bank_cos,
         })
     }
 
