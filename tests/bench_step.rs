@@ -41,3 +41,10 @@ fn bench_autotune_prints_every_variant() {
     assert_eq!(stdout.matches("fastest").count(), 1, "{stdout}");
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+#[test]
+fn bench_step_refuses_zero_timed_steps() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sop")).args(["bench", "--step", "--steps", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--steps 0"), "{}", String::from_utf8_lossy(&out.stderr));
+}

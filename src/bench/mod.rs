@@ -120,7 +120,7 @@ fn selected(filter: &Option<String>, kernel: &str, variant: &str) -> bool {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = xs.len();
     if n % 2 == 1 {

@@ -57,8 +57,12 @@ pub fn config(args: &StepBenchArgs, out: PathBuf) -> Result<TrainConfig> {
     if let Some(d) = &args.data {
         cfg.data.path = d.clone();
     }
-    let fill = cfg.sop.cls_bank_size.max(cfg.sop.patch_bank_size).div_ceil(cfg.data.batch_size);
-    cfg.optim.steps = Some(fill + args.steps.unwrap_or(10).max(1));
+    let timed = match args.steps {
+        Some(0) => return Err(SopError::Invalid("bench --step: --steps 0 times nothing; give at least 1".into())),
+        Some(n) => n,
+        None => 10,
+    };
+    cfg.optim.steps = Some(fill_steps(&cfg) + timed);
     cfg.run.out = out;
     cfg.run.no_eval = true;
     cfg.run.checkpoint_every = 0;
@@ -66,22 +70,20 @@ pub fn config(args: &StepBenchArgs, out: PathBuf) -> Result<TrainConfig> {
     Ok(cfg)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+/// Steps until both banks hold only rows written by training (each step writes a batch).
+fn fill_steps(cfg: &TrainConfig) -> usize {
+    cfg.sop.cls_bank_size.max(cfg.sop.patch_bank_size).div_ceil(cfg.data.batch_size * cfg.optim.accumulate)
 }
 
 /// Train as `args` say and time the steps after the banks filled.
 pub fn run(gpu: &Gpu, args: &StepBenchArgs) -> Result<StepBench> {
-    let out = std::env::temp_dir().join(format!("sop-bench-step-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    // A run folder of its own in the temporary folder: created here (never an existing one),
+    // so removing it afterwards removes nothing of anyone else's.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let out = std::env::temp_dir().join(format!("sop-bench-step-{}-{nanos}", std::process::id()));
     let cfg = config(args, out.clone())?;
-    let fill = cfg.sop.cls_bank_size.max(cfg.sop.patch_bank_size).div_ceil(cfg.data.batch_size);
+    std::fs::create_dir(&out).map_err(|e| SopError::file(&out, e))?;
+    let fill = fill_steps(&cfg);
     let model = format!("{} patch {} at {} px", cfg.model.arch(), cfg.model.patch_size, cfg.model.img_size);
     let batch_size = cfg.data.batch_size;
     let trained = crate::train::train(gpu, cfg, None, false);
@@ -97,7 +99,7 @@ pub fn run(gpu: &Gpu, args: &StepBenchArgs) -> Result<StepBench> {
     if rows.is_empty() {
         return Err(SopError::Invalid("bench --step: no step after the banks filled was recorded".into()));
     }
-    let med = |k: &str| median(rows.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect());
+    let med = |k: &str| super::median(rows.iter().map(|r| r[k].as_f64().unwrap_or(f64::NAN)).collect());
     let ms = med("step_ms");
     Ok(StepBench {
         adapter: gpu.adapter_name(),

@@ -107,20 +107,15 @@ fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
         println!("{:<14} {ms:>10.3} ms {gflops:>9.2} GFLOP/s{}", v.name(), if *v == best { "  fastest" } else { "" });
     }
     if gpu.is_cpu() {
-        println!("CPU adapter: sop uses the rule's variant ({}) rather than this table", cpu_rule(gpu));
+        println!(
+            "CPU adapter: sop uses the rule's variant ({}) rather than this table",
+            crate::ops::matmul::MatmulVariant::cpu_rule(gpu).name()
+        );
     } else {
         let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-        crate::ops::autotune_cache::store(gpu, "matmul", best.name(), shape, &named);
+        crate::ops::autotune_cache::store(gpu, crate::ops::matmul::FAMILY, best.name(), shape, &named);
         let file = crate::ops::autotune_cache::cache_file().map(|f| f.display().to_string()).unwrap_or_default();
         println!("stored {} ({best_ms:.3} ms) for this adapter in {file}", best.name());
     }
     Ok(())
-}
-
-fn cpu_rule(gpu: &crate::gpu::Gpu) -> &'static str {
-    if gpu.subgroups {
-        "subgroup_16x4"
-    } else {
-        "tiled_8x8"
-    }
 }

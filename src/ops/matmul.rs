@@ -51,7 +51,7 @@ struct Params {
 }
 
 /// The op family name under which the device keeps its matmul choice.
-const FAMILY: &str = "matmul";
+pub(crate) const FAMILY: &str = "matmul";
 
 /// How the kernel tiles the work (see the header of shaders/matmul.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl MatmulVariant {
                 return Ok(v.name());
             }
             if gpu.is_cpu() {
-                return Ok(if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 }.name());
+                return Ok(MatmulVariant::cpu_rule(gpu).name());
             }
             if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| MatmulVariant::parse(&n)) {
                 if v.available(gpu) {
@@ -134,6 +134,16 @@ impl MatmulVariant {
             })
         })?;
         Ok(MatmulVariant::parse(name).expect("only variant names are stored"))
+    }
+
+    /// The variant CPU adapters use without timing: `subgroup_16x4` where subgroups of 8 or
+    /// more lanes exist, `tiled_8x8` elsewhere.
+    pub fn cpu_rule(gpu: &Gpu) -> MatmulVariant {
+        if gpu.subgroups {
+            MatmulVariant::Subgroup16x4
+        } else {
+            MatmulVariant::Tiled8x8
+        }
     }
 
     /// Use `v` on this device from now on (before any matmul ran): variants sum in different

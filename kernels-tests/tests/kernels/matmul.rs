@@ -124,8 +124,13 @@ fn matmul_split_k_weight_gradient_shapes() {
 }
 
 /// The blocked variants run without naga's runtime checks (trusted shader): the same
-/// products, split-K included, with checks on must give bit-identical results, so the
-/// shader's own guards cover every access on these awkward shapes.
+/// products, split-K included, built with checks on must give bit-identical results.
+/// What this can and cannot see: it catches a guard whose absence changes a result (an
+/// out-of-range value that reaches C differs between the clamped and the unchecked read); it
+/// cannot see a removed guard on A's tile loads, since those values only ever meet B's
+/// zero-filled rows (checked by mutation: the test still passes then). Those guards are
+/// there for memory safety on real GPUs, not for the result; correctness is the reference
+/// tests' job (a wrong register row fails `matmul_forward_awkward_shapes`).
 #[test]
 fn trusted_matmul_equals_the_checked_build() {
     let unchecked = gpu();
@@ -190,6 +195,7 @@ fn autotune_times_every_variant_and_picks_the_fastest() {
     assert!(timings.iter().all(|t| t.1 >= ms) && timings.iter().any(|t| t.0 == best && t.1 == ms), "{timings:?}");
     // On a CPU adapter the rule applies without timing anything.
     if gpu.is_cpu() && std::env::var("SOP_MATMUL").is_err() {
+        // Stated here, not taken from the implementation, so a changed rule fails.
         let rule = if gpu.subgroups { MatmulVariant::Subgroup16x4 } else { MatmulVariant::Tiled8x8 };
         assert_eq!(MatmulVariant::for_adapter(&gpu).unwrap(), rule);
     }
