@@ -14,7 +14,9 @@
 //! the uninterrupted one exactly.
 
 pub mod config;
+pub mod memory;
 pub mod optimizer;
+pub mod recipe;
 mod run;
 pub mod schedule;
 pub mod state;
@@ -97,6 +99,8 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let (cfg, resumed) = resolve_run(gpu, cfg, resume)?;
+    // The memory plan, printed; a batch that cannot fit stops here, before any work.
+    memory::check(gpu, &cfg)?;
     let out = cfg.run.out.clone();
     let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
     let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
@@ -201,6 +205,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
                 skipped_images,
                 secs,
                 &gpu.counters().since(&counted),
+                &gpu.memory(),
             ))?;
             if let Some(bar) = &bar {
                 bar.set_position(step as u64);
