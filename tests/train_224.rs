@@ -41,7 +41,7 @@ fn vit_small_16_at_224_px_trains_checkpoints_and_resumes() {
         "--out",
         r,
     ]);
-    assert!(log.contains("memory plan:") && log.contains("21.") || log.contains("M parameters"), "{log}");
+    assert!(log.contains("memory plan:") && log.contains("M parameters"), "{log}");
     let m = metrics(&run);
     assert_eq!(m.len(), 1);
     assert!(m[0]["loss"].as_f64().unwrap().is_finite(), "{:?}", m[0]);

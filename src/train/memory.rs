@@ -230,7 +230,7 @@ pub fn check(gpu: &Gpu, cfg: &TrainConfig) -> Result<MemoryPlan> {
     }
     match refusal(gpu, &p) {
         Some(why) => Err(SopError::Config(format!(
-            "{why}; give a smaller --batch-size (or --batch-size auto), or --set optim.accumulate=K to split the step"
+            "{why}; give a smaller --batch-size (or --batch-size auto; --set optim.accumulate=K then keeps K times as many images per optimiser step)"
         ))),
         None => Ok(p),
     }
