@@ -34,7 +34,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         "gb" => 1_000_000_000,
         _ => return None,
     };
-    (n.is_finite() && n >= 0.0).then(|| (n * mult as f64) as u64)
+    (n.is_finite() && n >= 0.0).then_some((n * mult as f64) as u64)
 }
 
 /// The host's available RAM (Linux `MemAvailable`).

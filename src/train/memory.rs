@@ -216,7 +216,7 @@ pub fn refusal(gpu: &Gpu, p: &MemoryPlan) -> Option<String> {
 
 /// The largest tensor the adapter can hold and bind.
 fn max_tensor_bytes(gpu: &Gpu) -> u64 {
-    gpu.limits.max_buffer_size.min(gpu.limits.max_storage_buffer_binding_size as u64)
+    gpu.limits.max_buffer_size.min(gpu.limits.max_storage_buffer_binding_size)
 }
 
 /// Print the plan of `cfg`'s batch and the budget; refuse, before any work, a batch that

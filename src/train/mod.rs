@@ -33,7 +33,7 @@ use crate::eval::knn::{knn_classify, KnnResult};
 use crate::gpu::Gpu;
 use crate::model::vit::{Vit, Weights};
 use config::TrainConfig;
-use run::{new_progress_bar, prepare_folder, resolve_run, restore_or_init, step_line, MetricsLog};
+use run::{memory_fields, new_progress_bar, prepare_folder, resolve_run, restore_or_init, step_line, MetricsLog};
 pub use step::StepMetrics;
 use step::Trainer;
 
@@ -197,16 +197,9 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             let secs = t_step.elapsed().as_secs_f64();
             final_loss = Some(m.loss);
             let images_per_sec = (b * accum) as f64 / secs;
-            metrics.write(step_line(
-                step,
-                epoch,
-                &m,
-                images_per_sec,
-                skipped_images,
-                secs,
-                &gpu.counters().since(&counted),
-                &gpu.memory(),
-            ))?;
+            let line =
+                step_line(step, epoch, &m, images_per_sec, skipped_images, secs, &gpu.counters().since(&counted));
+            metrics.write(memory_fields(line, &gpu.memory()))?;
             if let Some(bar) = &bar {
                 bar.set_position(step as u64);
                 bar.set_message(format!(

@@ -56,12 +56,14 @@ impl Recipe {
 /// The authors' configuration for ViT-S/16 (every value the paper's runs use; the others, the
 /// same in both recipes, are `TrainConfig::default()`'s).
 fn paper() -> TrainConfig {
-    let mut c = TrainConfig::default();
-    // Patch 16, 224 px, head 2048 / 256 with 3 layers, drop path 0.1 rising with depth.
-    c.model = VitConfig::vit_small();
-    // The authors' augmentation: 224 px globals at scale (0.14, 1), blur σ (0.1, 2), 96 px
-    // locals at (0.05, 0.4); masks on the 14 x 14 grid of patch 16.
-    c.augment = crate::data::AugmentConfig { local_crops: 10, ..Default::default() };
+    let mut c = TrainConfig {
+        // Patch 16, 224 px, head 2048 / 256 with 3 layers, drop path 0.1 rising with depth.
+        model: VitConfig::vit_small(),
+        // The authors' augmentation: 224 px globals at scale (0.14, 1), blur σ (0.1, 2), 96 px
+        // locals at (0.05, 0.4); masks on the 14 x 14 grid of patch 16.
+        augment: crate::data::AugmentConfig { local_crops: 10, ..Default::default() },
+        ..Default::default()
+    };
     c.data.batch_size = 128;
     c.sop.cls_bank_size = 65_536;
     c.sop.patch_bank_size = 8_192;

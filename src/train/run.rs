@@ -158,9 +158,8 @@ impl MetricsLog {
     }
 }
 
-/// One step's line of `metrics.jsonl`: what it computed, how fast, what it asked of the
-/// device (`gpu::counters`) and the device memory held so far (`peak_memory_bytes`, the
-/// buffer pool's high-water mark; `peak_live_bytes`, the most held by live tensors).
+/// One step's line of `metrics.jsonl`: what it computed, how fast, and what it asked of the
+/// device (`gpu::counters`); `train` adds the device memory held so far (`memory_fields`).
 pub(super) fn step_line(
     step: usize,
     epoch: usize,
@@ -169,7 +168,6 @@ pub(super) fn step_line(
     skipped: usize,
     secs: f64,
     c: &CounterSnapshot,
-    mem: &crate::gpu::MemoryStats,
 ) -> serde_json::Value {
     serde_json::json!({
         "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
@@ -180,8 +178,16 @@ pub(super) fn step_line(
         "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
         "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
-        "peak_memory_bytes": mem.peak_pool_bytes, "peak_live_bytes": mem.peak_live_bytes,
     })
+}
+
+/// `line` with the device memory held so far: `peak_memory_bytes`, the buffer pool's
+/// high-water mark (what the device allocated), and `peak_live_bytes`, the most held by live
+/// tensors at once.
+pub(super) fn memory_fields(mut line: serde_json::Value, mem: &crate::gpu::MemoryStats) -> serde_json::Value {
+    line["peak_memory_bytes"] = mem.peak_pool_bytes.into();
+    line["peak_live_bytes"] = mem.peak_live_bytes.into();
+    line
 }
 
 pub(super) fn new_progress_bar(total_steps: usize, start_step: usize) -> indicatif::ProgressBar {
