@@ -5,7 +5,8 @@
 //!
 //! - `gpu`: the runtime. Adapter choice and a device with the adapter's limits (`context`),
 //!   pooled tensors with upload and readback (`buffers`), the pipeline cache keyed by shader
-//!   and entry point (`pipelines`), dispatch counters and per-kernel timing. Start at
+//!   and entry point (`pipelines`), dispatch counters and per-kernel timing, and the device
+//!   memory an adapter offers (`memory`). Start at
 //!   `gpu/mod.rs`, then `Gpu` in `context.rs`.
 //! - `ops`: one op family per file (matmul, layernorm, attention, softmax, soft_assign, …),
 //!   each with its shape checks, one `Kernel` constant per WGSL entry point of
@@ -24,16 +25,18 @@
 //!   the objective against PyTorch (`objective_io.rs`, `replay.rs`).
 //! - `data`: everything between files and uploaded batches: datasets (image folders, IDX),
 //!   the multi-crop augmentation (`data/augment/`), block masks, the prefetching loader and
-//!   the preview grid. Start at `data/mod.rs`, then `Augmenter::views`.
-//! - `train`: `sop train`. Configuration (TOML), schedules, AdamW with clipping, the
-//!   resumable training state and the loop itself; `train/mod.rs` lists one optimiser step
-//!   in order: start there.
+//!   the preview grid, and generated ImageNet-sized JPEGs (`synthetic.rs`). Start at
+//!   `data/mod.rs`, then `Augmenter::views`.
+//! - `train`: `sop train`. Configuration (TOML) and the named recipes it starts from
+//!   (`recipe.rs`: `small`, `paper`; `--set key=value`), the memory plan that sizes and
+//!   checks a batch (`memory.rs`), schedules, AdamW with clipping, the resumable training
+//!   state and the loop itself; `train/mod.rs` lists one optimiser step in order: start there.
 //! - `eval`: frozen features, weighted k-NN and a linear probe (`eval/mod.rs`).
 //! - `checkpoint`: safetensors checkpoints under the authors' names with the architecture in
 //!   the metadata, written atomically; `CheckpointError` names the file and the tensor.
 //! - `cli`: one file per subcommand of the `sop` binary, each an argument struct and `run`.
 //! - `bench`: the validate-then-time harness behind `sop bench` and `cargo bench`, one file
-//!   per op family.
+//!   per op family; `loader.rs` times the data path (decode + augmentation) without a GPU.
 //! - `rng`: every random stream of a run by name (per training step and purpose, per data
 //!   sample and view), all from one SplitMix64, so draws never depend on scheduling.
 //! - `error`: `SopError`, structured variants naming the op, file or tensor that failed.

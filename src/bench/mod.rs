@@ -10,6 +10,7 @@ use crate::gpu::Gpu;
 
 pub mod attention;
 pub mod elementwise;
+pub mod loader;
 pub mod matmul;
 pub mod prototypes;
 pub mod soft_assign;

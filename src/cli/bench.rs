@@ -37,15 +37,29 @@ pub struct BenchArgs {
     /// With --step: images per step.
     #[arg(long, requires = "step")]
     pub batch_size: Option<usize>,
-    /// With --step: training images (default: the bundled data).
-    #[arg(long, requires = "step")]
+    /// With --step: training images (default: the bundled data). Without --step: benchmark
+    /// the data loader (decode + the recipe's multi-crop augmentation, no GPU) on this folder.
+    #[arg(long)]
     pub data: Option<std::path::PathBuf>,
+    /// Loader benchmark: whose crops to make (small: 2 x 28 px; paper: 2 x 224 + 10 x 96 px).
+    #[arg(long, value_enum, requires = "data", conflicts_with = "step")]
+    pub recipe: Option<crate::train::recipe::Recipe>,
+    /// Loader benchmark: first write this many generated ImageNet-like JPEGs (500 x 375) into
+    /// --data, which must not exist yet.
+    #[arg(long, requires = "data", conflicts_with = "step")]
+    pub generate: Option<usize>,
+    /// Loader benchmark: decoding threads (default: one per core).
+    #[arg(long, requires = "data", conflicts_with = "step")]
+    pub threads: Option<usize>,
     /// With --step: steps timed after the banks filled.
     #[arg(long, requires = "step")]
     pub steps: Option<usize>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let (false, Some(dir)) = (args.step, &args.data) {
+        return loader_bench(&args, dir);
+    }
     let gpu = args.adapter.gpu()?;
     if args.step {
         let step_args = crate::bench::step::StepBenchArgs {
@@ -90,6 +104,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         for line in bench::ratios(&results) {
             println!("{line}");
         }
+    }
+    Ok(())
+}
+
+/// `sop bench --data DIR`: the loader's images/s with the recipe's crops.
+fn loader_bench(args: &BenchArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(n) = args.generate {
+        if dir.exists() {
+            anyhow::bail!("{}: already exists; --generate writes into a new folder", dir.display());
+        }
+        crate::data::synthetic::write_jpegs(dir, n, 500, 375, 1, 0)?;
+        eprintln!("wrote {n} generated 500x375 JPEGs into {}", dir.display());
+    }
+    let cfg = args.recipe.unwrap_or_default().config(None)?;
+    let data = crate::data::Dataset::open(dir, crate::data::Split::Train)?;
+    let r = crate::bench::loader::run(&data, &cfg.augment, args.threads.unwrap_or(0), args.reps)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}", r.table());
     }
     Ok(())
 }

@@ -3,12 +3,14 @@
 use clap::{Parser, Subcommand};
 
 pub mod bench;
+pub mod config;
 pub mod embed;
 pub mod eval;
 pub mod info;
 pub mod objective;
 pub mod pictures;
 pub mod preview;
+pub mod settings;
 pub mod train;
 pub mod weights;
 
@@ -86,6 +88,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Pre-train a ViT with SOP (no arguments: the small default run on the bundled data).
     Train(train::TrainArgs),
+    /// Print the fully resolved training configuration (recipe, --config, --set, flags) as TOML.
+    Config(config::ConfigArgs),
     /// Evaluate a checkpoint's frozen backbone.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(a) => info::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
+        Command::Config(a) => config::run(a),
         Command::Eval(c) => eval::run(c),
         Command::Embed(a) => embed::run(a),
         Command::Objective(a) => objective::run(a),

@@ -7,6 +7,7 @@
 //! - `masks`: the BEiT/iBOT block-mask generator for the global crops.
 //! - `loader`: a background thread plus a rayon pool that prefetches augmented batches.
 //! - `preview`: a PNG grid of what the model is fed (`sop preview`).
+//! - `synthetic`: generated ImageNet-sized JPEGs for the loader benchmark and tests.
 //!
 //! `Dataset` (this file) hides which of the two sources is behind it, and keeps the set of
 //! samples that failed to decode: each is warned about once, then skipped and counted.
@@ -21,6 +22,7 @@ pub mod idx;
 pub mod loader;
 pub mod masks;
 pub mod preview;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

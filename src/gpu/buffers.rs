@@ -28,6 +28,29 @@ pub(crate) struct BufferPool {
     /// Unmapped MAP_READ staging buffers for readbacks, by bucket size.
     staging: HashMap<u64, Vec<wgpu::Buffer>>,
     pub created: usize,
+    pub memory: MemoryStats,
+}
+
+/// Device memory held through the pool, in bytes (`Gpu::memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Every buffer the pool holds, free or in use: what the device has allocated.
+    pub pool_bytes: u64,
+    /// The largest `pool_bytes` so far (the pool's high-water mark).
+    pub peak_pool_bytes: u64,
+    /// Buffers held by live tensors.
+    pub live_bytes: u64,
+    /// The largest `live_bytes` since the last `Gpu::reset_peak_memory`.
+    pub peak_live_bytes: u64,
+}
+
+impl MemoryStats {
+    fn grow(&mut self, pool: u64, live: u64) {
+        self.pool_bytes += pool;
+        self.live_bytes += live;
+        self.peak_pool_bytes = self.peak_pool_bytes.max(self.pool_bytes);
+        self.peak_live_bytes = self.peak_live_bytes.max(self.live_bytes);
+    }
 }
 
 pub(crate) struct PooledBuffer {
@@ -39,7 +62,9 @@ pub(crate) struct PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let (Some(pool), Some(buf)) = (self.pool.upgrade(), self.buffer.take()) {
-            pool.lock().unwrap().free.entry(self.size).or_default().push(buf);
+            let mut pool = pool.lock().unwrap();
+            pool.memory.live_bytes -= self.size;
+            pool.free.entry(self.size).or_default().push(buf);
         }
     }
 }
@@ -112,6 +137,7 @@ impl Gpu {
             return b;
         }
         pool.created += 1;
+        pool.memory.grow(size, 0);
         let (label, usage) = match kind {
             Kind::Storage => (
                 "sop tensor",
@@ -139,6 +165,7 @@ impl Gpu {
             });
         }
         let buffer = self.pooled_buffer(Kind::Storage, size);
+        self.pool.lock().unwrap().memory.grow(0, size);
         let buf = Arc::new(PooledBuffer { buffer: Some(buffer), size, pool: Arc::downgrade(&self.pool) });
         Ok(Tensor { shape: shape.to_vec(), dtype, buf })
     }
@@ -286,8 +313,11 @@ impl Gpu {
             .map_err(|e| SopError::Gpu(format!("readback map: {e}")))?;
         let bytes = slice.get_mapped_range().map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?.to_vec();
         staging.unmap();
+        let mut pool = self.pool.lock().unwrap();
         if bucket_size <= MAX_POOLED_STAGING {
-            self.pool.lock().unwrap().staging.entry(bucket_size).or_default().push(staging);
+            pool.staging.entry(bucket_size).or_default().push(staging);
+        } else {
+            pool.memory.pool_bytes -= bucket_size;
         }
         Ok(bytes)
     }

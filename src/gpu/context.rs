@@ -48,6 +48,8 @@ pub struct Gpu {
     pub(crate) counters: Counters,
     /// Compile trusted shaders with naga's runtime checks too (set before their first use).
     pub(crate) runtime_checks: std::sync::atomic::AtomicBool,
+    /// The memory the device offers, where it can be known (`gpu::memory`).
+    pub device_memory: Option<crate::gpu::memory::DeviceMemory>,
 }
 
 /// Kernel variants fixed for a device, one per op family ("matmul" -> "blocked_128"). The
@@ -177,6 +179,7 @@ impl Gpu {
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let device_memory = crate::gpu::memory::query(&adapter);
         // Subgroup operations, where the adapter has them in groups of at least 8 lanes (what
         // matmul_subgroup.wgsl shares A values across).
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
@@ -229,6 +232,7 @@ impl Gpu {
             uniform_stride,
             counters: Counters::default(),
             runtime_checks: std::sync::atomic::AtomicBool::new(std::env::var_os("SOP_SHADER_CHECKS").is_some()),
+            device_memory,
         })
     }
 
@@ -310,6 +314,18 @@ impl Gpu {
     /// Buffers created so far (the pool reuses freed ones; steady-state training adds none).
     pub fn buffers_created(&self) -> usize {
         self.pool.lock().unwrap().created
+    }
+
+    /// Device memory held through the buffer pool, with its high-water marks.
+    pub fn memory(&self) -> crate::gpu::buffers::MemoryStats {
+        self.pool.lock().unwrap().memory
+    }
+
+    /// Start a new live-bytes high-water mark (the pool's own peak never resets: the pool
+    /// never gives memory back).
+    pub fn reset_peak_memory(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        pool.memory.peak_live_bytes = pool.memory.live_bytes;
     }
 
     /// Dispatches, host waits, bind groups, buffers and uniform bytes so far (see `counters`).

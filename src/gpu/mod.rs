@@ -5,11 +5,12 @@
 pub mod buffers;
 pub mod context;
 pub mod counters;
+pub mod memory;
 pub mod params_layout;
 pub mod pipelines;
 pub mod profile;
 
-pub use buffers::{DType, Tensor};
+pub use buffers::{DType, MemoryStats, Tensor};
 pub use context::{list_adapters, AdapterSummary, Gpu};
 pub use counters::CounterSnapshot;
 pub use pipelines::{Bind, Shader};

@@ -1,5 +1,5 @@
 //! The shape of a ViT backbone and its projection head: presets (`vit_tiny`, `vit_small`,
-//! `vit_base`), overrides for small experiments, and the checks that make a shape buildable.
+//! `vit_base`, `vit_large`), overrides for small experiments, and the checks that make a shape buildable.
 //!
 //! Shape letters as in src/lib.rs: D width (`dim`), H heads, Dh = D / H, p patch side, S image
 //! side, G = S / p patches per side, N = G² patches, T = 1 + N tokens; the number of blocks
@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, SopError};
 
 /// Presets as `(name, dim, depth, heads)`; patch 16 and image 224 for all of them.
-pub const PRESETS: [(&str, usize, usize, usize); 3] =
-    [("vit_tiny", 192, 12, 3), ("vit_small", 384, 12, 6), ("vit_base", 768, 12, 12)];
+pub const PRESETS: [(&str, usize, usize, usize); 4] =
+    [("vit_tiny", 192, 12, 3), ("vit_small", 384, 12, 6), ("vit_base", 768, 12, 12), ("vit_large", 1024, 24, 16)];
 
 /// A ViT backbone plus the SOP head (MLP D → hidden → … → bottleneck, GELU between layers,
 /// then L2 normalisation). Serialisable so run configurations can store it.
@@ -81,6 +81,10 @@ impl VitConfig {
         Self::preset(768, 12, 12)
     }
 
+    pub fn vit_large() -> Self {
+        Self::preset(1024, 24, 16)
+    }
+
     /// The smallest useful model (D 8, depth 2, 2 heads, patch 4, 8 px, head 16 → 4), for
     /// tests that compare against plain-loop references.
     pub fn micro() -> Self {
@@ -96,7 +100,7 @@ impl VitConfig {
         }
     }
 
-    /// A preset by name (`vit_tiny`, `vit_small`, `vit_base`; `tiny`/`small`/`base`, `-`
+    /// A preset by name (`vit_tiny`, `vit_small`, `vit_base`, `vit_large`; `tiny`/`small`/…, `-`
     /// for `_` and any case accepted).
     pub fn from_arch(name: &str) -> Result<Self> {
         let key = name.trim().to_ascii_lowercase().replace('-', "_");

@@ -30,6 +30,7 @@ use crate::sop::bank::Bank;
 
 /// Per-bank prototype parameters.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrototypeConfig {
     /// P: anchors drawn per task.
     pub anchors: usize,

@@ -260,13 +260,22 @@ impl TrainConfig {
     /// A config file: the keys it gives override `TrainConfig::default()`, in every table
     /// alike (a partial `[model]` keeps the other model fields); unknown keys are refused.
     pub fn load(path: &Path) -> Result<TrainConfig> {
+        Self::load_over(&TrainConfig::default(), path)
+    }
+
+    /// A config file merged onto `base` (a recipe) by the rule of `load`.
+    pub fn load_over(base: &TrainConfig, path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| SopError::file(path, e))?;
-        Self::from_toml_over_default(&text)
-            .map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
+        Self::from_toml_over(base, &text).map_err(|e| SopError::file(path, format!("not a valid training config: {e}")))
     }
 
     /// `text`'s keys merged onto the serialised default configuration, then deserialised.
     pub fn from_toml_over_default(text: &str) -> std::result::Result<TrainConfig, String> {
+        Self::from_toml_over(&TrainConfig::default(), text)
+    }
+
+    /// `text`'s keys merged onto the serialised `base`, then deserialised.
+    pub fn from_toml_over(base: &TrainConfig, text: &str) -> std::result::Result<TrainConfig, String> {
         fn merge(base: &mut toml::Table, over: toml::Table) {
             for (k, v) in over {
                 match (base.get_mut(&k), v) {
@@ -278,7 +287,7 @@ impl TrainConfig {
             }
         }
         let user: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut base = toml::Table::try_from(TrainConfig::default()).map_err(|e| e.to_string())?;
+        let mut base = toml::Table::try_from(base).map_err(|e| e.to_string())?;
         merge(&mut base, user);
         base.try_into().map_err(|e: toml::de::Error| e.to_string())
     }

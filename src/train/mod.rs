@@ -14,7 +14,9 @@
 //! the uninterrupted one exactly.
 
 pub mod config;
+pub mod memory;
 pub mod optimizer;
+pub mod recipe;
 mod run;
 pub mod schedule;
 pub mod state;
@@ -31,7 +33,7 @@ use crate::eval::knn::{knn_classify, KnnResult};
 use crate::gpu::Gpu;
 use crate::model::vit::{Vit, Weights};
 use config::TrainConfig;
-use run::{new_progress_bar, prepare_folder, resolve_run, restore_or_init, step_line, MetricsLog};
+use run::{memory_fields, new_progress_bar, prepare_folder, resolve_run, restore_or_init, step_line, MetricsLog};
 pub use step::StepMetrics;
 use step::Trainer;
 
@@ -97,6 +99,8 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
     let t0 = Instant::now();
     let (cfg, resumed) = resolve_run(gpu, cfg, resume)?;
+    // The memory plan, printed; a batch that cannot fit stops here, before any work.
+    memory::check(gpu, &cfg)?;
     let out = cfg.run.out.clone();
     let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
     let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
@@ -193,15 +197,9 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             let secs = t_step.elapsed().as_secs_f64();
             final_loss = Some(m.loss);
             let images_per_sec = (b * accum) as f64 / secs;
-            metrics.write(step_line(
-                step,
-                epoch,
-                &m,
-                images_per_sec,
-                skipped_images,
-                secs,
-                &gpu.counters().since(&counted),
-            ))?;
+            let line =
+                step_line(step, epoch, &m, images_per_sec, skipped_images, secs, &gpu.counters().since(&counted));
+            metrics.write(memory_fields(line, &gpu.memory()))?;
             if let Some(bar) = &bar {
                 bar.set_position(step as u64);
                 bar.set_message(format!(

@@ -159,7 +159,7 @@ impl MetricsLog {
 }
 
 /// One step's line of `metrics.jsonl`: what it computed, how fast, and what it asked of the
-/// device (`gpu::counters`).
+/// device (`gpu::counters`); `train` adds the device memory held so far (`memory_fields`).
 pub(super) fn step_line(
     step: usize,
     epoch: usize,
@@ -179,6 +179,15 @@ pub(super) fn step_line(
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
         "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
     })
+}
+
+/// `line` with the device memory held so far: `peak_memory_bytes`, the buffer pool's
+/// high-water mark (what the device allocated), and `peak_live_bytes`, the most held by live
+/// tensors at once.
+pub(super) fn memory_fields(mut line: serde_json::Value, mem: &crate::gpu::MemoryStats) -> serde_json::Value {
+    line["peak_memory_bytes"] = mem.peak_pool_bytes.into();
+    line["peak_live_bytes"] = mem.peak_live_bytes.into();
+    line
 }
 
 pub(super) fn new_progress_bar(total_steps: usize, start_step: usize) -> indicatif::ProgressBar {

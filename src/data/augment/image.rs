@@ -105,7 +105,17 @@ impl Image {
     pub fn adjust_hue(&mut self, f: f32) {
         for p in self.data.chunks_exact_mut(3) {
             let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-            let [r, g, b] = hsv_to_rgb((h + f).rem_euclid(1.0), s, v);
+            // (h + f) mod 1 for h + f in [-0.5, 1.5): adding or subtracting 1 is what
+            // rem_euclid does there, bit for bit, without a call to fmod.
+            let x = h + f;
+            let x = if x < 0.0 {
+                x + 1.0
+            } else if x >= 1.0 {
+                x - 1.0
+            } else {
+                x
+            };
+            let [r, g, b] = hsv_to_rgb(x, s, v);
             p.copy_from_slice(&[r, g, b]);
         }
     }
@@ -184,12 +194,16 @@ pub fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     } else {
         4.0 + gc - rc
     };
-    ((h / 6.0 + 1.0) % 1.0, s, maxc)
+    // (t mod 1) for t = h/6 + 1 in [5/6, 2): t - 1 (exact) from 1 on, without fmod.
+    let t = h / 6.0 + 1.0;
+    (if t >= 1.0 { t - 1.0 } else { t }, s, maxc)
 }
 
 /// torchvision's _hsv2rgb for one pixel.
 pub fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
-    let i = (h * 6.0).floor();
+    // floor without the libm call (x86-64's baseline has no rounding instruction).
+    let i = (h * 6.0) as i32 as f32;
+    let i = if i > h * 6.0 { i - 1.0 } else { i };
     let f = h * 6.0 - i;
     let p = (v * (1.0 - s)).clamp(0.0, 1.0);
     let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);

@@ -102,18 +102,32 @@ pub fn resize_bicubic(src: &RgbImage, bx: [f64; 4], out_w: usize, out_h: usize) 
     let (sw, sh) = (src.width() as usize, src.height() as usize);
     let cx = coeffs(sw, bx[0], bx[2], out_w);
     let cy = coeffs(sh, bx[1], bx[3], out_h);
-    let y_lo = cy.iter().map(|c| c.0).min().unwrap_or(0);
-    let y_hi = cy.iter().map(|c| c.0 + c.1.len()).max().unwrap_or(0);
+    let span = |c: &[(usize, Vec<f32>)]| {
+        (c.iter().map(|c| c.0).min().unwrap_or(0), c.iter().map(|c| c.0 + c.1.len()).max().unwrap_or(0))
+    };
+    // Only the source rectangle the filters read is converted and filtered: a crop of a
+    // large image costs its own size, not the image's.
+    let (y_lo, y_hi) = span(&cy);
+    let (x_lo, x_hi) = span(&cx);
+    // Horizontal weights padded with zeros to one length, K, so the inner loop has a fixed
+    // trip count (adding 0·x changes no sum).
+    let k = cx.iter().map(|c| c.1.len()).max().unwrap_or(0);
+    let mut wx = vec![0.0f32; out_w * k];
+    for ((_, w), dst) in cx.iter().zip(wx.chunks_exact_mut(k.max(1))) {
+        dst[..w.len()].copy_from_slice(w);
+    }
     let raw = src.as_raw();
     let row_len = out_w * 3;
     // Horizontal pass over the source rows the vertical pass reads: (y_hi - y_lo, out_w, 3).
     let mut tmp = vec![0.0f32; (y_hi - y_lo) * row_len];
-    let mut rowf = vec![0.0f32; sw * 3];
+    // The row's columns x_lo..x_hi in [0, 1], then K zeros for the padded weights.
+    let mut rowf = vec![0.0f32; (x_hi - x_lo + k) * 3];
     for (y, out) in (y_lo..y_hi).zip(tmp.chunks_exact_mut(row_len)) {
-        rowf.iter_mut().zip(&raw[y * sw * 3..(y + 1) * sw * 3]).for_each(|(d, &s)| *d = s as f32 / 255.0);
-        for ((lo, w), o) in cx.iter().zip(out.chunks_exact_mut(3)) {
+        let row = &raw[(y * sw + x_lo) * 3..(y * sw + x_hi) * 3];
+        rowf.iter_mut().zip(row).for_each(|(d, &s)| *d = s as f32 / 255.0);
+        for (((lo, _), w), o) in cx.iter().zip(wx.chunks_exact(k.max(1))).zip(out.chunks_exact_mut(3)) {
             let mut acc = [0.0f32; 3];
-            for (p, &wv) in rowf[lo * 3..(lo + w.len()) * 3].chunks_exact(3).zip(w) {
+            for (p, &wv) in rowf[(lo - x_lo) * 3..(lo - x_lo + k) * 3].chunks_exact(3).zip(w) {
                 acc[0] += wv * p[0];
                 acc[1] += wv * p[1];
                 acc[2] += wv * p[2];
