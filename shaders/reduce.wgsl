@@ -7,6 +7,7 @@
 //   0 p    uniform Params
 //   1 x    read        n elements, declared as vec4<f32> (element e is x[e / 4][e % 4])
 //   2 out  read_write  the stage's partial sums (f32)
+//   3 segs read        sum_segments only: 6 u32 per segment (see there)
 // f(v) = v, or v² when `square` is 1.
 //
 // Entry points (index g = (wid.x + wid.y * nwg.x) * WG + lid.x, workgroups laid out by
@@ -20,6 +21,15 @@
 //                       columns 4q .. 4q+3 over the rows of chunk c (rows c·chunk ..
 //                       min((c+1)·chunk, rows)) and writes out[c·cols + 4q .. 4q+3].
 //   sum_rows_unaligned  the same for any cols, one column per invocation g = c·cols + j.
+//   sum_segments        one `sum` stage for many tensors at once (the gradients' sums of
+//                       squares, all tensors in one dispatch): segment s is 6 words
+//                       [base, n, cols, rows, out_at, first], its tensor x[base..] (base in
+//                       vec4 units) of n elements with `sum`'s cols and rows, its invocations
+//                       first .. first + cols − 1 (segments in order, first ascending from 0,
+//                       p.cols invocations in all, p.nchunks segments). Invocation g finds its
+//                       segment by binary search and does exactly what `sum`'s invocation
+//                       g − first does on that tensor, writing out[out_at + g − first]; so a
+//                       tensor's stages give the bits `sum_squares` gives it alone.
 //
 // Numerics: f32 accumulation in row (unit) order within an invocation; the next stage sums the
 // partials in order. A sum of n terms is thus a tree of depth ~log_256(n) (sum) or
@@ -36,6 +46,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> segs: array<u32>;
 
 override WG: u32 = 64u;
 
@@ -95,4 +106,34 @@ fn sum_rows_unaligned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
         acc += select(v, v * v, p.square != 0u);
     }
     out[g] = acc;
+}
+
+const SEG: u32 = 6u;
+
+@compute @workgroup_size(WG)
+fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = invocation(wid, nwg, lid);
+    if (g >= p.cols) { return; }
+    // The last segment whose first invocation is <= g: segs[lo].first <= g < segs[hi].first.
+    var lo = 0u;
+    var hi = p.nchunks;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (segs[mid * SEG + 5u] <= g) { lo = mid; } else { hi = mid; }
+    }
+    let s = lo * SEG;
+    let base = segs[s];
+    let n = segs[s + 1u];
+    let cols = segs[s + 2u];
+    let rows = segs[s + 3u];
+    let j = g - segs[s + 5u];
+    let nu = (n + 3u) / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < rows; k++) {
+        let u = j + k * cols;
+        if (u >= nu) { break; }
+        let lanes = vec4<u32>(4u * u) + vec4<u32>(0u, 1u, 2u, 3u);
+        acc += select(vec4<f32>(0.0), f(x[base + u]), lanes < vec4<u32>(n));
+    }
+    out[segs[s + 4u] + j] = ((acc.x + acc.y) + acc.z) + acc.w;
 }

@@ -227,7 +227,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         (c.value, r.value)
     };
     let specs = param_specs(&cfg);
-    let mut opt = AdamW::new(&gpu, &student.tensors, specs.iter().map(|s| s.decay).collect()).unwrap();
+    let mut opt = AdamW::new(&gpu, &student, specs.iter().map(|s| s.decay).collect()).unwrap();
     let mut losses = Vec::new();
     for _ in 0..12 {
         let mut tape = Tape::new(&gpu);
@@ -252,7 +252,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         losses.push(out.loss);
         let mut g = tape.backward(vec![(&c, out.dstudent_cls), (&r, out.dstudent_patch)]).unwrap();
         let grads: Vec<_> = p.vars.iter().map(|v| g.take(v)).collect();
-        opt.step(&gpu, &student.tensors, &grads, 2e-3, 0.0, None).unwrap();
+        opt.step(&gpu, &student, &grads, 2e-3, 0.0, None).unwrap();
     }
     eprintln!("losses on a fixed batch: {losses:?}");
     assert!(losses[11] < losses[0] - 0.05, "the loss did not fall: {losses:?}");

@@ -86,7 +86,7 @@ struct PipelineKey {
 struct BindKey {
     read_only: Vec<bool>,
     uniform_size: u64,
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Vec<(wgpu::Buffer, Option<crate::gpu::buffers::View>)>,
 }
 
 #[derive(Default)]
@@ -219,7 +219,7 @@ impl Gpu {
         binds: &[Bind],
     ) -> wgpu::BindGroup {
         let key =
-            BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| b.tensor().buffer().clone()).collect() };
+            BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| (b.tensor().buffer().clone(), b.tensor().view_slot())).collect() };
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(g) = cache.bind_groups.get(&key) {
             return g.clone();
@@ -233,7 +233,7 @@ impl Gpu {
         for (i, b) in binds.iter().enumerate() {
             entries.push(wgpu::BindGroupEntry {
                 binding: 1 + i as u32,
-                resource: b.tensor().buffer().as_entire_binding(),
+                resource: b.tensor().binding(),
             });
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::error::{Result, SopError};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, FlatLayout, FlatTensors, Gpu, Tensor};
 use crate::model::config::VitConfig;
 use crate::model::params::head_linear_name;
 use crate::model::pos_embed::pos_embed_interp_matrix;
@@ -25,24 +25,27 @@ use crate::tape::{Tape, Var};
 /// One host tensor: (name, shape, data).
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
-/// The parameters of one network (student or teacher) on the GPU, in `param_specs` order.
+/// The parameters of one network (student or teacher) on the GPU, in `param_specs` order:
+/// views into one flat buffer (`gpu::flat`), so the optimiser and the EMA update them all
+/// in one dispatch.
 pub struct Weights {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
+    /// The flat buffer the tensors are views of, and its layout.
+    pub flat: Tensor,
+    pub layout: FlatLayout,
     index: HashMap<String, usize>,
 }
 
 impl Weights {
-    /// Upload host tensors (name, shape, data).
+    /// Upload host tensors (name, shape, data) into one flat buffer, in one write.
     pub fn upload(gpu: &Gpu, host: &[HostTensor]) -> Result<Weights> {
-        let mut names = Vec::new();
-        let mut tensors = Vec::new();
-        for (name, shape, data) in host {
-            names.push(name.clone());
-            tensors.push(gpu.upload_f32(shape, data)?);
-        }
+        let names: Vec<String> = host.iter().map(|(n, _, _)| n.clone()).collect();
+        let layout = FlatLayout::new(&host.iter().map(|(_, s, _)| s.clone()).collect::<Vec<_>>());
+        let data: Vec<&[f32]> = host.iter().map(|(_, _, d)| d.as_slice()).collect();
+        let FlatTensors { flat, views: tensors } = gpu.flat_upload(&layout, &data)?;
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Ok(Weights { names, tensors, index })
+        Ok(Weights { names, tensors, flat, layout, index })
     }
 
     /// Read every tensor back (name, shape, data).

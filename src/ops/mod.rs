@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod autotune_cache;
+pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;
@@ -29,6 +30,7 @@ mod tests {
         let all = [
             super::adamw::params_layouts(),
             super::attention::params_layouts(),
+            super::clip::params_layouts(),
             super::cross_entropy::params_layouts(),
             super::elementwise::params_layouts(),
             super::ema::params_layouts(),
@@ -46,7 +48,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 19, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 20, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }
