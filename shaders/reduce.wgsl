@@ -21,6 +21,14 @@
 //                       columns 4q .. 4q+3 over the rows of chunk c (rows c·chunk ..
 //                       min((c+1)·chunk, rows)) and writes out[c·cols + 4q .. 4q+3].
 //   sum_rows_unaligned  the same for any cols, one column per invocation g = c·cols + j.
+//   sum_rows_fused      both `sum_rows` stages of a (rows ≤ 64·chunk, cols) matrix in one
+//                       dispatch (cols % 4 == 0): workgroup w = q (by `gpu.grid`) covers
+//                       columns 4q .. 4q+3; its invocation c sums the rows of chunk c as
+//                       `sum_rows` does into workgroup memory, then invocation 0 adds the
+//                       nchunks partials in chunk order: the second stage's arithmetic, so the
+//                       bits of the two-stage sum (or of the one stage when nchunks = 1:
+//                       0 + s = s). Requires WG = 64 ≥ nchunks.
+//   sum_rows_fused_unaligned  the same for any cols, workgroup w = column j.
 //   sum_segments        one `sum` stage for many tensors at once (the gradients' sums of
 //                       squares, all tensors in one dispatch): segment s is 6 words
 //                       [base, n, cols, rows, out_at, first], its tensor x[base..] (base in
@@ -136,4 +144,56 @@ fn sum_segments(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         acc += select(vec4<f32>(0.0), f(x[base + u]), lanes < vec4<u32>(n));
     }
     out[segs[s + 4u] + j] = ((acc.x + acc.y) + acc.z) + acc.w;
+}
+
+var<workgroup> partials: array<vec4<f32>, 64>;
+
+@compute @workgroup_size(64)
+fn sum_rows_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) c: u32) {
+    let q = wid.x + wid.y * nwg.x;
+    let cols4 = p.cols / 4u;
+    // q is uniform across the workgroup, so every invocation reaches the barrier or none.
+    if (q >= cols4) { return; }
+    var acc = vec4<f32>(0.0);
+    if (c < p.nchunks) {
+        let r1 = min((c + 1u) * p.chunk, p.rows);
+        for (var r = c * p.chunk; r < r1; r++) {
+            acc += x[r * cols4 + q];
+        }
+    }
+    partials[c] = acc;
+    workgroupBarrier();
+    if (c == 0u) {
+        var total = vec4<f32>(0.0);
+        for (var k = 0u; k < p.nchunks; k++) {
+            total += partials[k];
+        }
+        out[4u * q] = total.x;
+        out[4u * q + 1u] = total.y;
+        out[4u * q + 2u] = total.z;
+        out[4u * q + 3u] = total.w;
+    }
+}
+
+@compute @workgroup_size(64)
+fn sum_rows_fused_unaligned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) c: u32) {
+    let j = wid.x + wid.y * nwg.x;
+    if (j >= p.cols) { return; }
+    var acc = 0.0;
+    if (c < p.nchunks) {
+        let r1 = min((c + 1u) * p.chunk, p.rows);
+        for (var r = c * p.chunk; r < r1; r++) {
+            let e = r * p.cols + j;
+            acc += x[e / 4u][e % 4u];
+        }
+    }
+    partials[c] = vec4<f32>(acc, 0.0, 0.0, 0.0);
+    workgroupBarrier();
+    if (c == 0u) {
+        var total = 0.0;
+        for (var k = 0u; k < p.nchunks; k++) {
+            total += partials[k].x;
+        }
+        out[j] = total;
+    }
 }

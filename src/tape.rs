@@ -36,10 +36,12 @@ impl Var {
 
 enum Op {
     /// y = x·Wᵀ + b, x (R, in), W (out, in), b (out).
+    /// y = x·Wᵀ + b, plus `residual` when it was fused in (`linear_residual`).
     Linear {
         x: Tensor,
         w: Tensor,
         ids: [Option<usize>; 3],
+        residual: Option<usize>,
     },
     /// y = A·x with a constant A (m, k) and x (k, n) (position-embedding interpolation).
     ConstMatmul {
@@ -194,6 +196,17 @@ impl<'g> Tape<'g> {
 
     /// y (…, out) = x (…, in) · Wᵀ + b.
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.linear_into(x, w, b, None)
+    }
+
+    /// y = residual + (x · Wᵀ + b) in one matmul (its epilogue adds the residual, held in
+    /// the output beforehand): the bits of `add(residual, linear(x, w, b))`, one dispatch
+    /// fewer. Backward: d residual = dy, the rest as `linear`.
+    pub fn linear_residual(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: &Var) -> Result<Var> {
+        self.linear_into(x, w, b, Some(residual))
+    }
+
+    fn linear_into(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
         let in_dim = *x.shape().last().unwrap_or(&0);
         let rows = x.value.numel() / in_dim.max(1);
         let x2 = x.value.reshape(&[rows, in_dim])?;
@@ -201,13 +214,25 @@ impl<'g> Tape<'g> {
         if let Some(b) = b {
             mm = mm.bias(&b.value);
         }
-        let y = mm.run(self.gpu)?;
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap() = w.shape()[0];
+        let y = match residual {
+            None => mm.run(self.gpu)?,
+            Some(r) => {
+                if r.shape() != shape.as_slice() {
+                    return Err(SopError::shape("linear_residual", format!("residual {:?}, output {shape:?}", r.shape())));
+                }
+                let y = self.gpu.duplicate(&r.value)?;
+                mm.run_into(self.gpu, &y, true)?;
+                y
+            }
+        };
         let y = y.reshape(&shape)?;
         let ids = [x.id, w.id, b.and_then(|b| b.id)];
+        let residual = residual.and_then(|r| r.id);
         let (xv, wv) = (x2, w.value.clone());
-        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::Linear { x: xv, w: wv, ids }))
+        let needs = ids.iter().any(Option::is_some) || residual.is_some();
+        Ok(self.record(y, needs, || Op::Linear { x: xv, w: wv, ids, residual }))
     }
 
     /// y = A·x for a constant A (m, k), x (k, n): matmul m×k · k×n.
@@ -342,8 +367,9 @@ impl<'g> Tape<'g> {
                 }
             };
             match (node.op, grads_of_outputs) {
-                (Op::Linear { x, w, ids: [xid, wid, bid] }, OutGrads::One(dy)) => {
-                    // y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy.
+                (Op::Linear { x, w, ids: [xid, wid, bid], residual }, OutGrads::One(dy)) => {
+                    // y = x·Wᵀ + b [+ r]: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy [, dr = dy].
+                    accumulate(gpu, &mut grads, residual, dy.clone())?;
                     let out = w.shape[0];
                     let dy2 = dy.reshape(&[dy.numel() / out, out])?;
                     if xid.is_some() {

@@ -25,6 +25,19 @@ use crate::tape::{Tape, Var};
 /// One host tensor: (name, shape, data).
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
+/// x + dp(h·Wᵀ + b): with drop path a scaled branch and an add; without, one matmul whose
+/// epilogue adds x (`Tape::linear_residual`, the same bits).
+fn residual_branch(tape: &mut Tape, x: &Var, h: &Var, w: &Var, b: Option<&Var>, dp: Option<&Tensor>) -> Result<Var> {
+    match dp {
+        Some(dp) => {
+            let branch = tape.linear(h, w, b)?;
+            let branch = tape.scale_samples(&branch, dp)?;
+            tape.add(x, &branch)
+        }
+        None => tape.linear_residual(h, w, b, x),
+    }
+}
+
 /// The parameters of one network (student or teacher) on the GPU, in `param_specs` order:
 /// views into one flat buffer (`gpu::flat`), so the optimiser and the EMA update them all
 /// in one dispatch.
@@ -170,19 +183,13 @@ impl Vit {
             if i + 1 == c.depth {
                 last_qkv = Some(qkv.value.clone());
             }
-            let mut a = tape.linear(&a, p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?))?;
-            if let Some(dp) = dp {
-                a = tape.scale_samples(&a, &dp[0])?;
-            }
-            x = tape.add(&x, &a)?;
+            let (w, b) = (p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?));
+            x = residual_branch(tape, &x, &a, w, b, dp.map(|d| &d[0]))?;
             let h = tape.layernorm(&x, p.get(&name("norm2.weight"))?, p.get(&name("norm2.bias"))?, c.ln_eps as f32)?;
             let h = tape.linear(&h, p.get(&name("mlp.fc1.weight"))?, Some(p.get(&name("mlp.fc1.bias"))?))?;
             let h = tape.gelu(&h)?;
-            let mut h = tape.linear(&h, p.get(&name("mlp.fc2.weight"))?, Some(p.get(&name("mlp.fc2.bias"))?))?;
-            if let Some(dp) = dp {
-                h = tape.scale_samples(&h, &dp[1])?;
-            }
-            x = tape.add(&x, &h)?;
+            let (w, b) = (p.get(&name("mlp.fc2.weight"))?, Some(p.get(&name("mlp.fc2.bias"))?));
+            x = residual_branch(tape, &x, &h, w, b, dp.map(|d| &d[1]))?;
         }
         let out = tape.layernorm(&x, p.get("backbone.norm.weight")?, p.get("backbone.norm.bias")?, c.ln_eps as f32)?;
         Ok((out, last_qkv))

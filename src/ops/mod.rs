@@ -7,6 +7,7 @@ pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;
+pub mod finite;
 pub mod gather;
 pub mod gelu;
 pub mod l2norm;
@@ -34,6 +35,7 @@ mod tests {
             super::cross_entropy::params_layouts(),
             super::elementwise::params_layouts(),
             super::ema::params_layouts(),
+            super::finite::params_layouts(),
             super::gather::params_layouts(),
             super::gelu::params_layouts(),
             super::l2norm::params_layouts(),
@@ -48,7 +50,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 20, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 21, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

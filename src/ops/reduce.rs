@@ -21,6 +21,8 @@ pub static REDUCE: Shader = shader!("reduce.wgsl");
 
 const SUM_ROWS: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows", wg: WG };
 const SUM_ROWS_UNALIGNED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_unaligned", wg: WG };
+const SUM_ROWS_FUSED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_fused", wg: WG };
+const SUM_ROWS_FUSED_UNALIGNED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_fused_unaligned", wg: WG };
 const SUM: Kernel = Kernel { shader: &REDUCE, entry: "sum", wg: WG };
 const SUM_SEGMENTS: Kernel = Kernel { shader: &REDUCE, entry: "sum_segments", wg: WG };
 
@@ -76,6 +78,25 @@ pub fn sum_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     let r = x.numel().checked_div(c).unwrap_or(0);
     if r == 0 || c == 0 {
         return gpu.zeros(&[c], DType::F32);
+    }
+    let nchunks = r.div_ceil(ROWS_PER_CHUNK);
+    if nchunks <= WG as usize {
+        // Both stages in one dispatch, the same bits (`sum_rows_fused`).
+        let out = gpu.empty(&[c], DType::F32)?;
+        let p = Params {
+            n: u32_of("sum_rows", "elements", r * c)?,
+            cols: u32_of("sum_rows", "cols", c)?,
+            rows: r as u32,
+            chunk: ROWS_PER_CHUNK as u32,
+            nchunks: nchunks as u32,
+            square: 0,
+            _pad: [0; 2],
+        };
+        let (kernel, groups) =
+            if c.is_multiple_of(4) { (&SUM_ROWS_FUSED, c / 4) } else { (&SUM_ROWS_FUSED_UNALIGNED, c) };
+        let groups = gpu.grid(u32_of("sum_rows", "workgroups", groups)?);
+        launch(gpu, kernel, &p, &[Bind::Read(x), Bind::Write(&out)], Grid::Groups(groups))?;
+        return Ok(out);
     }
     let mut partial = rows_stage(gpu, x, r, c)?;
     while partial.shape[0] > 1 {

@@ -34,13 +34,13 @@ impl Slot {
 /// A metric beyond the core ones: its JSON key and how its words become its value.
 type Decode = Box<dyn Fn(&[u32]) -> f64>;
 
-/// The scalars of one micro-batch's objective: its task losses (one word each), the summed
-/// squares of its embeddings (the finiteness check) and the two arg-max vectors.
+/// The scalars of one micro-batch's objective: its task losses (one word each), its
+/// embeddings' finiteness word (`ops::finite`) and the two arg-max vectors.
 struct MicroSlots {
     n_cls: usize,
     n_mim: usize,
     losses: Slot,
-    embed_sq: Slot,
+    embed_check: Slot,
     agreement: [Slot; 2],
 }
 
@@ -64,13 +64,13 @@ impl StepScalars {
     }
 
     /// One micro-batch's objective scalars; `checks` holds its task losses then its
-    /// embeddings' summed squares (the words `clip_scales` checks for finiteness).
+    /// embeddings' finiteness word (the words `clip_scales` checks).
     pub(super) fn micro(&mut self, n_cls: usize, n_mim: usize, checks: &Tensor, agreement: [&Tensor; 2]) {
         let c = self.push(checks);
         let losses = Slot { at: c.at, len: n_cls + n_mim };
-        let embed_sq = Slot { at: c.at + n_cls + n_mim, len: 1 };
+        let embed_check = Slot { at: c.at + n_cls + n_mim, len: 1 };
         let agreement = [self.push(agreement[0]), self.push(agreement[1])];
-        self.micro.push(MicroSlots { n_cls, n_mim, losses, embed_sq, agreement });
+        self.micro.push(MicroSlots { n_cls, n_mim, losses, embed_check, agreement });
     }
 
     /// Each gradient's Σ g² (T) and the step's non-finite flag (1, u32).
@@ -106,9 +106,9 @@ impl StepScalars {
             let mut parts: Vec<Vec<u32>> = s.losses.of(words).iter().map(|&w| vec![w]).collect();
             parts.extend(s.agreement.iter().map(|a| a.of(words).to_vec()));
             let out = ObjectiveScalars::from_words(s.n_cls, s.n_mim, &parts);
-            // A NaN can hide inside clamped logs, so the embeddings are checked as well: the
-            // summed squares of all four (unit rows, so no finite sum overflows).
-            let embeddings_finite = s.embed_sq.f32(words).is_finite();
+            // A NaN can hide inside clamped logs, so the embeddings are checked as well
+            // (`finite_check`: +0.0, or a NaN if any of the four holds a non-finite value).
+            let embeddings_finite = s.embed_check.f32(words).is_finite();
             if !out.loss.is_finite() || !embeddings_finite {
                 let note = if embeddings_finite { "" } else { ", non-finite embeddings" };
                 return Err(format!("the loss is not finite (cls {}, mim {}{note})", out.loss_cls, out.loss_mim));

@@ -13,7 +13,7 @@ use crate::gpu::{Gpu, Tensor};
 use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
 use crate::ops::ema::ema_update_unless;
 use crate::ops::gather::gather_rows;
-use crate::ops::reduce::sum_squares;
+use crate::ops::finite::finite_check;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
 use crate::sop::objective::{
@@ -189,17 +189,17 @@ impl Trainer<'_> {
         let mut scalars = StepScalars::default();
         let mut checks = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_sq, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_check, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
                     (a, g) => a.or(g),
                 };
             }
-            // The words the device checks before AdamW: the task losses, then the summed
-            // squares of the embeddings.
+            // The words the device checks before AdamW: the task losses, then the
+            // embeddings' finiteness word.
             let mut parts: Vec<&Tensor> = obj.cls_losses.iter().chain(&obj.mim_losses).collect();
-            parts.push(&embed_sq);
+            parts.push(&embed_check);
             let c = gpu.concat_rows(&parts)?;
             scalars.micro(obj.cls_losses.len(), obj.mim_losses.len(), &c, [&obj.agreement_idx[0], &obj.agreement_idx[1]]);
             checks.push(c);
@@ -238,7 +238,7 @@ impl Trainer<'_> {
     }
 
     /// Forward, objective and backward of one micro-batch: its objective (losses still on
-    /// the device), the summed squares of its embeddings (the finiteness check), the rows it
+    /// the device), its embeddings' finiteness check (`finite_check`), the rows it
     /// leaves for the banks, and the gradient of every student parameter (scaled by
     /// 1/n_micro).
     fn micro_step(
@@ -269,14 +269,12 @@ impl Trainer<'_> {
             local_views: batch.n_local,
         };
         let out = self.objective(step, mi, obj_cfg, &emb)?;
-        // Summed squares of all four embeddings, checked for finiteness with the step's
+        // All four embeddings' finiteness as one word (+0.0 or NaN), checked with the step's
         // other scalars (`step`).
-        let ss = |t: &Tensor| sum_squares(gpu, t);
-        let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
-        let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
+        let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
         let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
         let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
-        Ok((out, embed_sq, rows, grads))
+        Ok((out, embed_check, rows, grads))
     }
 
     /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).
