@@ -23,7 +23,8 @@ const LAYERNORM_FORWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: 
 const LAYERNORM_BACKWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward", wg: WG };
 const LAYERNORM_BACKWARD_UNALIGNED: Kernel =
     Kernel { shader: &LAYERNORM, entry: "layernorm_backward_unaligned", wg: WG };
-const LAYERNORM_BACKWARD_PARAMS: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params", wg: WG };
+const LAYERNORM_BACKWARD_PARAMS_JOINT: Kernel =
+    Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_joint", wg: WG };
 const LAYERNORM_BACKWARD_PARAMS_UNALIGNED: Kernel =
     Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_unaligned", wg: WG };
 
@@ -143,13 +144,36 @@ pub fn layernorm_backward(
         return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
     }
     let nchunks = r.div_ceil(PARAM_CHUNK);
+    if d.is_multiple_of(4) {
+        // dγ and dβ partials side by side, (nchunks, 2D), summed by one `sum_rows`.
+        let part = gpu.empty(&[nchunks, 2 * d], DType::F32)?;
+        launch(
+            gpu,
+            &LAYERNORM_BACKWARD_PARAMS_JOINT,
+            &p,
+            &[
+                Bind::Read(x),
+                Bind::Read(gamma),
+                Bind::Read(gamma),
+                Bind::Write(mean),
+                Bind::Write(rstd),
+                Bind::Write(&part),
+                Bind::Read(dy),
+            ],
+            Grid::Items(nchunks * d / 4),
+        )?;
+        let both = if nchunks == 1 { part.reshape(&[2 * d])? } else { sum_rows(gpu, &part)? };
+        let (dgamma, dbeta) = (gpu.empty(&[d], DType::F32)?, gpu.empty(&[d], DType::F32)?);
+        gpu.copy_region(&both, 0, &dgamma, 0, d)?;
+        gpu.copy_region(&both, d, &dbeta, 0, d)?;
+        return Ok((dx, dgamma, dbeta));
+    }
     let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
     let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
     // one invocation per vec4 unit of the (nchunks, D) partial sums
-    let kernel = if d.is_multiple_of(4) { &LAYERNORM_BACKWARD_PARAMS } else { &LAYERNORM_BACKWARD_PARAMS_UNALIGNED };
     launch(
         gpu,
-        kernel,
+        &LAYERNORM_BACKWARD_PARAMS_UNALIGNED,
         &p,
         &[
             Bind::Read(x),

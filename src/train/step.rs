@@ -130,7 +130,11 @@ impl StudentOut {
         n_micro: usize,
     ) -> Result<Vec<Option<Tensor>>> {
         let inv = 1.0 / n_micro as f32;
-        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
+        // Scaling by 1 (no accumulation) is the identity: no dispatch.
+        let scale = |t: &Tensor| match n_micro {
+            1 => Ok(t.clone()),
+            _ => crate::ops::elementwise::scale(gpu, t, inv),
+        };
         let mut seeds = vec![
             (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
             (&self.patch, scale(&out.dstudent_patch)?),
