@@ -68,6 +68,13 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
     pub(super) fn push(&mut self, rec: Recorded, timing: Timing) {
         self.queue.push_back((rec, timing));
     }

@@ -25,6 +25,8 @@ mod scalars;
 pub mod schedule;
 pub mod state;
 mod step;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -164,8 +166,9 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         seconds: t0.elapsed().as_secs_f64(),
         out: out.clone(),
     };
+    let mut inflight = InFlight::default();
     if total_steps == 0 || start_step >= total_steps {
-        trainer.save(start_step)?;
+        trainer.save(start_step, &inflight)?;
         return Ok(summary(start_step, None, None));
     }
 
@@ -181,7 +184,6 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let bar = progress_bar.then(|| new_progress_bar(total_steps, start_step));
     let mut step = start_step;
     let mut pending: Vec<Batch> = Vec::with_capacity(accum);
-    let mut inflight = InFlight::default();
     // Write the lines of the steps whose metrics are back (waiting as `until` says); a step
     // that was not finite stops the run.
     let settle = |trainer: &Trainer, inflight: &mut InFlight, metrics: &mut MetricsLog, until| -> Result<()> {
@@ -227,7 +229,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             let until = if checkpoint { Until::Drained } else { Until::Paced };
             settle(&trainer, &mut inflight, &mut metrics, until)?;
             if checkpoint {
-                trainer.save(step)?;
+                trainer.save(step, &inflight)?;
             }
             if step >= total_steps {
                 break 'epochs;
@@ -249,7 +251,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         bar.finish();
     }
     let final_loss = inflight.last_loss;
-    trainer.save(step)?;
+    trainer.save(step, &inflight)?;
     let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
     if let Some(k) = &knn_after {
         metrics.write(serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true}))?;

@@ -23,7 +23,7 @@ use crate::sop::prototypes::sample_keep;
 use crate::tape::{Tape, Var};
 
 use super::config::TrainConfig;
-use super::inflight::Recorded;
+use super::inflight::{InFlight, Recorded};
 use super::optimizer::AdamW;
 use super::scalars::StepScalars;
 use super::schedule;
@@ -149,8 +149,16 @@ impl StudentOut {
 }
 
 impl Trainer<'_> {
-    /// Write the run's checkpoint of `step` into its folder.
-    pub(super) fn save(&mut self, step: usize) -> Result<()> {
+    /// Write the run's checkpoint of `step` into its folder. Every step's metrics must be in
+    /// (`InFlight::settle` with `Until::Drained`), so a non-finite step has stopped the run
+    /// before its state could be saved: a checkpoint with steps in flight is refused.
+    pub(super) fn save(&mut self, step: usize, inflight: &InFlight) -> Result<()> {
+        if !inflight.is_empty() {
+            return Err(SopError::Invalid(format!(
+                "internal: checkpoint of step {step} with {} steps' metrics not yet read",
+                inflight.len()
+            )));
+        }
         state::save_all(
             self.gpu,
             &self.out,

@@ -7,6 +7,7 @@ mod common;
 
 mod adamw;
 mod attention;
+mod multi_tensor;
 mod cross_entropy;
 mod elementwise;
 mod ema;
