@@ -172,6 +172,17 @@ impl Gpu {
         })
     }
 
+    /// Put every free list of the pool in one fixed order. A training step calls this first:
+    /// its allocations and frees repeat from step to step, so from the same free lists it
+    /// gets the same buffers, and every bind group it needs is already cached (without this
+    /// the lists' order drifts from step to step, and so do the buffer combinations).
+    pub fn settle_pool(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        for list in pool.free.values_mut() {
+            list.sort_unstable();
+        }
+    }
+
     /// A tensor with undefined contents (possibly a recycled buffer's old data).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let numel: usize = shape.iter().product();

@@ -186,6 +186,7 @@ impl Trainer<'_> {
     /// writes of this and every later step then leave their buffers as they were.
     pub(super) fn step(&mut self, step: usize, micro: &[Batch]) -> Result<Recorded> {
         let (gpu, cfg) = (self.gpu, self.cfg);
+        gpu.settle_pool();
         let o = &cfg.optim;
         let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
         let warmup = o.warmup_epochs * self.steps_per_epoch;
