@@ -252,6 +252,31 @@ impl<'g> Tape<'g> {
         Ok(self.record(y, ids.iter().any(Option::is_some), || Op::LayerNorm { x: x2, gamma: g, mean, rstd, ids }))
     }
 
+    /// GELU(x · Wᵀ + b) in one matmul (its GELU epilogue), recorded as `linear` then `gelu`:
+    /// the same values and the same backward, one dispatch fewer.
+    pub fn linear_gelu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let in_dim = *x.shape().last().unwrap_or(&0);
+        let rows = x.value.numel() / in_dim.max(1);
+        let x2 = x.value.reshape(&[rows, in_dim])?;
+        let mut mm = Matmul::new(&x2, &w.value).trans_b();
+        if let Some(b) = b {
+            mm = mm.bias(&b.value);
+        }
+        let (pre, post) = mm.run_gelu(self.gpu)?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = w.shape()[0];
+        let (pre, post) = (pre.reshape(&shape)?, post.reshape(&shape)?);
+        let ids = [x.id, w.id, b.and_then(|b| b.id)];
+        let wv = w.value.clone();
+        let h = self.record(pre.clone(), ids.iter().any(Option::is_some), || Op::Linear {
+            x: x2,
+            w: wv,
+            ids,
+            residual: None,
+        });
+        Ok(self.record(post, h.id.is_some(), || Op::Gelu { x: pre, id: h.id }))
+    }
+
     pub fn gelu(&mut self, x: &Var) -> Result<Var> {
         let y = gelu::gelu_forward(self.gpu, &x.value)?;
         let xv = x.value.clone();

@@ -41,6 +41,21 @@ macro_rules! shader {
     (trusted $prelude:literal + $file:literal) => {
         Shader { trusted: true, ..shader!($prelude + $file) }
     };
+    // Two prelude files, in order.
+    (trusted $p1:literal + $p2:literal + $file:literal) => {
+        Shader { trusted: true, ..shader!($p1 + $p2 + $file) }
+    };
+    ($p1:literal + $p2:literal + $file:literal) => {
+        Shader {
+            file: concat!($p1, " + ", $p2, " + ", $file),
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $p1)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $p2)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            trusted: false,
+        }
+    };
     // A shared prelude file prepended to `$file` (WGSL has no includes); errors name both.
     ($prelude:literal + $file:literal) => {
         Shader {

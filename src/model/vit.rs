@@ -186,8 +186,7 @@ impl Vit {
             let (w, b) = (p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?));
             x = residual_branch(tape, &x, &a, w, b, dp.map(|d| &d[0]))?;
             let h = tape.layernorm(&x, p.get(&name("norm2.weight"))?, p.get(&name("norm2.bias"))?, c.ln_eps as f32)?;
-            let h = tape.linear(&h, p.get(&name("mlp.fc1.weight"))?, Some(p.get(&name("mlp.fc1.bias"))?))?;
-            let h = tape.gelu(&h)?;
+            let h = tape.linear_gelu(&h, p.get(&name("mlp.fc1.weight"))?, Some(p.get(&name("mlp.fc1.bias"))?))?;
             let (w, b) = (p.get(&name("mlp.fc2.weight"))?, Some(p.get(&name("mlp.fc2.bias"))?));
             x = residual_branch(tape, &x, &h, w, b, dp.map(|d| &d[1]))?;
         }
@@ -219,10 +218,9 @@ impl Vit {
         let mut h = tokens.clone();
         for i in 0..self.cfg.head_layers {
             let name = head_linear_name(&self.cfg, i);
-            if i > 0 {
-                h = tape.gelu(&h)?;
-            }
-            h = tape.linear(&h, p.get(&format!("{name}.weight"))?, Some(p.get(&format!("{name}.bias"))?))?;
+            let (w, b) = (p.get(&format!("{name}.weight"))?, Some(p.get(&format!("{name}.bias"))?));
+            // GELU between the layers, in the matmul's epilogue.
+            h = if i + 1 < self.cfg.head_layers { tape.linear_gelu(&h, w, b)? } else { tape.linear(&h, w, b)? };
         }
         tape.l2norm(&h, 1e-6)
     }
