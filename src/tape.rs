@@ -220,7 +220,10 @@ impl<'g> Tape<'g> {
             None => mm.run(self.gpu)?,
             Some(r) => {
                 if r.shape() != shape.as_slice() {
-                    return Err(SopError::shape("linear_residual", format!("residual {:?}, output {shape:?}", r.shape())));
+                    return Err(SopError::shape(
+                        "linear_residual",
+                        format!("residual {:?}, output {shape:?}", r.shape()),
+                    ));
                 }
                 let y = self.gpu.duplicate(&r.value)?;
                 mm.run_into(self.gpu, &y, true)?;

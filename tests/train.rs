@@ -173,8 +173,10 @@ fn a_non_finite_step_found_late_stops_before_the_next_checkpoint() {
     assert!(err.to_string().contains("step 2: the loss is not finite"), "{err}");
     assert!(!dir.join(state::STATE).exists() && !dir.join(state::STUDENT).exists());
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> =
-        metrics.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(steps, vec![1]);
 }
 

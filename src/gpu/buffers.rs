@@ -103,7 +103,11 @@ impl Tensor {
     /// elements (≥ the shape's, ending inside this tensor); `at` is a multiple of `VIEW_ALIGN`.
     pub fn view(&self, at: usize, shape: &[usize], slot: usize) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
-        if self.view.is_some() || !at.is_multiple_of(VIEW_ALIGN) || numel > slot || slot == 0 || at + slot > self.numel()
+        if self.view.is_some()
+            || !at.is_multiple_of(VIEW_ALIGN)
+            || numel > slot
+            || slot == 0
+            || at + slot > self.numel()
         {
             return Err(SopError::shape("view", format!("{shape:?} in a slot of {slot} at {at} of {:?}", self.shape)));
         }

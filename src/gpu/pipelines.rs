@@ -233,8 +233,11 @@ impl Gpu {
         uniform_size: u64,
         binds: &[Bind],
     ) -> wgpu::BindGroup {
-        let key =
-            BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| (b.tensor().buffer().clone(), b.tensor().view_slot())).collect() };
+        let key = BindKey {
+            read_only,
+            uniform_size,
+            buffers: binds.iter().map(|b| (b.tensor().buffer().clone(), b.tensor().view_slot())).collect(),
+        };
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(g) = cache.bind_groups.get(&key) {
             return g.clone();
@@ -246,10 +249,7 @@ impl Gpu {
             wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
         for (i, b) in binds.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: b.tensor().binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.tensor().binding() });
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("sop bind group"),

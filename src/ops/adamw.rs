@@ -153,7 +153,10 @@ pub fn adamw_multi(
     let err = |d: String| {
         SopError::shape(
             "adamw_multi",
-            format!("param {:?}, table {:?}, scale {:?}, skip {:?}: {d}", param.shape, table.shape, scale.shape, skip.shape),
+            format!(
+                "param {:?}, table {:?}, scale {:?}, skip {:?}: {d}",
+                param.shape, table.shape, scale.shape, skip.shape
+            ),
         )
     };
     let all = [param, grad, m, v];

@@ -49,7 +49,10 @@ pub fn clip_scales(
     let err = |d: &str| {
         SopError::shape(
             "clip_scales",
-            format!("sq {:?}, checks {:?} ({n_checks}), flag {:?}, scale {:?}: {d}", sq.shape, checks.shape, flag.shape, scale.shape),
+            format!(
+                "sq {:?}, checks {:?} ({n_checks}), flag {:?}, scale {:?}: {d}",
+                sq.shape, checks.shape, flag.shape, scale.shape
+            ),
         )
     };
     if sq.dtype != DType::F32 || scale.dtype != DType::F32 || scale.numel() != t || t == 0 {

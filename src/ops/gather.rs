@@ -103,7 +103,13 @@ fn scatter(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize, skip: Option<&Te
     }
     let prm = Params { n: n as u32, c: c as u32, r: r as u32, start: (start % n) as u32 };
     match skip {
-        None => launch(gpu, &SCATTER_ROWS_RING, &prm, &[Bind::Read(src), Bind::Read(src), Bind::Write(dst)], Grid::Items(r * c)),
+        None => launch(
+            gpu,
+            &SCATTER_ROWS_RING,
+            &prm,
+            &[Bind::Read(src), Bind::Read(src), Bind::Write(dst)],
+            Grid::Items(r * c),
+        ),
         Some(s) => {
             if s.numel() != 1 || s.dtype != DType::U32 {
                 return Err(err("skip must be one u32"));

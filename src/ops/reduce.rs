@@ -206,7 +206,12 @@ impl SquaresPlan {
                 _pad: [0; 2],
             };
             let out = gpu.zeros(&[out_len.max(1)], DType::F32)?;
-            stages.push(SquaresStage { segs: gpu.upload_u32(&[words.len()], &words)?, out, params, invocations: first });
+            stages.push(SquaresStage {
+                segs: gpu.upload_u32(&[words.len()], &words)?,
+                out,
+                params,
+                invocations: first,
+            });
             inputs = next;
             if last {
                 break;

@@ -131,7 +131,6 @@ impl ObjectiveScalars {
             agreement_cls: same as f32 / ip.len().max(1) as f32,
         }
     }
-
 }
 
 pub struct ObjectiveOutput {

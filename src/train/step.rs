@@ -12,8 +12,8 @@ use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
 use crate::ops::ema::ema_update_unless;
-use crate::ops::gather::gather_rows;
 use crate::ops::finite::finite_check;
+use crate::ops::gather::gather_rows;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
 use crate::sop::objective::{
@@ -214,7 +214,12 @@ impl Trainer<'_> {
             let mut parts: Vec<&Tensor> = obj.cls_losses.iter().chain(&obj.mim_losses).collect();
             parts.push(&embed_check);
             let c = gpu.concat_rows(&parts)?;
-            scalars.micro(obj.cls_losses.len(), obj.mim_losses.len(), &c, [&obj.agreement_idx[0], &obj.agreement_idx[1]]);
+            scalars.micro(
+                obj.cls_losses.len(),
+                obj.mim_losses.len(),
+                &c,
+                [&obj.agreement_idx[0], &obj.agreement_idx[1]],
+            );
             checks.push(c);
             bank_rows.push(rows);
         }
@@ -239,15 +244,7 @@ impl Trainer<'_> {
             self.patch_bank.push_unless(gpu, &rows.patch, &rows.sources, Some(&self.flag))?;
         }
         let read = gpu.read_async(&scalars.gather(gpu)?)?;
-        Ok(Recorded {
-            step,
-            lr,
-            weight_decay: wd,
-            teacher_temp: obj_cfg.teacher_temp as f64,
-            momentum,
-            scalars,
-            read,
-        })
+        Ok(Recorded { step, lr, weight_decay: wd, teacher_temp: obj_cfg.teacher_temp as f64, momentum, scalars, read })
     }
 
     /// Forward, objective and backward of one micro-batch: its objective (losses still on

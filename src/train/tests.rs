@@ -31,8 +31,14 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
     let cfg = TrainConfig::smoke(data, out.clone());
     let (model, opt, cls_bank, patch_bank, _) = restore_or_init(&gpu, &cfg, None).unwrap();
     let dataset = Arc::new(Dataset::open(&cfg.data.path, Split::Train).unwrap());
-    let loader_cfg =
-        LoaderConfig { batch_size: cfg.data.batch_size, drop_last: true, shuffle: true, seed: 0, prefetch: 1, threads: 1 };
+    let loader_cfg = LoaderConfig {
+        batch_size: cfg.data.batch_size,
+        drop_last: true,
+        shuffle: true,
+        seed: 0,
+        prefetch: 1,
+        threads: 1,
+    };
     let mut loader = Loader::new(dataset, Views::Train(cfg.augment.clone()), loader_cfg).unwrap();
     let batches: Vec<Batch> = loader.epoch(0).take(4).map(|b| b.unwrap()).collect();
     let mut t = Trainer {

@@ -7,7 +7,6 @@ mod common;
 
 mod adamw;
 mod attention;
-mod multi_tensor;
 mod cross_entropy;
 mod elementwise;
 mod ema;
@@ -17,6 +16,7 @@ mod l2norm;
 mod layernorm;
 mod mask_tokens;
 mod matmul;
+mod multi_tensor;
 mod prototypes;
 mod reduce;
 mod soft_assign;
