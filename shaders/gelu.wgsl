@@ -55,7 +55,7 @@ fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let u = u0 + k * WG;
         if (u < nu) {
             let xv = x[u];
-            out[u] = xv * normal_cdf(xv);
+            out[u] = xv * normal_cdf4(xv);
         }
     }
 }
@@ -71,7 +71,7 @@ fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         if (u < nu) {
             let xv = x[u];
             let density = FRAC_1_SQRT_2PI * exp(-0.5 * xv * xv);
-            out[u] = dy[u] * (normal_cdf(xv) + xv * density);
+            out[u] = dy[u] * (normal_cdf4(xv) + xv * density);
         }
     }
 }

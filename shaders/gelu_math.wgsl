@@ -1,15 +1,17 @@
 // gelu_math.wgsl: the standard normal CDF Φ that GELU needs, shared by gelu.wgsl and the
 // matmul epilogue (matmul_common.wgsl), prepended to each when it is compiled. The
-// approximation and its error bounds are described in gelu.wgsl's header.
+// approximation and its error bounds are described in gelu.wgsl's header. Scalar, so the
+// epilogue computes one Φ per output element; gelu.wgsl applies it lane by lane
+// (`normal_cdf4`): the same operations per element either way, so the same bits.
 
 const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
 const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
 const SPLIT: f32 = 0.921875;
 
 // erf(z) = z + z·P(z²), accurate for |z| < SPLIT.
-fn erf_small(z: vec4<f32>) -> vec4<f32> {
+fn erf_small(z: f32) -> f32 {
     let s = z * z;
-    var r = vec4<f32>(-5.835008923895657e-4);
+    var r = -5.835008923895657e-4;
     r = r * s + 4.956409800797701e-3;
     r = r * s - 2.6734990999102592e-2;
     r = r * s + 1.1280621588230133e-1;
@@ -19,8 +21,8 @@ fn erf_small(z: vec4<f32>) -> vec4<f32> {
 }
 
 // erfc(t) = exp(Q(t)), accurate for SPLIT ≤ t ≤ 4.
-fn erfc_tail(t: vec4<f32>) -> vec4<f32> {
-    var q = vec4<f32>(1.6025095419536228e-6);
+fn erfc_tail(t: f32) -> f32 {
+    var q = 1.6025095419536228e-6;
     q = q * t - 4.535498010227457e-5;
     q = q * t + 5.907187005504966e-4;
     q = q * t - 4.730299115180969e-3;
@@ -33,13 +35,18 @@ fn erfc_tail(t: vec4<f32>) -> vec4<f32> {
 }
 
 // Φ(x) = 0.5 · (1 + erf(x/√2)).
-fn normal_cdf(xv: vec4<f32>) -> vec4<f32> {
-    let z = xv * FRAC_1_SQRT_2;
+fn normal_cdf(x: f32) -> f32 {
+    let z = x * FRAC_1_SQRT_2;
     let t = abs(z);
     let near = 0.5 + 0.5 * erf_small(z);
     // erfc(t) for t ≥ SPLIT, 0 beyond 4 (t clamped so the polynomial stays in its range)
-    let c = select(vec4<f32>(0.0), erfc_tail(min(t, vec4<f32>(4.0))), t < vec4<f32>(4.0));
-    let far = select(1.0 - 0.5 * c, 0.5 * c, z < vec4<f32>(0.0));
-    return select(far, near, t < vec4<f32>(SPLIT));
+    let c = select(0.0, erfc_tail(min(t, 4.0)), t < 4.0);
+    let far = select(1.0 - 0.5 * c, 0.5 * c, z < 0.0);
+    return select(far, near, t < SPLIT);
+}
+
+// Φ of each lane.
+fn normal_cdf4(x: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(normal_cdf(x.x), normal_cdf(x.y), normal_cdf(x.z), normal_cdf(x.w));
 }
 

@@ -27,8 +27,7 @@ fn finish(bi: u32, i: u32, j: u32, acc: f32) {
     if ((p.flags & 2u) != 0u) { v += c[idx]; }
     if ((p.flags & 4u) != 0u) {
         pre[idx] = v;
-        let xv = vec4<f32>(v);
-        v = (xv * normal_cdf(xv)).x;
+        v = v * normal_cdf(v);
     }
     c[idx] = v;
 }

@@ -206,16 +206,21 @@ impl<'g> Tape<'g> {
         self.linear_into(x, w, b, Some(residual))
     }
 
-    fn linear_into(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+    /// x (…, in) seen as (rows, in), and the shape (…, out) of x · Wᵀ.
+    fn linear_shapes(x: &Var, w: &Var) -> Result<(Tensor, Vec<usize>)> {
         let in_dim = *x.shape().last().unwrap_or(&0);
-        let rows = x.value.numel() / in_dim.max(1);
-        let x2 = x.value.reshape(&[rows, in_dim])?;
+        let x2 = x.value.reshape(&[x.value.numel() / in_dim.max(1), in_dim])?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = w.shape()[0];
+        Ok((x2, shape))
+    }
+
+    fn linear_into(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+        let (x2, shape) = Self::linear_shapes(x, w)?;
         let mut mm = Matmul::new(&x2, &w.value).trans_b();
         if let Some(b) = b {
             mm = mm.bias(&b.value);
         }
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap() = w.shape()[0];
         let y = match residual {
             None => mm.run(self.gpu)?,
             Some(r) => {
@@ -258,16 +263,12 @@ impl<'g> Tape<'g> {
     /// GELU(x · Wᵀ + b) in one matmul (its GELU epilogue), recorded as `linear` then `gelu`:
     /// the same values and the same backward, one dispatch fewer.
     pub fn linear_gelu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let in_dim = *x.shape().last().unwrap_or(&0);
-        let rows = x.value.numel() / in_dim.max(1);
-        let x2 = x.value.reshape(&[rows, in_dim])?;
+        let (x2, shape) = Self::linear_shapes(x, w)?;
         let mut mm = Matmul::new(&x2, &w.value).trans_b();
         if let Some(b) = b {
             mm = mm.bias(&b.value);
         }
         let (pre, post) = mm.run_gelu(self.gpu)?;
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap() = w.shape()[0];
         let (pre, post) = (pre.reshape(&shape)?, post.reshape(&shape)?);
         let ids = [x.id, w.id, b.and_then(|b| b.id)];
         let wv = w.value.clone();

@@ -8,7 +8,8 @@
 //!    [CLS] of the local crops
 //! 3. objective (reads the banks) → losses and d(student embeddings); tape backward → grads
 //! 4. AdamW (clipped), EMA teacher update, then the banks take the teacher's second-view
-//!    [CLS] rows and one random patch row per image.
+//!    [CLS] rows and one random patch row per image: all on the device, skipped there after
+//!    a non-finite step (the step's flag).
 //!
 //! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
 //! the uninterrupted one exactly.
