@@ -16,7 +16,7 @@
 //                        attention_cls_probs writes its (B, H, T) probabilities here
 //   3 lse    read_write  (B, H, T) log-sum-exp per query row (forward writes, backward reads)
 //   4 dout   read        (B, T, D)
-//   5 delta  read_write  (B, H, T) D_i = dO_i·O_i (attention_backward_delta writes, the others read)
+//   5 delta  read_write  (B, H, T) D_i = dO_i·O_i (attention_backward_dq writes, dkv reads)
 //   6 dqkv   read_write  (B, T, 3D)
 // `out`, `lse` and `delta` are read_write because one kernel writes what another reads and a
 // file has one declaration per binding; the Rust op binds them as writable in both.
@@ -137,24 +137,12 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
 //         = P_ij (dP_ij − D_i),  D_i = Σ_k P_ik dO_i·v_k = dO_i·O_i
 //   dQ_i  = scale Σ_j dS_ij k_j,  dK_j = scale Σ_i dS_ij q_i
 // P_ij is recomputed as exp(s_ij − lse_i) from the saved lse, so nothing T×T is stored.
-// Three kernels: D_i per query row (attention_backward_delta), dQ per query row
-// (attention_backward_dq, loops over keys), dK and dV per key row (attention_backward_dkv,
-// loops over queries). Each element of dqkv is written (overwritten, not accumulated) once.
+// Two kernels: D_i and dQ per query row (attention_backward_dq, loops over keys), then dK
+// and dV per key row (attention_backward_dkv, loops over queries). Each element of dqkv is
+// written (overwritten, not accumulated) once.
 
-// D_i = dO_i·O_i, one invocation per query row.
-@compute @workgroup_size(WG)
-fn attention_backward_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
-                            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let bh = bh_of(wid, nwg);
-    let t = wid.x * WG + lid.x;
-    if (bh >= p.BH || t >= p.T) { return; }
-    let row = row_of(bh, t);
-    var acc = 0.0;
-    for (var d = 0u; d < DH; d++) { acc += dout[row.o + d] * out[row.o + d]; }
-    delta[bh * p.T + t] = acc;
-}
-
-// dQ_i = scale Σ_j P_ij (dO_i·v_j − D_i) k_j, one invocation per query row i.
+// dQ_i = scale Σ_j P_ij (dO_i·v_j − D_i) k_j, one invocation per query row i, which also
+// computes and writes its D_i.
 @compute @workgroup_size(WG)
 fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -171,7 +159,10 @@ fn attention_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
         g[d] = dout[row.o + d];
     }
     let lse_i = lse[bh * p.T + t];
-    let delta_i = delta[bh * p.T + t];
+    // D_i = dO_i·O_i, written for attention_backward_dkv (which runs after this kernel).
+    var delta_i = 0.0;
+    for (var d = 0u; d < DH; d++) { delta_i += dout[row.o + d] * out[row.o + d]; }
+    delta[bh * p.T + t] = delta_i;
     for (var j0 = 0u; j0 < p.T; j0 += KB) {
         var k: array<u32, KB>;  // qkv offsets of this block's keys (v at + D)
         var s: array<f32, KB>;

@@ -15,6 +15,12 @@
 //                               dst[i] = Σ_{j < CHUNK} src[i·CHUNK + j] over the first n.
 //                               The host repeats it (ping-pong) until one value is left:
 //                               a fixed summation tree, so the loss is deterministic.
+//   cross_entropy_forward_total both sum stages at once for n ≤ CHUNK² (the only barrier
+//                               here): one workgroup of CHUNK invocations, invocation c sums
+//                               chunk c into workgroup memory as cross_entropy_forward_sum
+//                               does, invocation 0 adds the partials in chunk order into
+//                               dst[0] (the second stage's arithmetic: the same bits, and
+//                               0 + s = s when there is one chunk). Dispatch (1, 1, 1).
 //   cross_entropy_backward      one invocation per element, writes dp into src.
 //
 // Numerics: log(0) is guarded by clamping p at 1e-30 (a normal f32; −log(1e-30) ≈ 69.1), in
@@ -83,6 +89,28 @@ fn cross_entropy_forward_sum(
         s += src[j];
     }
     dst[i] = s;
+}
+
+var<workgroup> chunk_sums: array<f32, CHUNK>;
+
+@compute @workgroup_size(CHUNK)
+fn cross_entropy_forward_total(@builtin(local_invocation_index) c: u32) {
+    let j0 = c * CHUNK;
+    let j1 = min(j0 + CHUNK, prm.n);
+    var s = 0.0;
+    for (var j = j0; j < j1; j++) {
+        s += src[j];
+    }
+    chunk_sums[c] = s;
+    workgroupBarrier();
+    if (c == 0u) {
+        let m = (prm.n + CHUNK - 1u) / CHUNK;
+        var t = 0.0;
+        for (var k = 0u; k < m; k++) {
+            t += chunk_sums[k];
+        }
+        dst[0] = t;
+    }
 }
 
 // Backward: d/dp[r, k] of w_r · (−q[r, k] · log p[r, k]) = −w_r · q[r, k] / p[r, k], times

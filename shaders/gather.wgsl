@@ -1,6 +1,8 @@
 // gather.wgsl: row gather and the FIFO ring write of the memory banks.
 //   gather_rows:       dst[i, c] = src[idx[i], c]          src (N, C), idx (R), dst (R, C)
 //   scatter_rows_ring: dst[(start + i) mod N, c] = src[i, c]  src (R, C), dst (N, C), R <= N
+//   scatter_rows_ring_unless: the same, but nothing is written while idx[0] ≠ 0 (idx binds
+//                      the step's non-finite flag: a bank keeps its rows after a bad step)
 // Elements are moved as raw 32-bit words, so f32, u32 and i32 tensors all work.
 //
 // Bindings: 0 params (uniform), 1 src (read), 2 idx (read, (R) u32; scatter binds any
@@ -47,6 +49,21 @@ fn scatter_rows_ring(
 ) {
     let t = (wid.x + wid.y * nwg.x) * WG + li;
     if (t >= p.R * p.C) { return; }
+    let i = t / p.C;
+    let c = t % p.C;
+    var row = p.start + i; // < 2N: start < N and i < R <= N
+    if (row >= p.N) { row -= p.N; }
+    dst[row * p.C + c] = src[t];
+}
+
+@compute @workgroup_size(WG)
+fn scatter_rows_ring_unless(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let t = (wid.x + wid.y * nwg.x) * WG + li;
+    if (t >= p.R * p.C || idx[0] != 0u) { return; }
     let i = t / p.C;
     let c = t % p.C;
     var row = p.start + i; // < 2N: start < N and i < R <= N

@@ -28,13 +28,13 @@
 //       any D: one invocation per group of 4 rows, f32 access through the vec4 view. Rows
 //       4g .. 4g+3 span whole units, so no two invocations write parts of one vec4 (a write
 //       to one component may be a read-modify-write of the whole vector on some backends).
-//   layernorm_backward_params
-//       dγ and dβ partial sums over chunks of `chunk` rows, written to out, out2 as
-//       (ceil(R/chunk), D); one invocation per vec4 unit of that output (4 columns of one
-//       chunk when D % 4 == 0). The Rust op sums the chunks with `sum_rows`. No atomics.
+//   layernorm_backward_params_joint
+//       dγ and dβ partial sums over chunks of `chunk` rows (D % 4 == 0), side by side in out
+//       as (ceil(R/chunk), 2D) rows [dγ | dβ]; one invocation per vec4 unit of either half
+//       (4 columns of one chunk). The Rust op sums the chunks with one `sum_rows`. No atomics.
 //   layernorm_backward_params_unaligned
-//       the same for any D: the unit's 4 elements may belong to two chunks, each lane loops
-//       over its own (chunk, column).
+//       for any D: dγ to out, dβ to out2, each (ceil(R/chunk), D); the unit's 4 elements may
+//       belong to two chunks, each lane loops over its own (chunk, column).
 // Numerics: f32 accumulation in column order (lane-wise over the row's vec4 units, then
 // ((l0 + l1) + l2) + l3 in the aligned kernels). The variance is a second pass over the row
 // (Σ (x − μ)², not Σ x² − μ²), so rows with a large mean lose no precision.
@@ -170,8 +170,9 @@ fn layernorm_backward_unaligned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
 // Backward (parameters): dγ_j = Σ_r dy[r, j] · x̂[r, j], dβ_j = Σ_r dy[r, j], as partial
 // sums over the rows c·chunk .. (c+1)·chunk − 1 written to out[c, j], out2[c, j].
 // D % 4 == 0: invocation u sums columns 4q .. 4q+3 of chunk c = u / (D/4), q = u % (D/4).
+// dγ, dβ partials as (ceil(R/chunk), 2D) rows [dγ | dβ] (D % 4 == 0).
 @compute @workgroup_size(WG)
-fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn layernorm_backward_params_joint(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let u = invocation(wid, nwg, lid);
     let d4 = p.D / 4u;
     let nchunks = (p.R + p.chunk - 1u) / p.chunk;
@@ -187,8 +188,8 @@ fn layernorm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
         sgamma += dyv * (x[i] - mean[r]) * rstd[r];
         sbeta += dyv;
     }
-    out[u] = sgamma;
-    out2[u] = sbeta;
+    out[2u * c * d4 + q] = sgamma;
+    out[2u * c * d4 + d4 + q] = sbeta;
 }
 
 // The same for any D: lane l of unit u is output element e = 4u + l, chunk e / D, column e % D.

@@ -1,10 +1,12 @@
 // matmul.wgsl: batched C = alpha * op(A) · op(B) [+ bias] [+ C]
 //
 // Bindings: 0 params (uniform), 1 A (read), 2 B (read), 3 bias (read, length N; bound to
-// any buffer when unused), 4 C (read_write, (batch, M, N) row-major).
+// any buffer when unused), 4 C (read_write, (batch, M, N) row-major), 5 pre (read_write,
+// like C: the pre-activation when the GELU epilogue is on; bound to C itself when unused).
 // Transposes are strides: A[b, i, k] = a[b*a_bs + i*a_rs + k*a_cs], likewise B[b, k, j],
 // so A·B, Aᵀ·B and A·Bᵀ are one kernel. C[b, i, j] = c[b*c_bs + i*N + j].
-// flags: bit 0 adds bias[j], bit 1 accumulates into C (C += ..., used for gradients).
+// flags: bit 0 adds bias[j], bit 1 accumulates into C (C += ..., used for gradients),
+// bit 2 the GELU epilogue (pre ← v, C ← GELU(v); Linear → GELU in one dispatch).
 // Numerics: f32 accumulation in k order; no atomics, so results are deterministic.
 //
 // Entry points (variants share the math, differ in how work is tiled):

@@ -2,7 +2,9 @@
 // when it is compiled (src/ops/matmul.rs), so naga's line numbers for those files count
 // from the first line of this one.
 // Params and bindings: see matmul.wgsl's header. finish(bi, i, j, acc) writes
-// C[bi, i, j] = alpha * acc [+ bias[j]] [+ C[bi, i, j]] as the flags say.
+// C[bi, i, j] = alpha * acc [+ bias[j]] [+ C[bi, i, j]] as the flags say; with flag bit 2
+// (GELU epilogue) that value v goes to pre[idx] and C gets v · Φ(v), computed exactly as
+// gelu.wgsl's gelu_forward computes it (Φ from gelu_math.wgsl, prepended before this file).
 
 struct Params {
     M: u32, N: u32, K: u32, batch: u32,
@@ -16,11 +18,16 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
+@group(0) @binding(5) var<storage, read_write> pre: array<f32>;
 
 fn finish(bi: u32, i: u32, j: u32, acc: f32) {
     var v = p.alpha * acc;
     if ((p.flags & 1u) != 0u) { v += bias[j]; }
     let idx = bi * p.c_bs + i * p.N + j;
     if ((p.flags & 2u) != 0u) { v += c[idx]; }
+    if ((p.flags & 4u) != 0u) {
+        pre[idx] = v;
+        v = v * normal_cdf(v);
+    }
     c[idx] = v;
 }

@@ -4,8 +4,9 @@
 //! # A tour, from the device up
 //!
 //! - `gpu`: the runtime. Adapter choice and a device with the adapter's limits (`context`),
-//!   pooled tensors with upload and readback (`buffers`), the pipeline cache keyed by shader
-//!   and entry point (`pipelines`), dispatch counters and per-kernel timing, and the device
+//!   pooled tensors and views with upload and readback (`buffers`), flat tensor sets
+//!   (`flat`), reads that do not wait (`readback`), the pipeline cache keyed by shader and
+//!   entry point (`pipelines`), dispatch counters and per-kernel timing, and the device
 //!   memory an adapter offers (`memory`). Start at
 //!   `gpu/mod.rs`, then `Gpu` in `context.rs`.
 //! - `ops`: one op family per file (matmul, layernorm, attention, softmax, soft_assign, …),
@@ -29,8 +30,10 @@
 //!   `data/mod.rs`, then `Augmenter::views`.
 //! - `train`: `sop train`. Configuration (TOML) and the named recipes it starts from
 //!   (`recipe.rs`: `small`, `paper`; `--set key=value`), the memory plan that sizes and
-//!   checks a batch (`memory.rs`), schedules, AdamW with clipping, the resumable training
-//!   state and the loop itself; `train/mod.rs` lists one optimiser step in order: start there.
+//!   checks a batch (`memory.rs`), schedules, AdamW with clipping (all on the device), the
+//!   resumable training state, the step's metrics on their way back (`scalars`, `inflight`:
+//!   nothing in a step waits for the device) and the loop itself; `train/mod.rs` lists one
+//!   optimiser step in order: start there.
 //! - `eval`: frozen features, weighted k-NN and a linear probe (`eval/mod.rs`).
 //! - `checkpoint`: safetensors checkpoints under the authors' names with the architecture in
 //!   the metadata, written atomically; `CheckpointError` names the file and the tensor.

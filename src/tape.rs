@@ -36,10 +36,12 @@ impl Var {
 
 enum Op {
     /// y = x·Wᵀ + b, x (R, in), W (out, in), b (out).
+    /// y = x·Wᵀ + b, plus `residual` when it was fused in (`linear_residual`).
     Linear {
         x: Tensor,
         w: Tensor,
         ids: [Option<usize>; 3],
+        residual: Option<usize>,
     },
     /// y = A·x with a constant A (m, k) and x (k, n) (position-embedding interpolation).
     ConstMatmul {
@@ -194,20 +196,51 @@ impl<'g> Tape<'g> {
 
     /// y (…, out) = x (…, in) · Wᵀ + b.
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.linear_into(x, w, b, None)
+    }
+
+    /// y = residual + (x · Wᵀ + b) in one matmul (its epilogue adds the residual, held in
+    /// the output beforehand): the bits of `add(residual, linear(x, w, b))`, one dispatch
+    /// fewer. Backward: d residual = dy, the rest as `linear`.
+    pub fn linear_residual(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: &Var) -> Result<Var> {
+        self.linear_into(x, w, b, Some(residual))
+    }
+
+    /// x (…, in) seen as (rows, in), and the shape (…, out) of x · Wᵀ.
+    fn linear_shapes(x: &Var, w: &Var) -> Result<(Tensor, Vec<usize>)> {
         let in_dim = *x.shape().last().unwrap_or(&0);
-        let rows = x.value.numel() / in_dim.max(1);
-        let x2 = x.value.reshape(&[rows, in_dim])?;
+        let x2 = x.value.reshape(&[x.value.numel() / in_dim.max(1), in_dim])?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = w.shape()[0];
+        Ok((x2, shape))
+    }
+
+    fn linear_into(&mut self, x: &Var, w: &Var, b: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+        let (x2, shape) = Self::linear_shapes(x, w)?;
         let mut mm = Matmul::new(&x2, &w.value).trans_b();
         if let Some(b) = b {
             mm = mm.bias(&b.value);
         }
-        let y = mm.run(self.gpu)?;
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap() = w.shape()[0];
+        let y = match residual {
+            None => mm.run(self.gpu)?,
+            Some(r) => {
+                if r.shape() != shape.as_slice() {
+                    return Err(SopError::shape(
+                        "linear_residual",
+                        format!("residual {:?}, output {shape:?}", r.shape()),
+                    ));
+                }
+                let y = self.gpu.duplicate(&r.value)?;
+                mm.run_into(self.gpu, &y, true)?;
+                y
+            }
+        };
         let y = y.reshape(&shape)?;
         let ids = [x.id, w.id, b.and_then(|b| b.id)];
+        let residual = residual.and_then(|r| r.id);
         let (xv, wv) = (x2, w.value.clone());
-        Ok(self.record(y, ids.iter().any(Option::is_some), || Op::Linear { x: xv, w: wv, ids }))
+        let needs = ids.iter().any(Option::is_some) || residual.is_some();
+        Ok(self.record(y, needs, || Op::Linear { x: xv, w: wv, ids, residual }))
     }
 
     /// y = A·x for a constant A (m, k), x (k, n): matmul m×k · k×n.
@@ -225,6 +258,27 @@ impl<'g> Tape<'g> {
         let ids = [x.id, gamma.id, beta.id];
         let g = gamma.value.clone();
         Ok(self.record(y, ids.iter().any(Option::is_some), || Op::LayerNorm { x: x2, gamma: g, mean, rstd, ids }))
+    }
+
+    /// GELU(x · Wᵀ + b) in one matmul (its GELU epilogue), recorded as `linear` then `gelu`:
+    /// the same values and the same backward, one dispatch fewer.
+    pub fn linear_gelu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let (x2, shape) = Self::linear_shapes(x, w)?;
+        let mut mm = Matmul::new(&x2, &w.value).trans_b();
+        if let Some(b) = b {
+            mm = mm.bias(&b.value);
+        }
+        let (pre, post) = mm.run_gelu(self.gpu)?;
+        let (pre, post) = (pre.reshape(&shape)?, post.reshape(&shape)?);
+        let ids = [x.id, w.id, b.and_then(|b| b.id)];
+        let wv = w.value.clone();
+        let h = self.record(pre.clone(), ids.iter().any(Option::is_some), || Op::Linear {
+            x: x2,
+            w: wv,
+            ids,
+            residual: None,
+        });
+        Ok(self.record(post, h.id.is_some(), || Op::Gelu { x: pre, id: h.id }))
     }
 
     pub fn gelu(&mut self, x: &Var) -> Result<Var> {
@@ -342,8 +396,9 @@ impl<'g> Tape<'g> {
                 }
             };
             match (node.op, grads_of_outputs) {
-                (Op::Linear { x, w, ids: [xid, wid, bid] }, OutGrads::One(dy)) => {
-                    // y = x·Wᵀ + b: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy.
+                (Op::Linear { x, w, ids: [xid, wid, bid], residual }, OutGrads::One(dy)) => {
+                    // y = x·Wᵀ + b [+ r]: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy [, dr = dy].
+                    accumulate(gpu, &mut grads, residual, dy.clone())?;
                     let out = w.shape[0];
                     let dy2 = dy.reshape(&[dy.numel() / out, out])?;
                     if xid.is_some() {

@@ -1,5 +1,6 @@
 //! `sop bench --step` end to end: whole default-model training steps after the banks filled,
-//! with the per-step counters; a steady-state step creates no buffers.
+//! with the per-step counters; a steady-state step creates no buffers or bind groups and
+//! never waits for the device.
 
 use std::process::Command;
 
@@ -14,8 +15,11 @@ fn bench_step_reports_steady_state_steps_and_counters() {
     assert_eq!(r["batch_size"], 64, "{r}");
     assert!(r["ms_per_step"].as_f64().unwrap() > 0.0 && r["images_per_sec"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["dispatches"].as_f64().unwrap() > 100.0, "{r}");
-    // The pool and the cached bind groups make a steady-state step allocate nothing.
+    // The pool and the cached bind groups make a steady-state step allocate nothing, and the
+    // pool's fixed order makes it reuse every bind group; nothing in it waits for the device.
     assert_eq!(r["buffers_created"].as_f64().unwrap(), 0.0, "{r}");
+    assert_eq!(r["bind_groups_created"].as_f64().unwrap(), 0.0, "{r}");
+    assert_eq!(r["host_waits"].as_f64().unwrap(), 0.0, "{r}");
 }
 
 #[test]

@@ -156,6 +156,50 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     }
 }
 
+/// The host learns of a non-finite step a step or more later (its metrics come back
+/// asynchronously), but always before the next checkpoint: the checkpoint due at step 3 is
+/// not written after the non-finite step 2, and metrics.jsonl holds the good step only.
+#[test]
+fn a_non_finite_step_found_late_stops_before_the_next_checkpoint() {
+    let gpu = gpu();
+    let dir = tmp("nonfinite-late");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(6);
+    cfg.optim.lr = 1e36;
+    cfg.optim.clip_grad = 0.0;
+    cfg.run.checkpoint_every = 3;
+    let err = train(&gpu, cfg, None, false).unwrap_err();
+    assert!(matches!(err, sop::SopError::TrainingStopped { step: 2, checkpoint: None, .. }), "{err:?}");
+    assert!(err.to_string().contains("step 2: the loss is not finite"), "{err}");
+    assert!(!dir.join(state::STATE).exists() && !dir.join(state::STUDENT).exists());
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1]);
+}
+
+/// Every step gets its line, in step order, though lines are written when the step's
+/// metrics come back; no step waits for the device (the waits are at the end of the run).
+#[test]
+fn metrics_have_one_line_per_step_in_order_and_no_step_waits() {
+    let gpu = gpu();
+    let dir = tmp("metrics-lines");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(7);
+    train(&gpu, cfg, None, false).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=7).collect::<Vec<_>>());
+    for l in &lines {
+        assert_eq!(l["host_waits"], 0, "{l}");
+        assert!(l["loss"].as_f64().unwrap().is_finite() && l["dispatches"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["cls_bank_cos"].as_f64().is_some() && l["pace_waits"].as_u64().is_some(), "{l}");
+    }
+}
+
 #[test]
 fn a_non_finite_loss_before_any_checkpoint_says_there_is_none() {
     let gpu = gpu();
@@ -227,7 +271,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         (c.value, r.value)
     };
     let specs = param_specs(&cfg);
-    let mut opt = AdamW::new(&gpu, &student.tensors, specs.iter().map(|s| s.decay).collect()).unwrap();
+    let mut opt = AdamW::new(&gpu, &student, specs.iter().map(|s| s.decay).collect()).unwrap();
     let mut losses = Vec::new();
     for _ in 0..12 {
         let mut tape = Tape::new(&gpu);
@@ -252,7 +296,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         losses.push(out.loss);
         let mut g = tape.backward(vec![(&c, out.dstudent_cls), (&r, out.dstudent_patch)]).unwrap();
         let grads: Vec<_> = p.vars.iter().map(|v| g.take(v)).collect();
-        opt.step(&gpu, &student.tensors, &grads, 2e-3, 0.0, None).unwrap();
+        opt.step(&gpu, &student, &grads, 2e-3, 0.0, None).unwrap();
     }
     eprintln!("losses on a fixed batch: {losses:?}");
     assert!(losses[11] < losses[0] - 0.05, "the loss did not fall: {losses:?}");

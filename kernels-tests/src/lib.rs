@@ -5,6 +5,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;

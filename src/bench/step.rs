@@ -1,7 +1,7 @@
 //! `sop bench --step`: whole training steps, timed. Runs `sop train` (no k-NN, no
 //! checkpoints until the end) on a temporary run folder and reports the median of the steps
 //! after both banks filled, with the per-step counters of `metrics.jsonl` (dispatches, host
-//! waits, bind groups and buffers created, uniform bytes, host recording time).
+//! waits, pace waits, bind groups and buffers created, uniform bytes, host recording time).
 
 use std::path::PathBuf;
 
@@ -33,6 +33,7 @@ pub struct StepBench {
     pub images_per_sec: f64,
     pub dispatches: f64,
     pub host_waits: f64,
+    pub pace_waits: f64,
     pub bind_groups_created: f64,
     pub buffers_created: f64,
     pub uniform_bytes: f64,
@@ -110,6 +111,7 @@ pub fn run(gpu: &Gpu, args: &StepBenchArgs) -> Result<StepBench> {
         images_per_sec: batch_size as f64 / (ms * 1e-3),
         dispatches: med("dispatches"),
         host_waits: med("host_waits"),
+        pace_waits: med("pace_waits"),
         bind_groups_created: med("bind_groups_created"),
         buffers_created: med("buffers_created"),
         uniform_bytes: med("uniform_bytes"),
@@ -122,8 +124,8 @@ impl StepBench {
     pub fn table(&self) -> String {
         format!(
             "adapter: {}\nmodel: {}, batch {}; median of {} steps after the banks filled\n\
-             {:.2} ms per step, {:.1} images/s\nper step: {} dispatches, {} host waits, {} bind groups and {} buffers created, \
-             {} uniform bytes, {:.3} ms host recording",
+             {:.2} ms per step, {:.1} images/s\nper step: {} dispatches, {} host waits, {} pace waits, {} bind groups and {} \
+             buffers created, {} uniform bytes, {:.3} ms host recording ({:.2} µs per dispatch)",
             self.adapter,
             self.model,
             self.batch_size,
@@ -132,10 +134,12 @@ impl StepBench {
             self.images_per_sec,
             self.dispatches,
             self.host_waits,
+            self.pace_waits,
             self.bind_groups_created,
             self.buffers_created,
             self.uniform_bytes,
-            self.host_ms
+            self.host_ms,
+            1e3 * self.host_ms / self.dispatches.max(1.0)
         )
     }
 }

@@ -69,13 +69,28 @@ impl Drop for PooledBuffer {
     }
 }
 
-/// A GPU array of 4-byte elements, row-major, with its shape.
+/// A GPU array of 4-byte elements, row-major, with its shape: a whole pooled buffer, or a
+/// view of a slot of one (`Tensor::view`: the parameters, gradients and moments of a model
+/// live side by side in one flat buffer, so multi-tensor kernels update them all at once).
 #[derive(Clone)]
 pub struct Tensor {
     pub shape: Vec<usize>,
     pub dtype: DType,
     buf: Arc<PooledBuffer>,
+    /// Where a view's slot starts and how many bytes it binds (None: the whole buffer).
+    view: Option<View>,
 }
+
+/// A slot of a flat buffer: byte offset (a multiple of `VIEW_ALIGN` elements) and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct View {
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Views start at multiples of this many elements (256 bytes: every adapter's storage
+/// offset alignment, and one workgroup of 64 invocations).
+pub const VIEW_ALIGN: usize = 64;
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +105,40 @@ impl Tensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         self.buf.buffer.as_ref().expect("live tensor has a buffer")
     }
+    /// Byte offset of the tensor's first element in `buffer()` (0 unless a view).
+    pub fn offset(&self) -> u64 {
+        self.view.map_or(0, |v| v.offset)
+    }
+    /// The view's slot (None for a whole buffer).
+    pub fn view_slot(&self) -> Option<View> {
+        self.view
+    }
+    /// What a kernel binds: the whole buffer, or the view's slot.
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        match self.view {
+            None => self.buffer().as_entire_binding(),
+            Some(v) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: self.buffer(),
+                offset: v.offset,
+                size: wgpu::BufferSize::new(v.size),
+            }),
+        }
+    }
+    /// A view of `shape` starting at element `at` of this whole tensor and binding `slot`
+    /// elements (≥ the shape's, ending inside this tensor); `at` is a multiple of `VIEW_ALIGN`.
+    pub fn view(&self, at: usize, shape: &[usize], slot: usize) -> Result<Tensor> {
+        let numel: usize = shape.iter().product();
+        if self.view.is_some()
+            || !at.is_multiple_of(VIEW_ALIGN)
+            || numel > slot
+            || slot == 0
+            || at + slot > self.numel()
+        {
+            return Err(SopError::shape("view", format!("{shape:?} in a slot of {slot} at {at} of {:?}", self.shape)));
+        }
+        let view = Some(View { offset: 4 * at as u64, size: 4 * slot as u64 });
+        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone(), view })
+    }
     /// Bytes of payload (the buffer may be padded beyond it).
     pub fn bytes(&self) -> u64 {
         4 * self.numel() as u64
@@ -99,9 +148,9 @@ impl Tensor {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(SopError::shape("reshape", format!("{:?} -> {:?}", self.shape, shape)));
         }
-        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone() })
+        Ok(Tensor { shape: shape.to_vec(), dtype: self.dtype, buf: self.buf.clone(), view: self.view })
     }
-    /// True when both tensors share one buffer.
+    /// True when both tensors share one buffer (two views of one flat buffer do).
     pub fn same_buffer(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.buf, &other.buf)
     }
@@ -153,6 +202,17 @@ impl Gpu {
         })
     }
 
+    /// Put every free list of the pool in one fixed order. A training step calls this first:
+    /// its allocations and frees repeat from step to step, so from the same free lists it
+    /// gets the same buffers, and every bind group it needs is already cached (without this
+    /// the lists' order drifts from step to step, and so do the buffer combinations).
+    pub fn settle_pool(&self) {
+        let mut pool = self.pool.lock().unwrap();
+        for list in pool.free.values_mut() {
+            list.sort_unstable();
+        }
+    }
+
     /// A tensor with undefined contents (possibly a recycled buffer's old data).
     pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
@@ -167,7 +227,7 @@ impl Gpu {
         let buffer = self.pooled_buffer(Kind::Storage, size);
         self.pool.lock().unwrap().memory.grow(0, size);
         let buf = Arc::new(PooledBuffer { buffer: Some(buffer), size, pool: Arc::downgrade(&self.pool) });
-        Ok(Tensor { shape: shape.to_vec(), dtype, buf })
+        Ok(Tensor { shape: shape.to_vec(), dtype, buf, view: None })
     }
 
     /// A tensor of zeros (cleared in command order, so recycled buffers are safe).
@@ -193,7 +253,7 @@ impl Gpu {
         }
         self.flush()?;
         if !bytes.is_empty() {
-            self.queue.write_buffer(t.buffer(), 0, bytes);
+            self.queue.write_buffer(t.buffer(), t.offset(), bytes);
         }
         Ok(())
     }
@@ -226,7 +286,9 @@ impl Gpu {
             return Err(SopError::shape("copy", format!("{:?} into {:?}", src.shape, dst.shape)));
         }
         if src.numel() > 0 {
-            self.with_encoder(|enc| enc.copy_buffer_to_buffer(src.buffer(), 0, dst.buffer(), 0, Some(src.bytes())))?;
+            self.with_encoder(|enc| {
+                enc.copy_buffer_to_buffer(src.buffer(), src.offset(), dst.buffer(), dst.offset(), Some(src.bytes()))
+            })?;
         }
         Ok(())
     }
@@ -244,9 +306,9 @@ impl Gpu {
             self.with_encoder(|enc| {
                 enc.copy_buffer_to_buffer(
                     src.buffer(),
-                    4 * src_at as u64,
+                    src.offset() + 4 * src_at as u64,
                     dst.buffer(),
-                    4 * dst_at as u64,
+                    dst.offset() + 4 * dst_at as u64,
                     Some(4 * len as u64),
                 )
             })?;
@@ -297,10 +359,9 @@ impl Gpu {
         if size == 0 {
             return Ok(Vec::new());
         }
-        let bucket_size = bucket(size);
-        let staging = self.pooled_buffer(Kind::Staging, bucket_size);
+        let (staging, bucket_size) = self.staging_buffer(size);
         Counters::add(&self.counters.host_waits, 1);
-        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), 0, &staging, 0, Some(size)))?;
+        self.with_encoder(|enc| enc.copy_buffer_to_buffer(t.buffer(), t.offset(), &staging, 0, Some(size)))?;
         self.flush()?;
         let slice = staging.slice(..size);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -313,13 +374,24 @@ impl Gpu {
             .map_err(|e| SopError::Gpu(format!("readback map: {e}")))?;
         let bytes = slice.get_mapped_range().map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?.to_vec();
         staging.unmap();
+        self.return_staging(staging, bucket_size);
+        Ok(bytes)
+    }
+
+    /// An unmapped MAP_READ buffer of at least `size` bytes from the pool, and its bucket.
+    pub(crate) fn staging_buffer(&self, size: u64) -> (wgpu::Buffer, u64) {
+        let bucket_size = bucket(size);
+        (self.pooled_buffer(Kind::Staging, bucket_size), bucket_size)
+    }
+
+    /// Give an unmapped staging buffer back to the pool (large ones are dropped).
+    pub(crate) fn return_staging(&self, staging: wgpu::Buffer, bucket_size: u64) {
         let mut pool = self.pool.lock().unwrap();
         if bucket_size <= MAX_POOLED_STAGING {
             pool.staging.entry(bucket_size).or_default().push(staging);
         } else {
             pool.memory.pool_bytes -= bucket_size;
         }
-        Ok(bytes)
     }
 
     /// The raw 4-byte words of several tensors (any dtype) with one wait: they are copied

@@ -264,6 +264,11 @@ impl Gpu {
 
     /// Submit everything recorded so far (does not wait for it to finish).
     pub fn flush(&self) -> Result<()> {
+        self.submit().map(|_| ())
+    }
+
+    /// `flush`, returning the submission's index (None when nothing was pending).
+    pub(crate) fn submit(&self) -> Result<Option<wgpu::SubmissionIndex>> {
         let enc = {
             let mut p = self.pending.lock().unwrap();
             p.dispatches = 0;
@@ -274,10 +279,9 @@ impl Gpu {
             }
             p.encoder.take()
         };
-        if let Some(enc) = enc {
-            self.queue.submit([enc.finish()]);
-        }
-        self.check_errors()
+        let index = enc.map(|enc| self.queue.submit([enc.finish()]));
+        self.check_errors()?;
+        Ok(index)
     }
 
     /// Submit and wait until the device is idle.

@@ -1,4 +1,5 @@
-//! What the host asks of the device, counted: dispatches recorded, blocking waits, bind
+//! What the host asks of the device, counted: dispatches recorded, blocking waits (and pace
+//! waits, see `gpu::readback`), bind
 //! groups and buffers created (tensors and readback staging, both pooled), uniform bytes written and host time spent recording.
 //! `Gpu::counters()` takes a snapshot; the difference of two snapshots is one step's share
 //! (`metrics.jsonl`, `sop bench --step`).
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Counters {
     pub dispatches: AtomicU64,
     pub host_waits: AtomicU64,
+    pub pace_waits: AtomicU64,
     pub bind_groups_created: AtomicU64,
     pub uniform_bytes: AtomicU64,
     pub record_ns: AtomicU64,
@@ -26,6 +28,9 @@ pub struct CounterSnapshot {
     pub dispatches: u64,
     /// Blocking waits on the device: buffer maps waited for and blocking polls.
     pub host_waits: u64,
+    /// Waits of a host that ran `MAX_IN_FLIGHT` steps ahead, for the oldest of them, while
+    /// the later ones keep the device busy (`gpu::readback`): the device does not idle.
+    pub pace_waits: u64,
     pub bind_groups_created: u64,
     pub buffers_created: u64,
     pub uniform_bytes: u64,
@@ -39,6 +44,7 @@ impl CounterSnapshot {
         CounterSnapshot {
             dispatches: get(&c.dispatches),
             host_waits: get(&c.host_waits),
+            pace_waits: get(&c.pace_waits),
             bind_groups_created: get(&c.bind_groups_created),
             buffers_created: pool_buffers,
             uniform_bytes: get(&c.uniform_bytes),
@@ -51,6 +57,7 @@ impl CounterSnapshot {
         CounterSnapshot {
             dispatches: self.dispatches - earlier.dispatches,
             host_waits: self.host_waits - earlier.host_waits,
+            pace_waits: self.pace_waits - earlier.pace_waits,
             bind_groups_created: self.bind_groups_created - earlier.bind_groups_created,
             buffers_created: self.buffers_created - earlier.buffers_created,
             uniform_bytes: self.uniform_bytes - earlier.uniform_bytes,

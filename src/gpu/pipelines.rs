@@ -41,6 +41,21 @@ macro_rules! shader {
     (trusted $prelude:literal + $file:literal) => {
         Shader { trusted: true, ..shader!($prelude + $file) }
     };
+    // Two prelude files, in order.
+    (trusted $p1:literal + $p2:literal + $file:literal) => {
+        Shader { trusted: true, ..shader!($p1 + $p2 + $file) }
+    };
+    ($p1:literal + $p2:literal + $file:literal) => {
+        Shader {
+            file: concat!($p1, " + ", $p2, " + ", $file),
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $p1)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $p2)),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
+            ),
+            trusted: false,
+        }
+    };
     // A shared prelude file prepended to `$file` (WGSL has no includes); errors name both.
     ($prelude:literal + $file:literal) => {
         Shader {
@@ -86,7 +101,7 @@ struct PipelineKey {
 struct BindKey {
     read_only: Vec<bool>,
     uniform_size: u64,
-    buffers: Vec<wgpu::Buffer>,
+    buffers: Vec<(wgpu::Buffer, Option<crate::gpu::buffers::View>)>,
 }
 
 #[derive(Default)]
@@ -218,8 +233,11 @@ impl Gpu {
         uniform_size: u64,
         binds: &[Bind],
     ) -> wgpu::BindGroup {
-        let key =
-            BindKey { read_only, uniform_size, buffers: binds.iter().map(|b| b.tensor().buffer().clone()).collect() };
+        let key = BindKey {
+            read_only,
+            uniform_size,
+            buffers: binds.iter().map(|b| (b.tensor().buffer().clone(), b.tensor().view_slot())).collect(),
+        };
         let mut cache = self.pipelines.lock().unwrap();
         if let Some(g) = cache.bind_groups.get(&key) {
             return g.clone();
@@ -231,10 +249,7 @@ impl Gpu {
             wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
         for (i, b) in binds.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: 1 + i as u32,
-                resource: b.tensor().buffer().as_entire_binding(),
-            });
+            entries.push(wgpu::BindGroupEntry { binding: 1 + i as u32, resource: b.tensor().binding() });
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("sop bind group"),

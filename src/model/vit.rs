@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::error::{Result, SopError};
-use crate::gpu::{DType, Gpu, Tensor};
+use crate::gpu::{DType, FlatLayout, FlatTensors, Gpu, Tensor};
 use crate::model::config::VitConfig;
 use crate::model::params::head_linear_name;
 use crate::model::pos_embed::pos_embed_interp_matrix;
@@ -25,24 +25,40 @@ use crate::tape::{Tape, Var};
 /// One host tensor: (name, shape, data).
 pub type HostTensor = (String, Vec<usize>, Vec<f32>);
 
-/// The parameters of one network (student or teacher) on the GPU, in `param_specs` order.
+/// x + dp(h·Wᵀ + b): with drop path a scaled branch and an add; without, one matmul whose
+/// epilogue adds x (`Tape::linear_residual`, the same bits).
+fn residual_branch(tape: &mut Tape, x: &Var, h: &Var, w: &Var, b: Option<&Var>, dp: Option<&Tensor>) -> Result<Var> {
+    match dp {
+        Some(dp) => {
+            let branch = tape.linear(h, w, b)?;
+            let branch = tape.scale_samples(&branch, dp)?;
+            tape.add(x, &branch)
+        }
+        None => tape.linear_residual(h, w, b, x),
+    }
+}
+
+/// The parameters of one network (student or teacher) on the GPU, in `param_specs` order:
+/// views into one flat buffer (`gpu::flat`), so the optimiser and the EMA update them all
+/// in one dispatch.
 pub struct Weights {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
+    /// The flat buffer the tensors are views of, and its layout.
+    pub flat: Tensor,
+    pub layout: FlatLayout,
     index: HashMap<String, usize>,
 }
 
 impl Weights {
-    /// Upload host tensors (name, shape, data).
+    /// Upload host tensors (name, shape, data) into one flat buffer, in one write.
     pub fn upload(gpu: &Gpu, host: &[HostTensor]) -> Result<Weights> {
-        let mut names = Vec::new();
-        let mut tensors = Vec::new();
-        for (name, shape, data) in host {
-            names.push(name.clone());
-            tensors.push(gpu.upload_f32(shape, data)?);
-        }
+        let names: Vec<String> = host.iter().map(|(n, _, _)| n.clone()).collect();
+        let layout = FlatLayout::new(&host.iter().map(|(_, s, _)| s.clone()).collect::<Vec<_>>());
+        let data: Vec<&[f32]> = host.iter().map(|(_, _, d)| d.as_slice()).collect();
+        let FlatTensors { flat, views: tensors } = gpu.flat_upload(&layout, &data)?;
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Ok(Weights { names, tensors, index })
+        Ok(Weights { names, tensors, flat, layout, index })
     }
 
     /// Read every tensor back (name, shape, data).
@@ -167,19 +183,12 @@ impl Vit {
             if i + 1 == c.depth {
                 last_qkv = Some(qkv.value.clone());
             }
-            let mut a = tape.linear(&a, p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?))?;
-            if let Some(dp) = dp {
-                a = tape.scale_samples(&a, &dp[0])?;
-            }
-            x = tape.add(&x, &a)?;
+            let (w, b) = (p.get(&name("attn.proj.weight"))?, Some(p.get(&name("attn.proj.bias"))?));
+            x = residual_branch(tape, &x, &a, w, b, dp.map(|d| &d[0]))?;
             let h = tape.layernorm(&x, p.get(&name("norm2.weight"))?, p.get(&name("norm2.bias"))?, c.ln_eps as f32)?;
-            let h = tape.linear(&h, p.get(&name("mlp.fc1.weight"))?, Some(p.get(&name("mlp.fc1.bias"))?))?;
-            let h = tape.gelu(&h)?;
-            let mut h = tape.linear(&h, p.get(&name("mlp.fc2.weight"))?, Some(p.get(&name("mlp.fc2.bias"))?))?;
-            if let Some(dp) = dp {
-                h = tape.scale_samples(&h, &dp[1])?;
-            }
-            x = tape.add(&x, &h)?;
+            let h = tape.linear_gelu(&h, p.get(&name("mlp.fc1.weight"))?, Some(p.get(&name("mlp.fc1.bias"))?))?;
+            let (w, b) = (p.get(&name("mlp.fc2.weight"))?, Some(p.get(&name("mlp.fc2.bias"))?));
+            x = residual_branch(tape, &x, &h, w, b, dp.map(|d| &d[1]))?;
         }
         let out = tape.layernorm(&x, p.get("backbone.norm.weight")?, p.get("backbone.norm.bias")?, c.ln_eps as f32)?;
         Ok((out, last_qkv))
@@ -209,10 +218,9 @@ impl Vit {
         let mut h = tokens.clone();
         for i in 0..self.cfg.head_layers {
             let name = head_linear_name(&self.cfg, i);
-            if i > 0 {
-                h = tape.gelu(&h)?;
-            }
-            h = tape.linear(&h, p.get(&format!("{name}.weight"))?, Some(p.get(&format!("{name}.bias"))?))?;
+            let (w, b) = (p.get(&format!("{name}.weight"))?, Some(p.get(&format!("{name}.bias"))?));
+            // GELU between the layers, in the matmul's epilogue.
+            h = if i + 1 < self.cfg.head_layers { tape.linear_gelu(&h, w, b)? } else { tape.linear(&h, w, b)? };
         }
         tape.l2norm(&h, 1e-6)
     }

@@ -16,7 +16,6 @@ use crate::ops::launch::{launch_with, Grid, Kernel, WG};
 pub static ATTENTION: Shader = shader!("attention.wgsl");
 
 const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
-const ATTENTION_BACKWARD_DELTA: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_delta", wg: WG };
 const ATTENTION_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dq", wg: WG };
 const ATTENTION_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dkv", wg: WG };
 const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attention_cls_probs", wg: WG };
@@ -154,7 +153,6 @@ pub fn attention_backward(
         Bind::Write(&delta),
         Bind::Write(&dqkv),
     ];
-    dispatch(gpu, &ATTENTION_BACKWARD_DELTA, dm, Layout::Rows, &binds)?;
     dispatch(gpu, &ATTENTION_BACKWARD_DQ, dm, Layout::Rows, &binds)?;
     dispatch(gpu, &ATTENTION_BACKWARD_DKV, dm, Layout::Rows, &binds)?;
     Ok(dqkv)

@@ -21,6 +21,8 @@ pub static CROSS_ENTROPY: Shader = shader!("cross_entropy.wgsl");
 const CROSS_ENTROPY_FORWARD_ROWS: Kernel =
     Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_rows", wg: WG };
 const CROSS_ENTROPY_FORWARD_SUM: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_sum", wg: WG };
+const CROSS_ENTROPY_FORWARD_TOTAL: Kernel =
+    Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_forward_total", wg: CHUNK as u32 };
 const CROSS_ENTROPY_BACKWARD: Kernel = Kernel { shader: &CROSS_ENTROPY, entry: "cross_entropy_backward", wg: WG };
 
 /// Entries one invocation of `cross_entropy_forward_sum` adds (`CHUNK` in the shader).
@@ -69,6 +71,14 @@ pub fn cross_entropy_forward(gpu: &Gpu, q: &Tensor, p: &Tensor, w: &Tensor) -> R
     {
         let binds = [Bind::Read(q), Bind::Read(p), Bind::Read(w), Bind::Write(&src), Bind::Write(&src)];
         launch(gpu, &CROSS_ENTROPY_FORWARD_ROWS, &prm, &binds, Grid::Items(r))?;
+    }
+    if r <= CHUNK * CHUNK {
+        // Both stages in one workgroup, the same bits.
+        let dst = gpu.empty(&[1], DType::F32)?;
+        prm.n = r as u32;
+        let binds = [Bind::Read(q), Bind::Read(p), Bind::Read(w), Bind::Write(&src), Bind::Write(&dst)];
+        launch(gpu, &CROSS_ENTROPY_FORWARD_TOTAL, &prm, &binds, Grid::Groups([1, 1, 1]))?;
+        return Ok(dst);
     }
     // Sum chunks of 64 until one value is left (at least once, so R = 1 also lands in a
     // fresh (1) tensor).

@@ -15,6 +15,7 @@ pub static GATHER: Shader = shader!("gather.wgsl");
 
 const GATHER_ROWS: Kernel = Kernel { shader: &GATHER, entry: "gather_rows", wg: WG };
 const SCATTER_ROWS_RING: Kernel = Kernel { shader: &GATHER, entry: "scatter_rows_ring", wg: WG };
+const SCATTER_ROWS_RING_UNLESS: Kernel = Kernel { shader: &GATHER, entry: "scatter_rows_ring_unless", wg: WG };
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable, Debug)]
@@ -68,6 +69,16 @@ pub fn gather_rows_host(gpu: &Gpu, src: &Tensor, idx: &[u32]) -> Result<Tensor> 
 /// memory-bank write, wrapping around). `start` is taken mod N, so a running write pointer
 /// may be passed as is.
 pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) -> Result<()> {
+    scatter(gpu, dst, src, start, None)
+}
+
+/// `scatter_rows_ring`, unless `skip[0]` ≠ 0 (one u32: the step's non-finite flag) when
+/// dst is left as it was.
+pub fn scatter_rows_ring_unless(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize, skip: &Tensor) -> Result<()> {
+    scatter(gpu, dst, src, start, Some(skip))
+}
+
+fn scatter(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize, skip: Option<&Tensor>) -> Result<()> {
     let err = |d: &str| {
         SopError::shape("scatter_rows_ring", format!("dst {:?}, src {:?}, start {start}: {d}", dst.shape, src.shape))
     };
@@ -91,8 +102,22 @@ pub fn scatter_rows_ring(gpu: &Gpu, dst: &Tensor, src: &Tensor, start: usize) ->
         return Ok(());
     }
     let prm = Params { n: n as u32, c: c as u32, r: r as u32, start: (start % n) as u32 };
-    let binds = [Bind::Read(src), Bind::Read(src), Bind::Write(dst)];
-    launch(gpu, &SCATTER_ROWS_RING, &prm, &binds, Grid::Items(r * c))
+    match skip {
+        None => launch(
+            gpu,
+            &SCATTER_ROWS_RING,
+            &prm,
+            &[Bind::Read(src), Bind::Read(src), Bind::Write(dst)],
+            Grid::Items(r * c),
+        ),
+        Some(s) => {
+            if s.numel() != 1 || s.dtype != DType::U32 {
+                return Err(err("skip must be one u32"));
+            }
+            let binds = [Bind::Read(src), Bind::Read(s), Bind::Write(dst)];
+            launch(gpu, &SCATTER_ROWS_RING_UNLESS, &prm, &binds, Grid::Items(r * c))
+        }
+    }
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).

@@ -10,7 +10,7 @@ use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, launch, u32_of, vec4_items, Grid, Kernel, WG};
 
-pub static GELU: Shader = shader!("gelu.wgsl");
+pub static GELU: Shader = shader!("gelu_math.wgsl" + "gelu.wgsl");
 
 const GELU_FORWARD: Kernel = Kernel { shader: &GELU, entry: "gelu_forward", wg: WG };
 const GELU_BACKWARD: Kernel = Kernel { shader: &GELU, entry: "gelu_backward", wg: WG };

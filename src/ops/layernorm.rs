@@ -23,7 +23,8 @@ const LAYERNORM_FORWARD_UNALIGNED: Kernel = Kernel { shader: &LAYERNORM, entry: 
 const LAYERNORM_BACKWARD: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward", wg: WG };
 const LAYERNORM_BACKWARD_UNALIGNED: Kernel =
     Kernel { shader: &LAYERNORM, entry: "layernorm_backward_unaligned", wg: WG };
-const LAYERNORM_BACKWARD_PARAMS: Kernel = Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params", wg: WG };
+const LAYERNORM_BACKWARD_PARAMS_JOINT: Kernel =
+    Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_joint", wg: WG };
 const LAYERNORM_BACKWARD_PARAMS_UNALIGNED: Kernel =
     Kernel { shader: &LAYERNORM, entry: "layernorm_backward_params_unaligned", wg: WG };
 
@@ -143,30 +144,36 @@ pub fn layernorm_backward(
         return Ok((dx, gpu.zeros(&[d], DType::F32)?, gpu.zeros(&[d], DType::F32)?));
     }
     let nchunks = r.div_ceil(PARAM_CHUNK);
-    let dgamma_part = gpu.empty(&[nchunks, d], DType::F32)?;
-    let dbeta_part = gpu.empty(&[nchunks, d], DType::F32)?;
-    // one invocation per vec4 unit of the (nchunks, D) partial sums
-    let kernel = if d.is_multiple_of(4) { &LAYERNORM_BACKWARD_PARAMS } else { &LAYERNORM_BACKWARD_PARAMS_UNALIGNED };
-    launch(
-        gpu,
-        kernel,
-        &p,
-        &[
-            Bind::Read(x),
-            Bind::Read(gamma),
-            Bind::Read(gamma),
-            Bind::Write(mean),
-            Bind::Write(rstd),
-            Bind::Write(&dgamma_part),
-            Bind::Read(dy),
-            Bind::Write(&dbeta_part),
-        ],
-        Grid::Items((nchunks * d).div_ceil(4)),
-    )?;
-    let (dgamma, dbeta) = if nchunks == 1 {
-        (dgamma_part.reshape(&[d])?, dbeta_part.reshape(&[d])?)
+    // D % 4 == 0: dγ and dβ partials side by side, (nchunks, 2D), summed by one `sum_rows`;
+    // else dγ and dβ partials (nchunks, D) apart, one invocation per vec4 unit of each.
+    let aligned = d.is_multiple_of(4);
+    let (part, part2) = if aligned {
+        (gpu.empty(&[nchunks, 2 * d], DType::F32)?, None)
     } else {
-        (sum_rows(gpu, &dgamma_part)?, sum_rows(gpu, &dbeta_part)?)
+        (gpu.empty(&[nchunks, d], DType::F32)?, Some(gpu.empty(&[nchunks, d], DType::F32)?))
+    };
+    let mut binds = vec![
+        Bind::Read(x),
+        Bind::Read(gamma),
+        Bind::Read(gamma),
+        Bind::Write(mean),
+        Bind::Write(rstd),
+        Bind::Write(&part),
+        Bind::Read(dy),
+    ];
+    binds.extend(part2.as_ref().map(Bind::Write));
+    let kernel = if aligned { &LAYERNORM_BACKWARD_PARAMS_JOINT } else { &LAYERNORM_BACKWARD_PARAMS_UNALIGNED };
+    launch(gpu, kernel, &p, &binds, Grid::Items((nchunks * d).div_ceil(4)))?;
+    let sum = |t: &Tensor, len: usize| if nchunks == 1 { t.reshape(&[len]) } else { sum_rows(gpu, t) };
+    let (dgamma, dbeta) = match &part2 {
+        Some(part2) => (sum(&part, d)?, sum(part2, d)?),
+        None => {
+            let both = sum(&part, 2 * d)?;
+            let (dgamma, dbeta) = (gpu.empty(&[d], DType::F32)?, gpu.empty(&[d], DType::F32)?);
+            gpu.copy_region(&both, 0, &dgamma, 0, d)?;
+            gpu.copy_region(&both, d, &dbeta, 0, d)?;
+            (dgamma, dbeta)
+        }
     };
     Ok((dx, dgamma, dbeta))
 }

@@ -17,9 +17,9 @@ use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::autotune_cache;
 use crate::ops::launch::{launch, launch_with, Grid, Kernel};
 
-pub static MATMUL: Shader = shader!("matmul_common.wgsl" + "matmul.wgsl");
-pub static MATMUL_SUBGROUP: Shader = shader!("matmul_common.wgsl" + "matmul_subgroup.wgsl");
-pub static MATMUL_BLOCKED: Shader = shader!(trusted "matmul_common.wgsl" + "matmul_blocked.wgsl");
+pub static MATMUL: Shader = shader!("gelu_math.wgsl" + "matmul_common.wgsl" + "matmul.wgsl");
+pub static MATMUL_SUBGROUP: Shader = shader!("gelu_math.wgsl" + "matmul_common.wgsl" + "matmul_subgroup.wgsl");
+pub static MATMUL_BLOCKED: Shader = shader!(trusted "gelu_math.wgsl" + "matmul_common.wgsl" + "matmul_blocked.wgsl");
 
 // The entry points; `wg` matters only for `Grid::Items` launches (the split-K reduction).
 const MATMUL_NAIVE: Kernel = Kernel { shader: &MATMUL, entry: "matmul_naive", wg: 256 };
@@ -300,7 +300,7 @@ impl<'a> Matmul<'a> {
     pub fn run(&self, gpu: &Gpu) -> Result<Tensor> {
         let d = self.dims()?;
         let out = gpu.empty(&d.out_shape, DType::F32)?;
-        self.encode(gpu, &d, &out, false)?;
+        self.encode(gpu, &d, &out, false, None)?;
         Ok(out)
     }
 
@@ -310,10 +310,20 @@ impl<'a> Matmul<'a> {
         if out.numel() != d.out_shape.iter().product::<usize>() {
             return Err(SopError::shape("matmul", format!("output {:?}, expected {:?}", out.shape, d.out_shape)));
         }
-        self.encode(gpu, &d, out, accumulate)
+        self.encode(gpu, &d, out, accumulate, None)
     }
 
-    fn encode(&self, gpu: &Gpu, d: &Dims, out: &Tensor, accumulate: bool) -> Result<()> {
+    /// The product (with its bias) and its GELU, in one dispatch (the epilogue): (v, GELU(v)),
+    /// the bits of `run` followed by `gelu_forward`.
+    pub fn run_gelu(&self, gpu: &Gpu) -> Result<(Tensor, Tensor)> {
+        let d = self.dims()?;
+        let pre = gpu.empty(&d.out_shape, DType::F32)?;
+        let out = gpu.empty(&d.out_shape, DType::F32)?;
+        self.encode(gpu, &d, &out, false, Some(&pre))?;
+        Ok((pre, out))
+    }
+
+    fn encode(&self, gpu: &Gpu, d: &Dims, out: &Tensor, accumulate: bool, pre: Option<&Tensor>) -> Result<()> {
         let (m, n, k) = (d.m as u32, d.n as u32, d.k as u32);
         let (a_rs, a_cs) = if self.trans_a { (1, m) } else { (k, 1) };
         let (b_rs, b_cs) = if self.trans_b { (1, k) } else { (n, 1) };
@@ -329,7 +339,7 @@ impl<'a> Matmul<'a> {
             b_cs,
             b_bs: if d.b_batched { k * n } else { 0 },
             c_bs: m * n,
-            flags: self.bias.is_some() as u32 | (accumulate as u32) << 1,
+            flags: self.bias.is_some() as u32 | (accumulate as u32) << 1 | (pre.is_some() as u32) << 2,
             alpha: self.alpha,
             k_chunk: 0,
             _pad: [0; 2],
@@ -348,7 +358,15 @@ impl<'a> Matmul<'a> {
                 gpu.adapter_name()
             )));
         }
-        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(self.bias.unwrap_or(self.a)), Bind::Write(out)];
+        // `pre` takes the pre-activation with the GELU epilogue; otherwise C is bound there too.
+        let pre = pre.unwrap_or(out);
+        let binds = [
+            Bind::Read(self.a),
+            Bind::Read(self.b),
+            Bind::Read(self.bias.unwrap_or(self.a)),
+            Bind::Write(out),
+            Bind::Write(pre),
+        ];
         // Every variant but `naive` covers a 64×64 tile of C per workgroup.
         let tiles64 = [n.div_ceil(64), m.div_ceil(64), d.batch as u32];
         let (kernel, groups) = match variant {
@@ -357,7 +375,7 @@ impl<'a> Matmul<'a> {
             MatmulVariant::Tiled8x8 => (&MATMUL_TILED_8X8, tiles64),
             MatmulVariant::Subgroup16x4 => (&MATMUL_SUBGROUP_16X4, tiles64),
             MatmulVariant::Blocked128 | MatmulVariant::Blocked64 => {
-                return self.encode_blocked(gpu, d, out, variant, params)
+                return self.encode_blocked(gpu, d, (out, pre), variant, params)
             }
         };
         launch(gpu, kernel, &params, &binds, Grid::Groups(groups))
@@ -365,14 +383,21 @@ impl<'a> Matmul<'a> {
 
     /// The blocked variants: one pass, or split-K (partials into a scratch tensor, then
     /// `matmul_split_reduce`) when the output has too few tiles to fill the device.
-    fn encode_blocked(&self, gpu: &Gpu, d: &Dims, out: &Tensor, variant: MatmulVariant, params: Params) -> Result<()> {
+    fn encode_blocked(
+        &self,
+        gpu: &Gpu,
+        d: &Dims,
+        (out, pre): (&Tensor, &Tensor),
+        variant: MatmulVariant,
+        params: Params,
+    ) -> Result<()> {
         let (bm, bn, bk) = variant.block().expect("a blocked variant");
         debug_assert!(bk > 0);
         let constants = [("BM", bm as f64), ("BN", bn as f64), ("BK", bk as f64)];
         let (tx, ty) = ((d.n as u32).div_ceil(bn), (d.m as u32).div_ceil(bm));
         let bias = self.bias.unwrap_or(self.a);
         let Some(chunk) = variant.split_k(d.batch, d.m, d.n, d.k) else {
-            let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
+            let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out), Bind::Write(pre)];
             return launch_with(
                 gpu,
                 &MATMUL_BLOCKED_TILES,
@@ -385,10 +410,11 @@ impl<'a> Matmul<'a> {
         let splits = d.k.div_ceil(chunk);
         let partial = gpu.empty(&[splits, d.m, d.n], DType::F32)?;
         let first = Params { k_chunk: chunk as u32, flags: 0, alpha: 1.0, c_bs: (d.m * d.n) as u32, ..params };
-        let binds = [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(&partial)];
+        let binds =
+            [Bind::Read(self.a), Bind::Read(self.b), Bind::Read(bias), Bind::Write(&partial), Bind::Write(&partial)];
         launch_with(gpu, &MATMUL_BLOCKED_TILES, &constants, &first, &binds, Grid::Groups([tx, ty, splits as u32]))?;
         let second = Params { batch: splits as u32, k_chunk: 0, ..params };
-        let binds = [Bind::Read(&partial), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out)];
+        let binds = [Bind::Read(&partial), Bind::Read(self.b), Bind::Read(bias), Bind::Write(out), Bind::Write(pre)];
         launch_with(gpu, &MATMUL_SPLIT_REDUCE, &constants, &second, &binds, Grid::Items(d.m * d.n))
     }
 }

@@ -3,9 +3,11 @@
 pub mod adamw;
 pub mod attention;
 pub mod autotune_cache;
+pub mod clip;
 pub mod cross_entropy;
 pub mod elementwise;
 pub mod ema;
+pub mod finite;
 pub mod gather;
 pub mod gelu;
 pub mod l2norm;
@@ -29,9 +31,11 @@ mod tests {
         let all = [
             super::adamw::params_layouts(),
             super::attention::params_layouts(),
+            super::clip::params_layouts(),
             super::cross_entropy::params_layouts(),
             super::elementwise::params_layouts(),
             super::ema::params_layouts(),
+            super::finite::params_layouts(),
             super::gather::params_layouts(),
             super::gelu::params_layouts(),
             super::l2norm::params_layouts(),
@@ -46,7 +50,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 19, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 21, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

@@ -1,6 +1,7 @@
 //! Deterministic sums (shaders/reduce.wgsl): `sum` and `sum_squares` of a whole tensor
 //! (loss totals, gradient norms) and `sum_rows`, the column sums of a (R, C) matrix (bias
-//! gradients, the backward of `add_broadcast`). Every sum runs in a fixed order that depends
+//! gradients, the backward of `add_broadcast`); `SquaresPlan`, the sums of squares of every
+//! tensor of a flat set in a few dispatches (the gradients' norms). Every sum runs in a fixed order that depends
 //! only on the shape (stages of partial sums, no atomics), so results repeat bit for bit.
 //!
 //! Backward (the callers apply these; no kernel of their own):
@@ -13,14 +14,17 @@ use bytemuck::{Pod, Zeroable};
 use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
-use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
+use crate::gpu::{Bind, DType, FlatLayout, Gpu, Shader, Tensor};
 use crate::ops::launch::{check_f32, launch, u32_of, Grid, Kernel, WG};
 
 pub static REDUCE: Shader = shader!("reduce.wgsl");
 
 const SUM_ROWS: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows", wg: WG };
 const SUM_ROWS_UNALIGNED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_unaligned", wg: WG };
+const SUM_ROWS_FUSED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_fused", wg: WG };
+const SUM_ROWS_FUSED_UNALIGNED: Kernel = Kernel { shader: &REDUCE, entry: "sum_rows_fused_unaligned", wg: WG };
 const SUM: Kernel = Kernel { shader: &REDUCE, entry: "sum", wg: WG };
+const SUM_SEGMENTS: Kernel = Kernel { shader: &REDUCE, entry: "sum_segments", wg: WG };
 
 /// Rows per partial sum in `sum_rows`: (R, C) becomes (ceil(R/64), C) per stage.
 pub const ROWS_PER_CHUNK: usize = 64;
@@ -75,6 +79,25 @@ pub fn sum_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     if r == 0 || c == 0 {
         return gpu.zeros(&[c], DType::F32);
     }
+    let nchunks = r.div_ceil(ROWS_PER_CHUNK);
+    if nchunks <= WG as usize {
+        // Both stages in one dispatch, the same bits (`sum_rows_fused`).
+        let out = gpu.empty(&[c], DType::F32)?;
+        let p = Params {
+            n: u32_of("sum_rows", "elements", r * c)?,
+            cols: u32_of("sum_rows", "cols", c)?,
+            rows: r as u32,
+            chunk: ROWS_PER_CHUNK as u32,
+            nchunks: nchunks as u32,
+            square: 0,
+            _pad: [0; 2],
+        };
+        let (kernel, groups) =
+            if c.is_multiple_of(4) { (&SUM_ROWS_FUSED, c / 4) } else { (&SUM_ROWS_FUSED_UNALIGNED, c) };
+        let groups = gpu.grid(u32_of("sum_rows", "workgroups", groups)?);
+        launch(gpu, kernel, &p, &[Bind::Read(x), Bind::Write(&out)], Grid::Groups(groups))?;
+        return Ok(out);
+    }
     let mut partial = rows_stage(gpu, x, r, c)?;
     while partial.shape[0] > 1 {
         partial = rows_stage(gpu, &partial, partial.shape[0], c)?;
@@ -121,6 +144,93 @@ pub fn sum(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
 /// Σ x² over every element: (1) (the squared L2 norm, for gradient clipping).
 pub fn sum_squares(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     total(gpu, "sum_squares", x, true)
+}
+
+/// `sum`'s stage shape for n elements: (cols, rows) = partial sums and vec4 units per partial.
+fn stage_shape(n: usize) -> (usize, usize) {
+    let units = n.div_ceil(4);
+    let cols = units.div_ceil(UNITS_PER_PARTIAL).max(1);
+    (cols, units.div_ceil(cols))
+}
+
+/// Σ x² of every tensor of a flat set at once (`sum_segments`): the same stages as
+/// `sum_squares` on each tensor alone, so the same bits, in as many dispatches as the
+/// largest tensor needs stages (2 below 2¹⁸ elements). Built once per layout; its stage
+/// tables and partial buffers are kept, so a step allocates nothing.
+pub struct SquaresPlan {
+    stages: Vec<SquaresStage>,
+    /// The result: (T) sums of squares, in layout order.
+    pub out: Tensor,
+}
+
+struct SquaresStage {
+    segs: Tensor,
+    out: Tensor,
+    params: Params,
+    invocations: usize,
+}
+
+impl SquaresPlan {
+    pub fn new(gpu: &Gpu, layout: &FlatLayout) -> Result<SquaresPlan> {
+        let t = layout.len();
+        if t == 0 {
+            return Err(SopError::shape("sum_squares_each", "no tensors"));
+        }
+        // Per tensor: (base in vec4 units, elements) of the next stage's input.
+        let mut inputs: Vec<(usize, usize)> = (0..t).map(|i| (layout.offsets[i] / 4, layout.numel(i))).collect();
+        let mut stages = Vec::new();
+        loop {
+            let last = inputs.iter().all(|&(_, n)| stage_shape(n).0 == 1);
+            let (mut words, mut first, mut out_len) = (Vec::with_capacity(6 * t), 0usize, 0usize);
+            let mut next = Vec::with_capacity(t);
+            for (i, &(base, n)) in inputs.iter().enumerate() {
+                let (cols, rows) = stage_shape(n);
+                // Partials start on a vec4 unit so the next stage reads them as vec4s; the
+                // last stage writes the T results side by side.
+                let out_at = if last { i } else { out_len.div_ceil(4) * 4 };
+                let w = [base, n, cols, rows, out_at, first];
+                for v in w {
+                    words.push(u32_of("sum_squares_each", "table entry", v)?);
+                }
+                next.push((out_at / 4, cols));
+                first += cols;
+                out_len = out_at + cols;
+            }
+            let params = Params {
+                n: 0,
+                cols: u32_of("sum_squares_each", "invocations", first)?,
+                rows: 0,
+                chunk: 0,
+                nchunks: t as u32,
+                square: stages.is_empty() as u32,
+                _pad: [0; 2],
+            };
+            let out = gpu.zeros(&[out_len.max(1)], DType::F32)?;
+            stages.push(SquaresStage {
+                segs: gpu.upload_u32(&[words.len()], &words)?,
+                out,
+                params,
+                invocations: first,
+            });
+            inputs = next;
+            if last {
+                break;
+            }
+        }
+        let out = stages.last().expect("one stage").out.clone();
+        Ok(SquaresPlan { stages, out })
+    }
+
+    /// Record the stages on `flat` (the set's flat buffer); the sums land in `self.out`.
+    pub fn run(&self, gpu: &Gpu, flat: &Tensor) -> Result<()> {
+        let mut x = flat;
+        for s in &self.stages {
+            let binds = [Bind::Read(x), Bind::Write(&s.out), Bind::Read(&s.segs)];
+            launch(gpu, &SUM_SEGMENTS, &s.params, &binds, Grid::Items(s.invocations))?;
+            x = &s.out;
+        }
+        Ok(())
+    }
 }
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).

@@ -12,7 +12,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::gather::scatter_rows_ring;
+use crate::ops::gather::{scatter_rows_ring, scatter_rows_ring_unless};
 
 pub struct Bank {
     /// (N, W) unit rows.
@@ -67,6 +67,13 @@ impl Bank {
 
     /// Append rows (R, W) in FIFO order; `sources[i]` is row i's image index.
     pub fn push(&mut self, gpu: &Gpu, rows: &Tensor, sources: &[i64]) -> Result<()> {
+        self.push_unless(gpu, rows, sources, None)
+    }
+
+    /// `push`, except that the device leaves the rows as they were while `skip` (one u32,
+    /// a training step's non-finite flag) is set. The host's pointer and sources advance
+    /// either way: a run stops at a non-finite step before it could save them.
+    pub fn push_unless(&mut self, gpu: &Gpu, rows: &Tensor, sources: &[i64], skip: Option<&Tensor>) -> Result<()> {
         let r = rows.shape[0];
         if rows.shape.len() != 2 || rows.shape[1] != self.width() || sources.len() != r {
             return Err(SopError::shape(
@@ -77,7 +84,10 @@ impl Bank {
         if r > self.len() {
             return Err(SopError::shape("bank push", format!("{r} rows exceed the bank size {}", self.len())));
         }
-        scatter_rows_ring(gpu, &self.vectors, rows, self.ptr)?;
+        match skip {
+            None => scatter_rows_ring(gpu, &self.vectors, rows, self.ptr)?,
+            Some(flag) => scatter_rows_ring_unless(gpu, &self.vectors, rows, self.ptr, flag)?,
+        }
         for (i, &s) in sources.iter().enumerate() {
             let at = (self.ptr + i) % self.len();
             self.sources[at] = s;

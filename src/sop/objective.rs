@@ -86,20 +86,14 @@ impl ObjectiveTensors {
 
     /// The output, from the words of `scalar_tensors` read back (one read for many).
     pub fn finish_words(self, words: &[Vec<u32>]) -> ObjectiveOutput {
-        let (nc, nm) = (self.cls_losses.len(), self.mim_losses.len());
-        let f = |w: &Vec<u32>| f32::from_bits(w[0]);
-        // Summed in task order in f32, as the tasks' losses always were.
-        let loss_cls = words[..nc].iter().map(f).fold(0.0f32, |a, x| a + x);
-        let loss_mim = words[nc..nc + nm].iter().map(f).fold(0.0f32, |a, x| a + x);
-        let (ip, iq) = (&words[nc + nm], &words[nc + nm + 1]);
-        let same = ip.iter().zip(iq).filter(|(a, b)| a == b).count();
+        let s = ObjectiveScalars::from_words(self.cls_losses.len(), self.mim_losses.len(), words);
         ObjectiveOutput {
-            loss_cls,
-            loss_mim,
-            loss: loss_cls + loss_mim,
+            loss_cls: s.loss_cls,
+            loss_mim: s.loss_mim,
+            loss: s.loss,
             dstudent_cls: self.dstudent_cls,
             dstudent_patch: self.dstudent_patch,
-            agreement_cls: same as f32 / ip.len().max(1) as f32,
+            agreement_cls: s.agreement_cls,
         }
     }
 
@@ -107,6 +101,35 @@ impl ObjectiveTensors {
     pub fn finish(self, gpu: &Gpu) -> Result<ObjectiveOutput> {
         let words = gpu.read_words(&self.scalar_tensors())?;
         Ok(self.finish_words(&words))
+    }
+}
+
+/// The objective's scalars, from the words of `ObjectiveTensors::scalar_tensors`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ObjectiveScalars {
+    pub loss_cls: f32,
+    pub loss_mim: f32,
+    pub loss: f32,
+    pub agreement_cls: f32,
+}
+
+impl ObjectiveScalars {
+    /// From `n_cls` [CLS] task losses, `n_mim` patch task losses and the two arg-max
+    /// vectors, in `scalar_tensors` order.
+    pub fn from_words(n_cls: usize, n_mim: usize, words: &[Vec<u32>]) -> ObjectiveScalars {
+        let (nc, nm) = (n_cls, n_mim);
+        let f = |w: &Vec<u32>| f32::from_bits(w[0]);
+        // Summed in task order in f32, as the tasks' losses always were.
+        let loss_cls = words[..nc].iter().map(f).fold(0.0f32, |a, x| a + x);
+        let loss_mim = words[nc..nc + nm].iter().map(f).fold(0.0f32, |a, x| a + x);
+        let (ip, iq) = (&words[nc + nm], &words[nc + nm + 1]);
+        let same = ip.iter().zip(iq).filter(|(a, b)| a == b).count();
+        ObjectiveScalars {
+            loss_cls,
+            loss_mim,
+            loss: loss_cls + loss_mim,
+            agreement_cls: same as f32 / ip.len().max(1) as f32,
+        }
     }
 }
 

@@ -8,23 +8,34 @@
 //!    [CLS] of the local crops
 //! 3. objective (reads the banks) → losses and d(student embeddings); tape backward → grads
 //! 4. AdamW (clipped), EMA teacher update, then the banks take the teacher's second-view
-//!    [CLS] rows and one random patch row per image.
+//!    [CLS] rows and one random patch row per image: all on the device, skipped there after
+//!    a non-finite step (the step's flag).
 //!
 //! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
 //! the uninterrupted one exactly.
+//!
+//! A step never waits for the device: its metrics come back asynchronously (`inflight`) and
+//! are written a step or two later; the run blocks only in `InFlight::settle` (pacing, and
+//! draining before a checkpoint, a k-NN evaluation and the end).
 
 pub mod config;
+mod inflight;
 pub mod memory;
 pub mod optimizer;
 pub mod recipe;
 mod run;
+mod scalars;
 pub mod schedule;
 pub mod state;
 mod step;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+use inflight::{InFlight, Timing, Until};
 
 use crate::data::{Batch, Dataset, Loader, LoaderConfig, Split, Views};
 use crate::error::{Result, SopError};
@@ -33,7 +44,7 @@ use crate::eval::knn::{knn_classify, KnnResult};
 use crate::gpu::Gpu;
 use crate::model::vit::{Vit, Weights};
 use config::TrainConfig;
-use run::{memory_fields, new_progress_bar, prepare_folder, resolve_run, restore_or_init, step_line, MetricsLog};
+use run::{new_progress_bar, prepare_folder, resolve_run, restore_or_init, MetricsLog};
 pub use step::StepMetrics;
 use step::Trainer;
 
@@ -150,6 +161,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         out: out.clone(),
         config_toml,
         saved_step,
+        flag: gpu.zeros(&[1], crate::gpu::DType::U32)?,
     };
     let summary = |steps, final_loss, knn_after| TrainSummary {
         steps,
@@ -159,8 +171,9 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         seconds: t0.elapsed().as_secs_f64(),
         out: out.clone(),
     };
+    let mut inflight = InFlight::default();
     if total_steps == 0 || start_step >= total_steps {
-        trainer.save(start_step)?;
+        trainer.save(start_step, &inflight)?;
         return Ok(summary(start_step, None, None));
     }
 
@@ -175,8 +188,25 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
     let bar = progress_bar.then(|| new_progress_bar(total_steps, start_step));
     let mut step = start_step;
-    let mut final_loss = None;
     let mut pending: Vec<Batch> = Vec::with_capacity(accum);
+    // Write the lines of the steps whose metrics are back (waiting as `until` says); a step
+    // that was not finite stops the run.
+    let settle = |trainer: &Trainer, inflight: &mut InFlight, metrics: &mut MetricsLog, until| -> Result<()> {
+        let shown = |step: usize, m: &StepMetrics| {
+            if let Some(bar) = &bar {
+                bar.set_position(step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} (cls {:.4}, mim {:.4}) lr {:.2e} τt {:.3}",
+                    m.loss, m.loss_cls, m.loss_mim, m.lr, m.teacher_temp
+                ));
+            }
+        };
+        match inflight.settle(gpu, metrics, until, shown)? {
+            Some(stop) => Err(trainer.stop(stop.step, stop.reason)),
+            None => Ok(()),
+        }
+    };
+    let (mut recorded_at, mut counted) = (Instant::now(), gpu.counters());
     'epochs: for epoch in step / steps_per_epoch..total_steps.div_ceil(steps_per_epoch) {
         // Batches of this epoch consumed before a resume are decoded again and skipped.
         let skip = if epoch == step / steps_per_epoch { (step % steps_per_epoch) * accum } else { 0 };
@@ -191,24 +221,23 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             if pending.len() < accum {
                 continue;
             }
-            let (t_step, counted) = (Instant::now(), gpu.counters());
-            let m = trainer.step(step, &std::mem::take(&mut pending))?;
+            let rec = trainer.step(step, &std::mem::take(&mut pending))?;
             step += 1;
-            let secs = t_step.elapsed().as_secs_f64();
-            final_loss = Some(m.loss);
-            let images_per_sec = (b * accum) as f64 / secs;
-            let line =
-                step_line(step, epoch, &m, images_per_sec, skipped_images, secs, &gpu.counters().since(&counted));
-            metrics.write(memory_fields(line, &gpu.memory()))?;
-            if let Some(bar) = &bar {
-                bar.set_position(step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} (cls {:.4}, mim {:.4}) lr {:.2e} τt {:.3} {images_per_sec:.1} img/s",
-                    m.loss, m.loss_cls, m.loss_mim, m.lr, m.teacher_temp
-                ));
-            }
-            if cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps {
-                trainer.save(step)?;
+            let (now, c) = (Instant::now(), gpu.counters());
+            let secs = now.duration_since(recorded_at).as_secs_f64();
+            let counters = c.since(&counted);
+            (recorded_at, counted) = (now, c);
+            inflight.push(
+                rec,
+                Timing { epoch, images: b * accum, skipped: skipped_images, secs, counters, memory: gpu.memory() },
+            );
+            let checkpoint = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps;
+            // Before a checkpoint every step's metrics are in: a non-finite step stops the
+            // run before its weights could be saved.
+            let until = if checkpoint { Until::Drained } else { Until::Paced };
+            settle(&trainer, &mut inflight, &mut metrics, until)?;
+            if checkpoint {
+                trainer.save(step, &inflight)?;
             }
             if step >= total_steps {
                 break 'epochs;
@@ -218,16 +247,19 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             log::warn!("epoch {epoch}: {skipped_images} images could not be decoded and were skipped");
         }
         if cfg.run.eval_every > 0 && (epoch + 1) % cfg.run.eval_every == 0 && step < total_steps {
+            settle(&trainer, &mut inflight, &mut metrics, Until::Drained)?;
             if let Some(k) = knn(&trainer.model.vit, &trainer.model.teacher)? {
                 metrics
                     .write(serde_json::json!({"step": step, "epoch": epoch, "knn_top1": k.top1, "knn_top5": k.top5}))?;
             }
         }
     }
+    settle(&trainer, &mut inflight, &mut metrics, Until::Drained)?;
     if let Some(bar) = &bar {
         bar.finish();
     }
-    trainer.save(step)?;
+    let final_loss = inflight.last_loss;
+    trainer.save(step, &inflight)?;
     let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
     if let Some(k) = &knn_after {
         metrics.write(serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true}))?;

@@ -110,16 +110,12 @@ pub(super) fn restore_or_init(
         Some((dir, r)) => {
             let student = weights_from_map(gpu, &names, &r.student)?;
             let teacher = weights_from_map(gpu, &names, &r.teacher)?;
-            let mut opt = AdamW::new(gpu, &student.tensors, decay)?;
+            let mut opt = AdamW::new(gpu, &student, decay)?;
             for (i, (n, t)) in names.iter().zip(&student.tensors).enumerate() {
-                opt.m[i] = gpu.upload_f32(
-                    &t.shape,
-                    &state::state_tensor(dir, &r.state, &format!("adamw.m.{n}"), &t.shape)?.data,
-                )?;
-                opt.v[i] = gpu.upload_f32(
-                    &t.shape,
-                    &state::state_tensor(dir, &r.state, &format!("adamw.v.{n}"), &t.shape)?.data,
-                )?;
+                for (moment, which) in [(&opt.m[i], "m"), (&opt.v[i], "v")] {
+                    let saved = state::state_tensor(dir, &r.state, &format!("adamw.{which}.{n}"), &t.shape)?;
+                    gpu.write_f32(moment, &saved.data)?;
+                }
             }
             opt.step = r.adamw_step;
             let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
@@ -131,7 +127,7 @@ pub(super) fn restore_or_init(
             let host = init_params(&cfg.model, stream_seed(seed, 0, 0, STEP_INIT));
             let student = Weights::upload(gpu, &host)?;
             let teacher = Weights::upload(gpu, &host)?;
-            let opt = AdamW::new(gpu, &student.tensors, decay)?;
+            let opt = AdamW::new(gpu, &student, decay)?;
             let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, STEP_INIT))?;
             let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, STEP_INIT))?;
             Ok((Model { vit, student, teacher }, opt, cb, pb, 0))
@@ -169,16 +165,19 @@ pub(super) fn step_line(
     secs: f64,
     c: &CounterSnapshot,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut line = serde_json::json!({
         "step": step, "epoch": epoch, "loss": m.loss, "loss_cls": m.loss_cls, "loss_mim": m.loss_mim,
         "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
         "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
-        "cls_bank_cos": m.cls_bank_cos, "patch_bank_cos": m.patch_bank_cos,
         "images_per_sec": images_per_sec, "skipped_images": skipped,
-        "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
+        "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits, "pace_waits": c.pace_waits,
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
         "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
-    })
+    });
+    for (name, value) in &m.extras {
+        line[*name] = serde_json::json!(value);
+    }
+    line
 }
 
 /// `line` with the device memory held so far: `peak_memory_bytes`, the buffer pool's

@@ -1,6 +1,7 @@
 //! One optimiser step (`Trainer::step`): per micro-batch the teacher, the student on the
-//! tape, the objective and the backward (`micro_step` and its named parts), then the step's
-//! one read of its scalars, AdamW, the EMA teacher and the bank writes.
+//! tape, the objective and the backward (`micro_step` and its named parts), then AdamW, the
+//! EMA teacher and the bank writes, all on the device; the step's scalars go back
+//! asynchronously (`scalars`, `inflight`), so nothing in a step waits for the device.
 
 use std::path::PathBuf;
 
@@ -10,9 +11,9 @@ use crate::data::Batch;
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
-use crate::ops::ema::ema_update;
+use crate::ops::ema::ema_update_unless;
+use crate::ops::finite::finite_check;
 use crate::ops::gather::gather_rows;
-use crate::ops::reduce::sum_squares;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
 use crate::sop::objective::{
@@ -22,7 +23,9 @@ use crate::sop::prototypes::sample_keep;
 use crate::tape::{Tape, Var};
 
 use super::config::TrainConfig;
-use super::optimizer::{self, AdamW};
+use super::inflight::{InFlight, Recorded};
+use super::optimizer::AdamW;
+use super::scalars::StepScalars;
 use super::schedule;
 use super::state::{self, Progress};
 
@@ -75,6 +78,9 @@ pub(super) struct Trainer<'a> {
     pub(super) out: PathBuf,
     pub(super) config_toml: String,
     pub(super) saved_step: Option<usize>,
+    /// The non-finite flag (1, u32): raised on the device by a step whose values are not
+    /// finite, never lowered; AdamW, the EMA and the bank writes do nothing while it is set.
+    pub(super) flag: Tensor,
 }
 
 /// What one optimiser step logs.
@@ -88,9 +94,9 @@ pub struct StepMetrics {
     pub momentum: f64,
     pub grad_norm: f64,
     pub agreement_cls: f64,
-    /// Mean cosine between distinct rows of the [CLS] and patch banks the step read.
-    pub cls_bank_cos: f64,
-    pub patch_bank_cos: f64,
+    /// Further metrics by name (`StepScalars::extra`), e.g. cls_bank_cos and patch_bank_cos,
+    /// the mean cosine between distinct rows of the [CLS] and patch banks the step read.
+    pub extras: Vec<(&'static str, f64)>,
 }
 
 /// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
@@ -124,7 +130,11 @@ impl StudentOut {
         n_micro: usize,
     ) -> Result<Vec<Option<Tensor>>> {
         let inv = 1.0 / n_micro as f32;
-        let scale = |t: &Tensor| crate::ops::elementwise::scale(gpu, t, inv);
+        // Scaling by 1 (no accumulation) is the identity: no dispatch.
+        let scale = |t: &Tensor| match n_micro {
+            1 => Ok(t.clone()),
+            _ => crate::ops::elementwise::scale(gpu, t, inv),
+        };
         let mut seeds = vec![
             (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
             (&self.patch, scale(&out.dstudent_patch)?),
@@ -139,8 +149,16 @@ impl StudentOut {
 }
 
 impl Trainer<'_> {
-    /// Write the run's checkpoint of `step` into its folder.
-    pub(super) fn save(&mut self, step: usize) -> Result<()> {
+    /// Write the run's checkpoint of `step` into its folder. Every step's metrics must be in
+    /// (`InFlight::settle` with `Until::Drained`), so a non-finite step has stopped the run
+    /// before its state could be saved: a checkpoint with steps in flight is refused.
+    pub(super) fn save(&mut self, step: usize, inflight: &InFlight) -> Result<()> {
+        if !inflight.is_empty() {
+            return Err(SopError::Invalid(format!(
+                "internal: checkpoint of step {step} with {} steps' metrics not yet read",
+                inflight.len()
+            )));
+        }
         state::save_all(
             self.gpu,
             &self.out,
@@ -157,13 +175,18 @@ impl Trainer<'_> {
     }
 
     /// The error that stops the run at `step` (from 0) for `reason`.
-    fn stop(&self, step: usize, reason: String) -> SopError {
+    pub(super) fn stop(&self, step: usize, reason: String) -> SopError {
         SopError::TrainingStopped { step: step + 1, reason, folder: self.out.clone(), checkpoint: self.saved_step }
     }
 
     /// One optimiser step over `micro` batches (gradient accumulation); `step` counts from 0.
-    pub(super) fn step(&mut self, step: usize, micro: &[Batch]) -> Result<StepMetrics> {
+    /// Everything is recorded for the device and nothing is waited for: the step's metrics
+    /// come back later (`Recorded::read`, collected by `inflight`). A non-finite loss,
+    /// embedding or gradient raises the device's flag, and AdamW, the EMA and the bank
+    /// writes of this and every later step then leave their buffers as they were.
+    pub(super) fn step(&mut self, step: usize, micro: &[Batch]) -> Result<Recorded> {
         let (gpu, cfg) = (self.gpu, self.cfg);
+        gpu.settle_pool();
         let o = &cfg.optim;
         let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
         let warmup = o.warmup_epochs * self.steps_per_epoch;
@@ -176,94 +199,56 @@ impl Trainer<'_> {
         let n_params = self.model.student.tensors.len();
         let mut grads: Vec<Option<Tensor>> = vec![None; n_params];
         let mut bank_rows = Vec::with_capacity(micro.len());
-        let mut scalars = Vec::with_capacity(micro.len());
+        let mut scalars = StepScalars::default();
+        let mut checks = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_sq, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_check, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
                     (a, g) => a.or(g),
                 };
             }
-            scalars.push((obj, embed_sq));
+            // The words the device checks before AdamW: the task losses, then the
+            // embeddings' finiteness word.
+            let mut parts: Vec<&Tensor> = obj.cls_losses.iter().chain(&obj.mim_losses).collect();
+            parts.push(&embed_check);
+            let c = gpu.concat_rows(&parts)?;
+            scalars.micro(
+                obj.cls_losses.len(),
+                obj.mim_losses.len(),
+                &c,
+                [&obj.agreement_idx[0], &obj.agreement_idx[1]],
+            );
+            checks.push(c);
             bank_rows.push(rows);
         }
-        // The step's one wait: losses, agreement, the embeddings' finiteness check and the
-        // gradients' norms come back together.
-        let sq = optimizer::grad_squares(gpu, &grads)?;
         // Diagnostics of the banks this step read (before its writes).
-        let bank_sq = [self.cls_bank.sum_norm_sq(gpu)?, self.patch_bank.sum_norm_sq(gpu)?];
-        let mut parts: Vec<&Tensor> = bank_sq.iter().collect();
-        for (obj, embed_sq) in &scalars {
-            parts.extend(obj.scalar_tensors());
-            parts.push(embed_sq);
-        }
-        parts.extend(sq.iter().flatten());
-        let words = gpu.read_words(&parts)?;
-        let bank_cos = |i: usize, n: usize| Bank::mean_cosine(f32::from_bits(words[i][0]) as f64, n);
-        let (cls_bank_cos, patch_bank_cos) = (bank_cos(0, self.cls_bank.len()), bank_cos(1, self.patch_bank.len()));
-        let mut at = 2;
-        let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
-        let n = micro.len() as f64;
-        for (obj, _) in scalars {
-            let k = obj.scalar_tensors().len();
-            let out = obj.finish_words(&words[at..at + k]);
-            // A NaN can hide inside clamped logs, so the embeddings are checked as well: the
-            // summed squares of all four (unit rows, so no finite sum overflows).
-            let embeddings_finite = f32::from_bits(words[at + k][0]).is_finite();
-            at += k + 1;
-            if !out.loss.is_finite() || !embeddings_finite {
-                let note = if embeddings_finite { "" } else { ", non-finite embeddings" };
-                let reason = format!("the loss is not finite (cls {}, mim {}{note})", out.loss_cls, out.loss_mim);
-                return Err(self.stop(step, reason));
-            }
-            loss += out.loss as f64 / n;
-            loss_cls += out.loss_cls as f64 / n;
-            loss_mim += out.loss_mim as f64 / n;
-            agreement += out.agreement_cls as f64 / n;
-        }
-        let sq_host: Vec<Option<f32>> = sq
-            .iter()
-            .map(|s| {
-                s.as_ref().map(|_| {
-                    at += 1;
-                    f32::from_bits(words[at - 1][0])
-                })
-            })
-            .collect();
-        let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
-        let params = &self.model.student.tensors;
-        let report = match self.opt.apply(gpu, params, &grads, &sq_host, lr as f32, wd as f32, clip) {
-            Ok(r) => r,
-            Err(SopError::Invalid(reason)) => return Err(self.stop(step, reason)),
-            Err(e) => return Err(e),
-        };
+        let (cn, pn) = (self.cls_bank.len(), self.patch_bank.len());
+        let cos = |n: usize| move |w: &[u32]| Bank::mean_cosine(f32::from_bits(w[0]) as f64, n);
+        scalars.extra("cls_bank_cos", &self.cls_bank.sum_norm_sq(gpu)?, cos(cn));
+        scalars.extra("patch_bank_cos", &self.patch_bank.sum_norm_sq(gpu)?, cos(pn));
+
+        let checks = gpu.concat_rows(&checks.iter().collect::<Vec<_>>())?;
+        let sq = self.opt.gather_grads(gpu, &grads)?.clone();
         drop(grads);
-        for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
-            ema_update(gpu, t, s, momentum as f32)?;
-        }
+        let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
+        let student = &self.model.student;
+        self.opt.apply(gpu, student, lr as f32, wd as f32, clip, (&checks, checks.numel()), &self.flag)?;
+        scalars.optimiser(&sq, &self.flag);
+        let teacher = &self.model.teacher;
+        ema_update_unless(gpu, &teacher.flat, &student.flat, momentum as f32, &self.flag)?;
         // The banks were read by the objective above; now they take this step's rows.
         for rows in bank_rows {
-            self.cls_bank.push(gpu, &rows.cls, &rows.sources)?;
-            self.patch_bank.push(gpu, &rows.patch, &rows.sources)?;
+            self.cls_bank.push_unless(gpu, &rows.cls, &rows.sources, Some(&self.flag))?;
+            self.patch_bank.push_unless(gpu, &rows.patch, &rows.sources, Some(&self.flag))?;
         }
-        Ok(StepMetrics {
-            loss,
-            loss_cls,
-            loss_mim,
-            lr,
-            weight_decay: wd,
-            teacher_temp: obj_cfg.teacher_temp as f64,
-            momentum,
-            grad_norm: report.grad_norm,
-            agreement_cls: agreement,
-            cls_bank_cos,
-            patch_bank_cos,
-        })
+        let read = gpu.read_async(&scalars.gather(gpu)?)?;
+        Ok(Recorded { step, lr, weight_decay: wd, teacher_temp: obj_cfg.teacher_temp as f64, momentum, scalars, read })
     }
 
     /// Forward, objective and backward of one micro-batch: its objective (losses still on
-    /// the device), the summed squares of its embeddings (the finiteness check), the rows it
+    /// the device), its embeddings' finiteness check (`finite_check`), the rows it
     /// leaves for the banks, and the gradient of every student parameter (scaled by
     /// 1/n_micro).
     fn micro_step(
@@ -294,14 +279,12 @@ impl Trainer<'_> {
             local_views: batch.n_local,
         };
         let out = self.objective(step, mi, obj_cfg, &emb)?;
-        // Summed squares of all four embeddings, checked for finiteness with the step's
+        // All four embeddings' finiteness as one word (+0.0 or NaN), checked with the step's
         // other scalars (`step`).
-        let ss = |t: &Tensor| sum_squares(gpu, t);
-        let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
-        let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
+        let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
         let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
         let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
-        Ok((out, embed_sq, rows, grads))
+        Ok((out, embed_check, rows, grads))
     }
 
     /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).

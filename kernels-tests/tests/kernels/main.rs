@@ -16,6 +16,7 @@ mod l2norm;
 mod layernorm;
 mod mask_tokens;
 mod matmul;
+mod multi_tensor;
 mod prototypes;
 mod reduce;
 mod soft_assign;

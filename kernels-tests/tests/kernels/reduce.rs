@@ -188,7 +188,7 @@ fn check_rows(gpu: &Gpu, x: &[f32], shape: &[usize], exact: bool) {
 fn sum_rows_awkward_shapes() {
     let gpu = gpu();
     let mut rng = rng();
-    for r in [1, 3, 63, 64, 65, 257, 4097] {
+    for r in [1, 3, 63, 64, 65, 257, 4096, 4097] {
         for c in [1, 4, 7, 65, 193, 384] {
             check_rows(&gpu, &integers(&mut rng, r * c), &[r, c], true);
             check_rows(&gpu, &randn(&mut rng, r * c), &[r, c], false);
