@@ -11,7 +11,7 @@
 //! Shapes use the legend of src/lib.rs (B images, T = 1 + N tokens, N patches, D width,
 //! p patch side); a product with a constant is matmul m×k · k×n.
 //!
-//! Why one file of about 450 lines: the tape is one `Op` enum and one reverse loop, and
+//! Why one file of about 520 lines: the tape is one `Op` enum and one reverse loop, and
 //! each forward method sits beside the arm that differentiates it (candle's layout).
 
 use std::collections::HashMap;

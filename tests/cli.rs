@@ -177,7 +177,7 @@ fn preview_objective_and_bench_run() {
         "matmul",
         "attention.wgsl:attention_forward",
         "soft_assign.wgsl:soft_assign_forward",
-        "adamw.wgsl:adamw_step",
+        "adamw.wgsl:adamw_multi",
         "all kernels",
     ] {
         assert!(out.contains(kernel), "profile lacks {kernel}: {out}");

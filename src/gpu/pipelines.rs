@@ -91,7 +91,8 @@ impl Bind<'_> {
 struct PipelineKey {
     file: &'static str,
     entry: &'static str,
-    constants: String,
+    /// Override constants as (name, f64 bits): hashed without formatting on every dispatch.
+    constants: Vec<(&'static str, u64)>,
     read_only: Vec<bool>,
 }
 
@@ -168,7 +169,7 @@ impl Gpu {
         let key = PipelineKey {
             file: shader.file,
             entry,
-            constants: format!("{constants:?}"),
+            constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
             read_only: read_only.to_vec(),
         };
         let mut cache = self.pipelines.lock().unwrap();

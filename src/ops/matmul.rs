@@ -4,8 +4,10 @@
 //! Shapes: A (…, M, K) or, transposed, (…, K, M); B (K, N) or (N, K), optionally with the
 //! same leading batch dims as A (a B without them is shared by every batch); C (…, M, N).
 //! Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, dbias = Σ_rows dC (see `sum_rows`).
+//! Epilogues: `run_into(.., accumulate)` adds to C (a residual held there beforehand:
+//! `Tape::linear_residual`); `run_gelu` writes v and GELU(v) (`Tape::linear_gelu`).
 //!
-//! Why one file of about 450 lines: one op family, its six variants behind one `Params`,
+//! Why one file of about 500 lines: one op family, its six variants behind one `Params`,
 //! one launch path and one variant choice (rule, pin, override, autotune with its cache).
 
 use bytemuck::{Pod, Zeroable};
