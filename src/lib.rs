@@ -32,6 +32,7 @@
 //! - `checkpoint`: safetensors checkpoints under the authors' names with the architecture in
 //!   the metadata, written atomically; `CheckpointError` names the file and the tensor.
 //! - `cli`: one file per subcommand of the `sop` binary, each an argument struct and `run`.
+//! - `plot`: `sop plot`, a run's metrics.jsonl drawn as one PNG of curves (plotters).
 //! - `bench`: the validate-then-time harness behind `sop bench` and `cargo bench`, one file
 //!   per op family.
 //! - `rng`: every random stream of a run by name (per training step and purpose, per data
@@ -74,6 +75,7 @@ pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod rng;
 pub mod sop;
 pub mod tape;

@@ -112,6 +112,8 @@ fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, 
 /// Files a run writes into its folder.
 pub const CONFIG: &str = "config.toml";
 pub const METRICS: &str = "metrics.jsonl";
+/// The curves `sop train` draws at the end of a run (`plot::plot_run`).
+pub const PLOT: &str = "plot.png";
 pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, STUDENT, TEACHER, STATE];
 
 /// Why `--resume dir` cannot start: what the folder holds and what to do.
