@@ -1,4 +1,4 @@
-//! `sop train`: SOP pre-training. With no arguments it trains the small default model on the
+//! `sop train`: SOP pre-training (or the `--objective ibot` baseline). With no arguments it trains the small default model on the
 //! bundled Fashion-MNIST subset and prints the k-NN accuracy before and after.
 
 use std::path::PathBuf;
@@ -30,6 +30,11 @@ pub struct TrainArgs {
     /// unless --out names another, empty folder).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// What the student learns: `sop` (self-organizing prototypes from the memory banks) or
+    /// `ibot` (the parametric baseline: a learned prototype layer with teacher centring,
+    /// `ibot.*` in the config).
+    #[arg(long, value_enum)]
+    pub objective: Option<crate::train::config::Objective>,
     /// vit_tiny, vit_small, vit_base (the width/depth/heads of a preset).
     #[arg(long)]
     pub arch: Option<String>,
@@ -85,6 +90,7 @@ fn resolve_resume(args: &TrainArgs, dir: &std::path::Path) -> anyhow::Result<Tra
         ("--data", args.data.is_some()),
         ("--knn-train", args.knn_train.is_some()),
         ("--knn-val", args.knn_val.is_some()),
+        ("--objective", args.objective.is_some()),
         ("--arch", args.arch.is_some()),
         ("--dim", args.dim.is_some()),
         ("--depth", args.depth.is_some()),
@@ -159,6 +165,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
         cfg.data.knn_val = args.knn_val.clone();
     }
     set!(cfg.run.out, args.out);
+    set!(cfg.objective, args.objective);
     // With no --data (here or in --config), the bundled subset, wherever sop is run from.
     if args.data.is_none() && cfg.data.path == std::path::Path::new(crate::train::config::BUNDLED_DATA) {
         cfg.data.path = crate::train::config::bundled_data();

@@ -145,11 +145,12 @@ fn term(
     Ok((loss, du, p_s))
 }
 
-fn check(e: &Embeddings) -> Result<usize> {
+/// Checks the shapes of `e`; returns N, the patches per view.
+pub(crate) fn check(op: &'static str, e: &Embeddings) -> Result<usize> {
     let (b, l) = (e.batch, e.local_views);
     let w = e.teacher_cls.shape.get(1).copied().unwrap_or(0);
     let bad = |what: &str, t: &Tensor, want: &[usize]| {
-        Err(SopError::shape("sop_objective", format!("{what} {:?}, expected {want:?}", t.shape)))
+        Err(SopError::shape(op, format!("{what} {:?}, expected {want:?}", t.shape)))
     };
     if e.student_cls.shape != [(2 + l) * b, w] {
         return bad("student_cls", e.student_cls, &[(2 + l) * b, w]);
@@ -166,7 +167,7 @@ fn check(e: &Embeddings) -> Result<usize> {
     }
     if e.masks.len() != 2 * b * t {
         return Err(SopError::shape(
-            "sop_objective",
+            op,
             format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t),
         ));
     }
@@ -217,9 +218,10 @@ struct KindTerms<'a> {
     weights: Tensor,
 }
 
-/// [CLS]: selection matrix Sel ((2+L)B, 2B) and uniform weights 1/(B · pairs · tasks).
-fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>) -> Result<KindTerms<'a>> {
-    let (b, l) = (e.batch, e.local_views);
+/// [CLS] pairing of student view v with every teacher global view j ≠ v: the selection
+/// matrix Sel ((2+L)B, 2B) with a 1 at (v·B + b, j·B + b), and the uniform row weights
+/// 1/(B · pairs · tasks), pairs = 2 + 2L. The `ibot` objective pairs its rows the same way.
+pub(crate) fn cls_pairing(gpu: &Gpu, b: usize, l: usize, tasks: usize) -> Result<(Tensor, Tensor)> {
     let rows_s = (2 + l) * b;
     let pairs = (2 + 2 * l) as f32;
     let mut sel = vec![0f32; rows_s * 2 * b];
@@ -232,18 +234,45 @@ fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskS
             }
         }
     }
+    Ok((
+        gpu.upload_f32(&[rows_s, 2 * b], &sel)?,
+        gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * tasks as f32); rows_s])?,
+    ))
+}
+
+/// [CLS]: selection matrix and weights of `cls_pairing`.
+fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>) -> Result<KindTerms<'a>> {
+    let (select, weights) = cls_pairing(gpu, e.batch, e.local_views, cfg.cls.tasks)?;
     Ok(KindTerms {
         kind: TaskKind::Cls,
         set,
         protos: &cfg.cls,
         teacher: e.teacher_cls.clone(),
         student: e.student_cls.clone(),
-        select: Some(gpu.upload_f32(&[rows_s, 2 * b], &sel)?),
-        weights: gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?,
+        select: Some(select),
+        weights,
     })
 }
 
-/// SOP-MIM: patch rows (2B·T, W), weight mask / max(1, masked count of the image) / (2B · tasks).
+/// Masked-patch row weights (2B·T): mask / (max(1, masked count of the image) · 2B · tasks),
+/// so each (view, image) pair weighs 1/(2B · tasks) whatever its masked count, and an image
+/// with no masked patch adds 0 but still counts in 2B. The `ibot` objective weighs its
+/// patch rows the same way.
+pub(crate) fn mim_weights(gpu: &Gpu, masks: &[u8], b: usize, t: usize, tasks: usize) -> Result<Tensor> {
+    let mut w_mim = vec![0f32; 2 * b * t];
+    for img in 0..2 * b {
+        let m = &masks[img * t..(img + 1) * t];
+        let count = m.iter().filter(|&&x| x != 0).count().max(1) as f32;
+        for (k, &x) in m.iter().enumerate() {
+            if x != 0 {
+                w_mim[img * t + k] = 1.0 / (count * 2.0 * b as f32 * tasks as f32);
+            }
+        }
+    }
+    gpu.upload_f32(&[2 * b * t], &w_mim)
+}
+
+/// SOP-MIM: patch rows (2B·T, W) with the weights of `mim_weights`.
 fn patch_terms<'a>(
     gpu: &Gpu,
     cfg: &'a ObjectiveConfig,
@@ -252,16 +281,6 @@ fn patch_terms<'a>(
     t: usize,
 ) -> Result<KindTerms<'a>> {
     let (b, w) = (e.batch, e.teacher_cls.shape[1]);
-    let mut w_mim = vec![0f32; 2 * b * t];
-    for img in 0..2 * b {
-        let m = &e.masks[img * t..(img + 1) * t];
-        let count = m.iter().filter(|&&x| x != 0).count().max(1) as f32;
-        for (k, &x) in m.iter().enumerate() {
-            if x != 0 {
-                w_mim[img * t + k] = 1.0 / (count * 2.0 * b as f32 * cfg.patch.tasks as f32);
-            }
-        }
-    }
     Ok(KindTerms {
         kind: TaskKind::Patch,
         set,
@@ -269,7 +288,7 @@ fn patch_terms<'a>(
         teacher: e.teacher_patch.reshape(&[2 * b * t, w])?,
         student: e.student_patch.reshape(&[2 * b * t, w])?,
         select: None,
-        weights: gpu.upload_f32(&[2 * b * t], &w_mim)?,
+        weights: mim_weights(gpu, e.masks, b, t, cfg.patch.tasks)?,
     })
 }
 
@@ -282,7 +301,7 @@ pub fn sop_objective_tensors(
     patch: TaskSet,
     mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveTensors> {
-    let t = check(e)?;
+    let t = check("sop_objective", e)?;
     if cls.draws.len() != cfg.cls.tasks
         || patch.draws.len() != cfg.patch.tasks
         || cfg.cls.tasks == 0
@@ -332,7 +351,7 @@ pub fn sop_objective_tensors(
 }
 
 /// Arg-max rows of two (R, P′) distributions (the agreement metric compares them).
-fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
+pub(crate) fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
     let (_, ip) = topk_forward(gpu, p, 1)?;
     let (_, iq) = topk_forward(gpu, q, 1)?;
     Ok([ip, iq])

@@ -14,6 +14,7 @@
 //! the uninterrupted one exactly.
 
 pub mod config;
+mod heads;
 pub mod optimizer;
 mod run;
 pub mod schedule;
@@ -115,7 +116,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     }
     let schedule_steps = cfg.optim.epochs * steps_per_epoch;
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
-    let (model, opt, cls_bank, patch_bank, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
+    let (model, opt, cls_bank, patch_bank, centers, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
     let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
         match &knn_sets {
             Some((t, v)) => {
@@ -144,6 +145,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         opt,
         cls_bank,
         patch_bank,
+        centers,
         steps_per_epoch,
         schedule_steps,
         out: out.clone(),

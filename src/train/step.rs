@@ -15,6 +15,7 @@ use crate::ops::gather::gather_rows;
 use crate::ops::reduce::sum_squares;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
+use crate::sop::ibot::Centers;
 use crate::sop::objective::{
     sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
 };
@@ -69,6 +70,8 @@ pub(super) struct Trainer<'a> {
     pub(super) opt: AdamW,
     pub(super) cls_bank: Bank,
     pub(super) patch_bank: Bank,
+    /// The `ibot` objective's teacher centres (None for SOP, whose banks are used instead).
+    pub(super) centers: Option<Centers>,
     pub(super) steps_per_epoch: usize,
     pub(super) schedule_steps: usize,
     /// The run folder, its config as saved, and the step of the checkpoint it holds.
@@ -150,6 +153,7 @@ impl Trainer<'_> {
             &self.model.teacher,
             &self.opt,
             (&self.cls_bank, &self.patch_bank),
+            &self.centers.as_ref().map_or(vec![], |c| c.tensors().to_vec()),
             &Progress { step, seed: self.cfg.run.seed },
         )?;
         self.saved_step = Some(step);
@@ -186,13 +190,16 @@ impl Trainer<'_> {
                 };
             }
             scalars.push((obj, embed_sq));
-            bank_rows.push(rows);
+            bank_rows.extend(rows);
         }
+        self.freeze_prototypes(step, &mut grads);
         // The step's one wait: losses, agreement, the embeddings' finiteness check and the
         // gradients' norms come back together.
         let sq = optimizer::grad_squares(gpu, &grads)?;
-        // Diagnostics of the banks this step read (before its writes).
-        let bank_sq = [self.cls_bank.sum_norm_sq(gpu)?, self.patch_bank.sum_norm_sq(gpu)?];
+        // Diagnostics of the banks this step read (before its writes); `ibot` uses none.
+        let banks = [&self.cls_bank, &self.patch_bank];
+        let bank_sq: Vec<Tensor> =
+            if self.centers.is_none() { banks.iter().map(|b| b.sum_norm_sq(gpu)).collect::<Result<_>>()? } else { vec![] };
         let mut parts: Vec<&Tensor> = bank_sq.iter().collect();
         for (obj, embed_sq) in &scalars {
             parts.extend(obj.scalar_tensors());
@@ -200,9 +207,12 @@ impl Trainer<'_> {
         }
         parts.extend(sq.iter().flatten());
         let words = gpu.read_words(&parts)?;
-        let bank_cos = |i: usize, n: usize| Bank::mean_cosine(f32::from_bits(words[i][0]) as f64, n);
-        let (cls_bank_cos, patch_bank_cos) = (bank_cos(0, self.cls_bank.len()), bank_cos(1, self.patch_bank.len()));
-        let mut at = 2;
+        let bank_cos = |i: usize| match bank_sq.len() {
+            0 => f64::NAN,
+            _ => Bank::mean_cosine(f32::from_bits(words[i][0]) as f64, banks[i].len()),
+        };
+        let (cls_bank_cos, patch_bank_cos) = (bank_cos(0), bank_cos(1));
+        let mut at = bank_sq.len();
         let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
         let n = micro.len() as f64;
         for (obj, _) in scalars {
@@ -239,8 +249,11 @@ impl Trainer<'_> {
             Err(e) => return Err(e),
         };
         drop(grads);
-        for (t, s) in self.model.teacher.tensors.iter().zip(&self.model.student.tensors) {
-            ema_update(gpu, t, s, momentum as f32)?;
+        let (teacher, student) = (&self.model.teacher, &self.model.student);
+        for ((t, s), name) in teacher.tensors.iter().zip(&student.tensors).zip(&student.names) {
+            if !crate::sop::ibot::is_frozen(name) {
+                ema_update(gpu, t, s, momentum as f32)?;
+            }
         }
         // The banks were read by the objective above; now they take this step's rows.
         for rows in bank_rows {
@@ -273,7 +286,7 @@ impl Trainer<'_> {
         batch: &Batch,
         obj_cfg: &ObjectiveConfig,
         n_micro: usize,
-    ) -> Result<(ObjectiveTensors, Tensor, BankRows, Vec<Option<Tensor>>)> {
+    ) -> Result<(ObjectiveTensors, Tensor, Option<BankRows>, Vec<Option<Tensor>>)> {
         let gpu = self.gpu;
         let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
         let s = batch.global_size;
@@ -300,7 +313,10 @@ impl Trainer<'_> {
         let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
         let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
         let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
-        let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
+        let rows = match self.centers {
+            None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
+            Some(_) => None,
+        };
         Ok((out, embed_sq, rows, grads))
     }
 
@@ -311,7 +327,7 @@ impl Trainer<'_> {
         let p = self.model.teacher.leaves(&mut tape, false);
         let x = tape.constant(globals.clone());
         let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
-        let h = vit.head(&mut tape, &p, &tokens)?;
+        let h = self.head(&mut tape, &p, &tokens)?;
         let (c, r) = tape.tokens_split(&h)?;
         Ok((c.value, r.value))
     }
@@ -335,14 +351,14 @@ impl Trainer<'_> {
         let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
         let x = tape.constant(globals);
         let tokens = vit.backbone(tape, p, &x, &ForwardOptions { mask: Some(masks), drop_path: dp_g.as_deref() })?;
-        let h = vit.head(tape, p, &tokens)?;
+        let h = self.head(tape, p, &tokens)?;
         let (cls_global, patch) = tape.tokens_split(&h)?;
         let cls_local = if l > 0 {
             let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
             let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
             let tokens = vit.backbone(tape, p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
             let (cls, _) = tape.tokens_split(&tokens)?;
-            Some(vit.head(tape, p, &cls)?)
+            Some(self.head(tape, p, &cls)?)
         } else {
             None
         };
@@ -361,6 +377,10 @@ impl Trainer<'_> {
         obj_cfg: &ObjectiveConfig,
         emb: &Embeddings,
     ) -> Result<ObjectiveTensors> {
+        if let Some(centers) = &self.centers {
+            let hp = self.cfg.ibot_step(step, self.steps_per_epoch);
+            return crate::sop::ibot::ibot_objective_tensors(self.gpu, &hp, emb, centers);
+        }
         let (gpu, seed) = (self.gpu, self.cfg.run.seed);
         let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
         let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks)
