@@ -155,7 +155,12 @@ where
 }
 
 /// The grid, with whole step numbers on the x axis.
-fn mesh<'a, 'b, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>>(
+fn mesh<
+    'a,
+    'b,
+    DB: DrawingBackend + 'a,
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+>(
     c: &'b mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
 ) -> plotters::chart::MeshStyle<'a, 'b, plotters::coord::types::RangedCoordf64, Y, DB> {
     let mut m = c.configure_mesh();

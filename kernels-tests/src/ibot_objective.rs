@@ -91,7 +91,8 @@ fn row_mean(x: &[f64], k: usize) -> Vec<f64> {
 pub fn ibot_objective(x: &IbotInputs) -> IbotOutputs {
     let (k, b, l, n) = (x.prototypes, x.batch, x.local_views, x.patches);
     let row = |v: &[f64], i: usize| v[i * k..(i + 1) * k].to_vec();
-    let q: Vec<Vec<f64>> = (0..2 * b).map(|i| softmax_centered(&row(&x.teacher_cls, i), &x.center, x.teacher_temp)).collect();
+    let q: Vec<Vec<f64>> =
+        (0..2 * b).map(|i| softmax_centered(&row(&x.teacher_cls, i), &x.center, x.teacher_temp)).collect();
     let pairs = (2 + 2 * l) as f64;
     let mut loss_cls = 0.0;
     let mut dcls = vec![0.0; (2 + l) * b * k];

@@ -76,7 +76,12 @@ impl Default for IbotConfig {
 pub fn param_specs(w: usize, k: usize) -> Vec<ParamSpec> {
     let bound = 1.0 / (w as f64).sqrt();
     vec![
-        ParamSpec { name: WEIGHT_V.into(), shape: vec![k, w], decay: true, init: Init::Uniform { lo: -bound, hi: bound } },
+        ParamSpec {
+            name: WEIGHT_V.into(),
+            shape: vec![k, w],
+            decay: true,
+            init: Init::Uniform { lo: -bound, hi: bound },
+        },
         ParamSpec { name: WEIGHT_G.into(), shape: vec![k, 1], decay: false, init: Init::Ones },
     ]
 }

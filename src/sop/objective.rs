@@ -166,10 +166,7 @@ pub(crate) fn check(op: &'static str, e: &Embeddings) -> Result<usize> {
         return bad("teacher_patch", e.teacher_patch, &[2 * b, t, w]);
     }
     if e.masks.len() != 2 * b * t {
-        return Err(SopError::shape(
-            op,
-            format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t),
-        ));
+        return Err(SopError::shape(op, format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t)));
     }
     Ok(t)
 }

@@ -198,8 +198,11 @@ impl Trainer<'_> {
         let sq = optimizer::grad_squares(gpu, &grads)?;
         // Diagnostics of the banks this step read (before its writes); `ibot` uses none.
         let banks = [&self.cls_bank, &self.patch_bank];
-        let bank_sq: Vec<Tensor> =
-            if self.centers.is_none() { banks.iter().map(|b| b.sum_norm_sq(gpu)).collect::<Result<_>>()? } else { vec![] };
+        let bank_sq: Vec<Tensor> = if self.centers.is_none() {
+            banks.iter().map(|b| b.sum_norm_sq(gpu)).collect::<Result<_>>()?
+        } else {
+            vec![]
+        };
         let mut parts: Vec<&Tensor> = bank_sq.iter().collect();
         for (obj, embed_sq) in &scalars {
             parts.extend(obj.scalar_tensors());
