@@ -49,16 +49,19 @@ const PANELS: [Panel; 8] = [
     },
     Panel { title: "teacher [CLS] effective rank", keys: &["teacher_cls_erank"], log_y: false },
     Panel { title: "teacher target entropy (nats)", keys: &["target_entropy"], log_y: false },
-    Panel { title: "prototypes receiving mass", keys: &["prototypes_used"], log_y: false },
+    Panel { title: "prototypes receiving mass", keys: &["prototypes_effective", "prototypes_used"], log_y: false },
     Panel { title: "learning rate", keys: &["lr"], log_y: true },
     Panel { title: "teacher momentum", keys: &["momentum"], log_y: false },
 ];
 
+/// Per metric key, its (step, value) points.
+pub type Series = Vec<(&'static str, Vec<(f64, f64)>)>;
+
 /// (step, value) pairs of every key the panels draw, read from a metrics.jsonl text. A line
 /// that is not a JSON object, or has no whole `step`, is an error naming the file and line.
-pub fn series(path: &Path, text: &str) -> Result<Vec<(&'static str, Vec<(f64, f64)>)>> {
+pub fn series(path: &Path, text: &str) -> Result<Series> {
     let keys: Vec<&'static str> = PANELS.iter().flat_map(|p| p.keys.iter().copied()).collect();
-    let mut out: Vec<(&'static str, Vec<(f64, f64)>)> = keys.iter().map(|&k| (k, Vec::new())).collect();
+    let mut out: Series = keys.iter().map(|&k| (k, Vec::new())).collect();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let bad = |why: &str| SopError::file(path, format!("line {}: {why}", i + 1));
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("not JSON ({e})")))?;
@@ -93,7 +96,7 @@ pub fn plot_run(run: &Path, out: &Path) -> Result<()> {
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-fn draw(data: &[(&'static str, Vec<(f64, f64)>)], title: &str, out: &Path) -> DrawResult {
+fn draw(data: &Series, title: &str, out: &Path) -> DrawResult {
     register_font();
     let root = BitMapBackend::new(out, SIZE).into_drawing_area();
     root.fill(&WHITE)?;

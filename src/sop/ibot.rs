@@ -156,7 +156,8 @@ pub fn ibot_objective_tensors(gpu: &Gpu, hp: &IbotStep, e: &Embeddings, centers:
     let n = check("ibot_objective", e)?;
     let (b, k) = (e.batch, e.teacher_cls.shape[1]);
     let (select, w_cls) = cls_pairing(gpu, b, e.local_views, 1)?;
-    let q = Matmul::new(&select, &targets(gpu, e.teacher_cls, &centers.cls, hp.teacher_temp)?).run(gpu)?;
+    let q_teacher = targets(gpu, e.teacher_cls, &centers.cls, hp.teacher_temp)?;
+    let q = Matmul::new(&select, &q_teacher).run(gpu)?;
     let (loss_cls, dcls, p_cls) = term(gpu, e.student_cls, &q, &w_cls, hp.student_temp)?;
     let t_patch = e.teacher_patch.reshape(&[2 * b * n, k])?;
     let q2 = targets(gpu, &t_patch, &centers.patch, hp.teacher_patch_temp)?;
@@ -171,5 +172,6 @@ pub fn ibot_objective_tensors(gpu: &Gpu, hp: &IbotStep, e: &Embeddings, centers:
         dstudent_cls: dcls,
         dstudent_patch: dpatch.reshape(&e.student_patch.shape)?,
         agreement_idx,
+        targets_cls: q_teacher,
     })
 }

@@ -76,6 +76,8 @@ pub struct ObjectiveTensors {
     pub dstudent_patch: Tensor,
     /// Arg-max prototype of each [CLS] student row and of its target (first task), u32.
     pub agreement_idx: [Tensor; 2],
+    /// The teacher's [CLS] targets of the first task, (2B, P′), for the diagnostics.
+    pub targets_cls: Tensor,
 }
 
 impl ObjectiveTensors {
@@ -93,6 +95,9 @@ impl ObjectiveTensors {
         let loss_mim = words[nc..nc + nm].iter().map(f).fold(0.0f32, |a, x| a + x);
         let (ip, iq) = (&words[nc + nm], &words[nc + nm + 1]);
         let same = ip.iter().zip(iq).filter(|(a, b)| a == b).count();
+        // Target rows 0..2B are the teacher's views (swapped), one each: their arg-maxes.
+        let teacher_rows = self.targets_cls.shape[0].min(iq.len());
+        let used: std::collections::BTreeSet<u32> = iq[..teacher_rows].iter().copied().collect();
         ObjectiveOutput {
             loss_cls,
             loss_mim,
@@ -100,6 +105,7 @@ impl ObjectiveTensors {
             dstudent_cls: self.dstudent_cls,
             dstudent_patch: self.dstudent_patch,
             agreement_cls: same as f32 / ip.len().max(1) as f32,
+            prototypes_used: used.len(),
         }
     }
 
@@ -119,6 +125,9 @@ pub struct ObjectiveOutput {
     pub dstudent_patch: Tensor,
     /// Fraction of [CLS] student rows whose most likely prototype is the target's (first task).
     pub agreement_cls: f32,
+    /// Distinct prototypes that are the most likely one of at least one teacher [CLS] row
+    /// (first task; `sop::diagnostics`).
+    pub prototypes_used: usize,
 }
 
 /// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P′).
@@ -317,6 +326,7 @@ pub fn sop_objective_tensors(
     let mut losses: [Vec<Tensor>; 2] = [Vec::new(), Vec::new()];
     let mut grads: [Option<Tensor>; 2] = [None, None];
     let mut agreement_idx = None;
+    let mut targets_cls = None;
     for (k, terms) in kinds.iter().enumerate() {
         for (task, draw) in terms.set.draws.iter().enumerate() {
             let proto = build(gpu, terms.set.bank, &draw.perm, terms.protos, cfg.smoothing, |nb| match &draw.keep {
@@ -326,8 +336,9 @@ pub fn sop_objective_tensors(
             let (_, q) = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
             let target = match &terms.select {
                 Some(sel) => Matmul::new(sel, &q).run(gpu)?,
-                None => q,
+                None => q.clone(),
             };
+            let q_first = q;
             let (loss, du, p_s) = term(gpu, &terms.student, &target, &terms.weights, &proto, cfg.student_temp)?;
             losses[k].push(loss);
             grads[k] = Some(match grads[k].take() {
@@ -336,6 +347,7 @@ pub fn sop_objective_tensors(
             });
             if terms.kind == TaskKind::Cls && task == 0 {
                 agreement_idx = Some(argmax_pair(gpu, &p_s, &target)?);
+                targets_cls = Some(q_first);
             }
         }
     }
@@ -344,7 +356,8 @@ pub fn sop_objective_tensors(
     let dstudent_cls = dcls.expect("at least one task").reshape(&e.student_cls.shape)?;
     let dstudent_patch = dpatch.expect("at least one task").reshape(&e.student_patch.shape)?;
     let agreement_idx = agreement_idx.expect("at least one task");
-    Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx })
+    let targets_cls = targets_cls.expect("at least one task");
+    Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx, targets_cls })
 }
 
 /// Arg-max rows of two (R, P′) distributions (the agreement metric compares them).

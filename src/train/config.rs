@@ -419,7 +419,8 @@ impl TrainConfig {
         }
         let ib = &self.ibot;
         if self.objective == Objective::Ibot {
-            if ib.prototypes < 2 || !(ib.teacher_patch_temp > 0.0) || !(0.0..=1.0).contains(&ib.center_momentum) {
+            let temp_ok = ib.teacher_patch_temp > 0.0;
+            if ib.prototypes < 2 || !temp_ok || !(0.0..=1.0).contains(&ib.center_momentum) {
                 return bad(format!(
                     "ibot.prototypes {} must be at least 2, ibot.teacher_patch_temp {} positive and \
                      ibot.center_momentum {} in [0, 1]",

@@ -1,5 +1,5 @@
 //! What the `ibot` objective changes in a training step, beside SOP's: the head's output
-//! passes through the prototype layer (`Trainer::head`), and the prototype layer's gradient
+//! passes through the prototype layer (`Trainer::head`, `Trainer::teacher_head`), and the prototype layer's gradient
 //! is dropped during its frozen first epochs (`Trainer::freeze_prototypes`). The objective
 //! itself is `sop::ibot`.
 
@@ -20,6 +20,19 @@ impl Trainer<'_> {
         match self.cfg.objective {
             Objective::Sop => Ok(h),
             Objective::Ibot => ibot::prototype_logits(tape, p, &h),
+        }
+    }
+
+    /// The teacher's `head`, and its unit [CLS] rows (…, W) before any prototype layer (for
+    /// the diagnostics) when they differ from the output's: None for SOP.
+    pub(super) fn teacher_head(&self, tape: &mut Tape, p: &ParamVars, tokens: &Var) -> Result<(Var, Option<Tensor>)> {
+        let h = self.model.vit.head(tape, p, tokens)?;
+        match self.cfg.objective {
+            Objective::Sop => Ok((h, None)),
+            Objective::Ibot => {
+                let z_cls = tape.tokens_split(&h)?.0.value;
+                Ok((ibot::prototype_logits(tape, p, &h)?, Some(z_cls)))
+            }
         }
     }
 

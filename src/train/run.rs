@@ -188,6 +188,8 @@ pub(super) fn step_line(
         "lr": m.lr, "weight_decay": m.weight_decay, "teacher_temp": m.teacher_temp, "momentum": m.momentum,
         "grad_norm": m.grad_norm, "agreement_cls": m.agreement_cls,
         "cls_bank_cos": m.cls_bank_cos, "patch_bank_cos": m.patch_bank_cos,
+        "teacher_cls_erank": m.diagnostics.teacher_cls_erank, "target_entropy": m.diagnostics.target_entropy,
+        "prototypes_used": m.prototypes_used, "prototypes_effective": m.diagnostics.prototypes_effective,
         "images_per_sec": images_per_sec, "skipped_images": skipped,
         "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits,
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,

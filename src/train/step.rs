@@ -1,6 +1,10 @@
 //! One optimiser step (`Trainer::step`): per micro-batch the teacher, the student on the
 //! tape, the objective and the backward (`micro_step` and its named parts), then the step's
 //! one read of its scalars, AdamW, the EMA teacher and the bank writes.
+//!
+//! Over 400 lines because the step's parts share one `Trainer` and one read of the scalars
+//! (losses, finiteness, gradient norms, diagnostics) that orders them; the `ibot` objective's
+//! changes live in `heads.rs`, the diagnostics in `sop::diagnostics`.
 
 use std::path::PathBuf;
 
@@ -15,6 +19,7 @@ use crate::ops::gather::gather_rows;
 use crate::ops::reduce::sum_squares;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
+use crate::sop::diagnostics::{DiagnosticTensors, Diagnostics};
 use crate::sop::ibot::Centers;
 use crate::sop::objective::{
     sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
@@ -94,6 +99,10 @@ pub struct StepMetrics {
     /// Mean cosine between distinct rows of the [CLS] and patch banks the step read.
     pub cls_bank_cos: f64,
     pub patch_bank_cos: f64,
+    /// Effective rank, target entropy, effective prototypes (`sop::diagnostics`), averaged
+    /// over the micro-batches, and the prototypes that are some teacher row's arg-max.
+    pub diagnostics: Diagnostics,
+    pub prototypes_used: f64,
 }
 
 /// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
@@ -102,6 +111,10 @@ struct BankRows {
     patch: Tensor,
     sources: Vec<i64>,
 }
+
+/// What one micro-batch leaves for the step: its objective, the summed squares of its
+/// embeddings, its diagnostics, its bank rows (SOP only) and its parameter gradients.
+type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Vec<Option<Tensor>>);
 
 /// The student's embeddings of one micro-batch, on its tape.
 struct StudentOut {
@@ -182,14 +195,14 @@ impl Trainer<'_> {
         let mut bank_rows = Vec::with_capacity(micro.len());
         let mut scalars = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_sq, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_sq, diag, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
                     (a, g) => a.or(g),
                 };
             }
-            scalars.push((obj, embed_sq));
+            scalars.push((obj, embed_sq, diag));
             bank_rows.extend(rows);
         }
         self.freeze_prototypes(step, &mut grads);
@@ -204,9 +217,10 @@ impl Trainer<'_> {
             vec![]
         };
         let mut parts: Vec<&Tensor> = bank_sq.iter().collect();
-        for (obj, embed_sq) in &scalars {
+        for (obj, embed_sq, diag) in &scalars {
             parts.extend(obj.scalar_tensors());
             parts.push(embed_sq);
+            parts.extend(diag.tensors());
         }
         parts.extend(sq.iter().flatten());
         let words = gpu.read_words(&parts)?;
@@ -217,14 +231,16 @@ impl Trainer<'_> {
         let (cls_bank_cos, patch_bank_cos) = (bank_cos(0), bank_cos(1));
         let mut at = bank_sq.len();
         let (mut loss, mut loss_cls, mut loss_mim, mut agreement) = (0.0, 0.0, 0.0, 0.0);
+        let (mut diagnostics, mut prototypes_used) = (Diagnostics::default(), 0.0);
         let n = micro.len() as f64;
-        for (obj, _) in scalars {
+        for (obj, _, diag) in scalars {
             let k = obj.scalar_tensors().len();
             let out = obj.finish_words(&words[at..at + k]);
             // A NaN can hide inside clamped logs, so the embeddings are checked as well: the
             // summed squares of all four (unit rows, so no finite sum overflows).
             let embeddings_finite = f32::from_bits(words[at + k][0]).is_finite();
-            at += k + 1;
+            let d = diag.finish_words(&words[at + k + 1..at + k + 1 + DiagnosticTensors::PARTS]);
+            at += k + 1 + DiagnosticTensors::PARTS;
             if !out.loss.is_finite() || !embeddings_finite {
                 let note = if embeddings_finite { "" } else { ", non-finite embeddings" };
                 let reason = format!("the loss is not finite (cls {}, mim {}{note})", out.loss_cls, out.loss_mim);
@@ -234,6 +250,10 @@ impl Trainer<'_> {
             loss_cls += out.loss_cls as f64 / n;
             loss_mim += out.loss_mim as f64 / n;
             agreement += out.agreement_cls as f64 / n;
+            prototypes_used += out.prototypes_used as f64 / n;
+            diagnostics.teacher_cls_erank += d.teacher_cls_erank / n;
+            diagnostics.target_entropy += d.target_entropy / n;
+            diagnostics.prototypes_effective += d.prototypes_effective / n;
         }
         let sq_host: Vec<Option<f32>> = sq
             .iter()
@@ -275,6 +295,8 @@ impl Trainer<'_> {
             agreement_cls: agreement,
             cls_bank_cos,
             patch_bank_cos,
+            diagnostics,
+            prototypes_used,
         })
     }
 
@@ -289,13 +311,13 @@ impl Trainer<'_> {
         batch: &Batch,
         obj_cfg: &ObjectiveConfig,
         n_micro: usize,
-    ) -> Result<(ObjectiveTensors, Tensor, Option<BankRows>, Vec<Option<Tensor>>)> {
+    ) -> Result<MicroStep> {
         let gpu = self.gpu;
         let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
         let s = batch.global_size;
         let globals = gpu.upload_f32(&[2 * b, 3, s, s], &batch.globals)?;
         let masks = gpu.upload_u32(&[2 * b, n], &batch.masks)?;
-        let (t_cls, t_patch) = self.teacher_forward(&globals)?;
+        let (t_cls, t_patch, z_cls) = self.teacher_forward(&globals)?;
         let mut tape = Tape::new(gpu);
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
@@ -316,23 +338,26 @@ impl Trainer<'_> {
         let add = |a: &Tensor, b: &Tensor| crate::ops::elementwise::add(gpu, a, b);
         let embed_sq = add(&add(&ss(&student.cls)?, &ss(&student.patch.value)?)?, &add(&ss(&t_cls)?, &ss(&t_patch)?)?)?;
         let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
+        let diag = DiagnosticTensors::new(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?;
         let rows = match self.centers {
             None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
             Some(_) => None,
         };
-        Ok((out, embed_sq, rows, grads))
+        Ok((out, embed_sq, diag, rows, grads))
     }
 
-    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).
-    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches
+    /// (2B, N, W) (widths K for `ibot`), and the unit [CLS] head rows (2B, W).
+    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (gpu, vit) = (self.gpu, &self.model.vit);
         let mut tape = Tape::no_grad(gpu);
         let p = self.model.teacher.leaves(&mut tape, false);
         let x = tape.constant(globals.clone());
         let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
-        let h = self.head(&mut tape, &p, &tokens)?;
+        let (h, z_cls) = self.teacher_head(&mut tape, &p, &tokens)?;
         let (c, r) = tape.tokens_split(&h)?;
-        Ok((c.value, r.value))
+        let z_cls = z_cls.unwrap_or_else(|| c.value.clone());
+        Ok((c.value, r.value, z_cls))
     }
 
     /// Step 2, the student on the masked global crops (all tokens) and the local crops ([CLS]
