@@ -4,35 +4,26 @@
 //! prototype layer, and the CLI: the objective saved in the run's config, the plot written,
 //! and a resume that refuses to change the objective.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 
-use sop::checkpoint;
 use sop::sop::ibot::{Centers, WEIGHT_G, WEIGHT_V};
 use sop::train::config::{Objective, TrainConfig};
 use sop::train::{state, train};
+use support::{gpu, weights as tensors};
 
-fn gpu() -> sop::Gpu {
-    sop::Gpu::new(None).unwrap_or_else(|e| panic!("training tests need a GPU adapter: {e}"))
-}
-
+/// The training tests' tiny run with the `ibot` objective and 13 prototypes.
 fn tiny(out: &Path) -> TrainConfig {
-    let mut c =
-        TrainConfig::smoke(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"), out.to_path_buf());
-    c.run.no_eval = true;
+    let mut c = support::tiny(out);
     c.objective = Objective::Ibot;
     c.ibot.prototypes = 13;
     c
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sop-ibot-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn tensors(path: &Path) -> checkpoint::TensorMap {
-    checkpoint::read(path).unwrap().tensors
+fn tmp(name: &str) -> std::path::PathBuf {
+    support::tmp(&format!("ibot-{name}"))
 }
 
 #[test]

@@ -317,38 +317,31 @@ impl TrainConfig {
         specs
     }
 
+    /// A teacher temperature at `step`: linear from `sop.warmup_teacher_temp` to `end` over
+    /// `sop.warmup_teacher_temp_epochs`, then `end`.
+    fn teacher_temp_at(&self, step: usize, steps_per_epoch: usize, end: f32) -> f32 {
+        let warm = self.sop.warmup_teacher_temp_epochs * steps_per_epoch;
+        crate::train::schedule::linear_then_constant(step, warm, self.sop.warmup_teacher_temp as f64, end as f64) as f32
+    }
+
     /// The `ibot` objective's temperatures at `step`: τ_t as for SOP, and τ_t2 warming up from
     /// `sop.warmup_teacher_temp` over the same epochs.
     pub fn ibot_step(&self, step: usize, steps_per_epoch: usize) -> IbotStep {
-        let warm = self.sop.warmup_teacher_temp_epochs * steps_per_epoch;
-        let patch = crate::train::schedule::linear_then_constant(
-            step,
-            warm,
-            self.sop.warmup_teacher_temp as f64,
-            self.ibot.teacher_patch_temp as f64,
-        ) as f32;
         IbotStep {
             student_temp: self.sop.student_temp,
-            teacher_temp: self.objective(step, steps_per_epoch).teacher_temp,
-            teacher_patch_temp: patch,
+            teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
+            teacher_patch_temp: self.teacher_temp_at(step, steps_per_epoch, self.ibot.teacher_patch_temp),
             center_momentum: self.ibot.center_momentum,
         }
     }
 
     pub fn objective(&self, step: usize, steps_per_epoch: usize) -> ObjectiveConfig {
-        let warm = self.sop.warmup_teacher_temp_epochs * steps_per_epoch;
-        let teacher_temp = crate::train::schedule::linear_then_constant(
-            step,
-            warm,
-            self.sop.warmup_teacher_temp as f64,
-            self.sop.teacher_temp as f64,
-        ) as f32;
         ObjectiveConfig {
             cls: self.sop.cls,
             patch: self.sop.patch,
             smoothing: self.sop.smoothing,
             student_temp: self.sop.student_temp,
-            teacher_temp,
+            teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
         }
     }
 
