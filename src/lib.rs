@@ -20,8 +20,10 @@
 //!   (`Vit::backbone`, `Vit::head`): start there.
 //! - `sop`: the method of docs/METHOD.md. Memory banks (`bank.rs`), the prototypes built on
 //!   the device from a bank (`prototypes.rs`), the [CLS] and SOP-MIM losses with their
-//!   gradients (`objective.rs`, start at `sop_objective`), and the file format that replays
-//!   the objective against PyTorch (`objective_io.rs`, `replay.rs`).
+//!   gradients (`objective.rs`, start at `sop_objective`), the file format that replays
+//!   the objective against PyTorch (`objective_io.rs`, `replay.rs`), the iBOT baseline of
+//!   `--objective ibot` (`ibot.rs`) and the per-step diagnostics of collapse and crowding
+//!   (`diagnostics.rs`).
 //! - `data`: everything between files and uploaded batches: datasets (image folders, IDX),
 //!   the multi-crop augmentation (`data/augment/`), block masks, the prefetching loader and
 //!   the preview grid. Start at `data/mod.rs`, then `Augmenter::views`.
