@@ -206,8 +206,8 @@ impl Trainer<'_> {
             bank_rows.extend(rows);
         }
         self.freeze_prototypes(step, &mut grads);
-        // The step's one wait: losses, agreement, the embeddings' finiteness check and the
-        // gradients' norms come back together.
+        // The step's one wait: losses, agreement, the embeddings' finiteness check, the
+        // diagnostics and the gradients' norms come back together.
         let sq = optimizer::grad_squares(gpu, &grads)?;
         // Diagnostics of the banks this step read (before its writes); `ibot` uses none.
         let banks = [&self.cls_bank, &self.patch_bank];
