@@ -35,23 +35,17 @@ fn register_font() {
 struct Panel {
     title: &'static str,
     keys: &'static [&'static str],
-    /// Logarithmic y axis (the learning rate spans orders of magnitude).
-    log_y: bool,
 }
 
 const PANELS: [Panel; 8] = [
-    Panel { title: "loss", keys: &["loss", "loss_cls", "loss_mim"], log_y: false },
-    Panel { title: "k-NN top-1 (%)", keys: &["knn_top1"], log_y: false },
-    Panel {
-        title: "bank mean cosine, agreement",
-        keys: &["cls_bank_cos", "patch_bank_cos", "agreement_cls"],
-        log_y: false,
-    },
-    Panel { title: "teacher [CLS] effective rank", keys: &["teacher_cls_erank"], log_y: false },
-    Panel { title: "teacher target entropy (nats)", keys: &["target_entropy"], log_y: false },
-    Panel { title: "prototypes receiving mass", keys: &["prototypes_effective", "prototypes_used"], log_y: false },
-    Panel { title: "learning rate", keys: &["lr"], log_y: true },
-    Panel { title: "teacher momentum", keys: &["momentum"], log_y: false },
+    Panel { title: "loss", keys: &["loss", "loss_cls", "loss_mim"] },
+    Panel { title: "k-NN top-1 (%)", keys: &["knn_top1"] },
+    Panel { title: "bank mean cosine, agreement", keys: &["cls_bank_cos", "patch_bank_cos", "agreement_cls"] },
+    Panel { title: "teacher [CLS] effective rank", keys: &["teacher_cls_erank"] },
+    Panel { title: "teacher target entropy (nats)", keys: &["target_entropy"] },
+    Panel { title: "prototypes receiving mass", keys: &["prototypes_effective", "prototypes_used"] },
+    Panel { title: "learning rate", keys: &["lr"] },
+    Panel { title: "teacher momentum", keys: &["momentum"] },
 ];
 
 /// Per metric key, its (step, value) points.
@@ -117,15 +111,12 @@ fn draw(data: &Series, title: &str, out: &Path) -> DrawResult {
     Ok(())
 }
 
-/// y range with a margin; a flat series gets a unit-wide band around its value.
-fn y_range(lines: &[(&str, &[(f64, f64)])], log_y: bool) -> (f64, f64) {
-    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).filter(|y| !log_y || *y > 0.0);
+/// y range with a margin; a flat series gets a band around its value.
+fn y_range(lines: &[(&str, &[(f64, f64)])]) -> (f64, f64) {
+    let ys = lines.iter().flat_map(|(_, p)| p.iter().map(|q| q.1));
     let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
     if !lo.is_finite() {
         return (0.0, 1.0);
-    }
-    if log_y {
-        return (lo / 1.5, hi * 1.5);
     }
     let pad = if hi > lo { 0.05 * (hi - lo) } else { 0.5f64.max(0.05 * hi.abs()) };
     (lo - pad, hi + pad)
@@ -142,18 +133,22 @@ fn draw_panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
-    let (lo, hi) = y_range(lines, panel.log_y);
+    let (lo, hi) = y_range(lines);
     let mut chart = ChartBuilder::on(area);
     chart.caption(panel.title, ("sans-serif", 18)).margin(12).x_label_area_size(30).y_label_area_size(70);
-    if panel.log_y {
-        let mut c = chart.build_cartesian_2d(0f64..max_step, (lo..hi).log_scale())?;
-        let fmt = |y: &f64| format!("{y:.0e}");
-        mesh(&mut c).y_label_formatter(&fmt).draw()?;
-        draw_lines(area, &mut c, lines)
+    let mut c = chart.build_cartesian_2d(0f64..max_step, lo..hi)?;
+    mesh(&mut c).y_label_formatter(&y_label).draw()?;
+    draw_lines(area, &mut c, lines)
+}
+
+/// A y tick: small magnitudes (learning rates) in scientific notation, others with up to
+/// three decimals.
+fn y_label(y: &f64) -> String {
+    if *y != 0.0 && y.abs() < 1e-2 {
+        format!("{y:.1e}")
     } else {
-        let mut c = chart.build_cartesian_2d(0f64..max_step, lo..hi)?;
-        mesh(&mut c).draw()?;
-        draw_lines(area, &mut c, lines)
+        let s = format!("{y:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
 
@@ -171,8 +166,7 @@ fn mesh<
     m
 }
 
-/// The panel's lines with a legend, or a "not logged" note when it has none. Points that
-/// the y axis cannot show (≤ 0 on a log axis) are left out.
+/// The panel's lines with a legend, or a "not logged" note when it has none.
 fn draw_lines<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64>>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     c: &mut ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
@@ -185,10 +179,9 @@ where
         area.draw_text("not logged", &("sans-serif", 16).into_text_style(area), (160, 150))?;
         return Ok(());
     }
-    let range = c.y_range();
     for (i, (name, pts)) in lines.iter().enumerate() {
         let col = COLOURS[i % COLOURS.len()];
-        let shown: Vec<(f64, f64)> = pts.iter().copied().filter(|p| range.contains(&p.1)).collect();
+        let shown: Vec<(f64, f64)> = pts.to_vec();
         // Width 1: plotters joins wider lines with mitres, which spike out of the panel on
         // a noisy series. A series of a few points (k-NN evaluations) is marked as well as joined.
         if shown.len() <= 40 {
