@@ -22,8 +22,10 @@
 //!   (`Vit::backbone`, `Vit::head`): start there.
 //! - `sop`: the method of docs/METHOD.md. Memory banks (`bank.rs`), the prototypes built on
 //!   the device from a bank (`prototypes.rs`), the [CLS] and SOP-MIM losses with their
-//!   gradients (`objective.rs`, start at `sop_objective`), and the file format that replays
-//!   the objective against PyTorch (`objective_io.rs`, `replay.rs`).
+//!   gradients (`objective.rs`, start at `sop_objective`), the file format that replays
+//!   the objective against PyTorch (`objective_io.rs`, `replay.rs`), the iBOT baseline of
+//!   `--objective ibot` (`ibot.rs`) and the per-step diagnostics of collapse and crowding
+//!   (`diagnostics.rs`).
 //! - `data`: everything between files and uploaded batches: datasets (image folders, IDX),
 //!   the multi-crop augmentation (`data/augment/`), block masks, the prefetching loader and
 //!   the preview grid, and generated ImageNet-sized JPEGs (`synthetic.rs`). Start at
@@ -38,6 +40,7 @@
 //! - `checkpoint`: safetensors checkpoints under the authors' names with the architecture in
 //!   the metadata, written atomically; `CheckpointError` names the file and the tensor.
 //! - `cli`: one file per subcommand of the `sop` binary, each an argument struct and `run`.
+//! - `plot`: `sop plot`, a run's metrics.jsonl drawn as one PNG of curves (plotters).
 //! - `bench`: the validate-then-time harness behind `sop bench` and `cargo bench`, one file
 //!   per op family; `loader.rs` times the data path (decode + augmentation) without a GPU.
 //! - `rng`: every random stream of a run by name (per training step and purpose, per data
@@ -80,6 +83,7 @@ pub mod eval;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod rng;
 pub mod sop;
 pub mod tape;

@@ -46,12 +46,29 @@ fn train_then_evaluate_embed_and_picture_a_run() {
     let out = ok(&["train", "--config", s(&cfg), "--steps", "3", "--quiet"]);
     assert!(out.contains("trained 3 steps") && out.contains("k-NN before") && out.contains("k-NN after"), "{out}");
     let run = dir.join("run");
-    for f in ["config.toml", "metrics.jsonl", "student.safetensors", "teacher.safetensors", "train_state.safetensors"] {
+    let files = ["config.toml", "metrics.jsonl", "plot.png", "student.safetensors", "teacher.safetensors"];
+    for f in files.iter().chain(&["train_state.safetensors"]) {
         assert!(run.join(f).exists(), "{f} missing from the run folder");
     }
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    for key in ["step", "loss", "loss_cls", "loss_mim", "lr", "teacher_temp", "images_per_sec", "agreement_cls"] {
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["step"], 0, "the k-NN before training comes first: {}", lines[0]);
+    assert!(lines[0]["knn_top1"].is_number(), "{}", lines[0]);
+    let first = &lines[1];
+    for key in [
+        "step",
+        "loss",
+        "loss_cls",
+        "loss_mim",
+        "lr",
+        "teacher_temp",
+        "images_per_sec",
+        "agreement_cls",
+        "teacher_cls_erank",
+        "target_entropy",
+        "prototypes_effective",
+        "prototypes_used",
+    ] {
         assert!(first.get(key).is_some(), "metrics lack {key}: {first}");
     }
 

@@ -2,32 +2,13 @@
 //! resume equivalence, the EMA rule, bank FIFO bookkeeping, refusal of corrupt checkpoints,
 //! and the stop on a non-finite loss.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use sop::checkpoint;
-use sop::train::config::TrainConfig;
 use sop::train::{state, train};
-
-fn gpu() -> sop::Gpu {
-    sop::Gpu::new(None).unwrap_or_else(|e| panic!("training tests need a GPU adapter: {e}"))
-}
-
-fn tiny(out: &Path) -> TrainConfig {
-    let mut c =
-        TrainConfig::smoke(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist"), out.to_path_buf());
-    c.run.no_eval = true;
-    c
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sop-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn weights(path: &Path) -> checkpoint::TensorMap {
-    checkpoint::read(path).unwrap().tensors
-}
+use support::{gpu, tiny, tmp, weights};
 
 #[test]
 fn resume_gives_the_same_weights_as_an_uninterrupted_run() {

@@ -11,6 +11,7 @@ pub mod elementwise;
 pub mod ema;
 pub mod gather;
 pub mod gelu;
+pub mod ibot_objective;
 pub mod l2norm;
 pub mod layernorm;
 pub mod mask_tokens;

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod info;
 pub mod objective;
 pub mod pictures;
+pub mod plot;
 pub mod preview;
 pub mod settings;
 pub mod train;
@@ -101,6 +102,8 @@ pub enum Command {
     Attention(pictures::AttentionArgs),
     /// A few prototypes of a run's [CLS] bank: the images behind the anchor and its SEs.
     Prototypes(pictures::PrototypesArgs),
+    /// Draw a run's curves (losses, k-NN, diagnostics, schedules) from its metrics.jsonl as a PNG.
+    Plot(plot::PlotArgs),
     /// Write a PNG grid of sample images, their global and local crops and masks.
     Preview(preview::PreviewArgs),
 }
@@ -116,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Objective(a) => objective::run(a),
         Command::Attention(a) => pictures::attention(a),
         Command::Prototypes(a) => pictures::prototypes(a),
+        Command::Plot(a) => plot::run(a),
         Command::Preview(a) => preview::run(a),
     }
 }

@@ -130,6 +130,13 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
             .get("config")
             .ok_or_else(|| anyhow::anyhow!("{}: no config in metadata", state_path.display()))?,
     )?;
+    if cfg.objective == crate::train::config::Objective::Ibot {
+        anyhow::bail!(
+            "{}: trained the ibot objective, which keeps no memory bank to draw prototypes from \
+             (its prototypes are the rows of head.last_layer.weight_v)",
+            args.run.display()
+        );
+    }
     let width = cfg.model.head_bottleneck;
     let n_bank = cfg.sop.cls_bank_size;
     if args.n < 2 || args.n > n_bank / 2 {

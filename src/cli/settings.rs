@@ -56,6 +56,11 @@ pub struct SettingArgs {
     /// --resume, the resumed folder). It must not hold another run's files.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// What the student learns: `sop` (self-organizing prototypes from the memory banks) or
+    /// `ibot` (the parametric baseline: a learned prototype layer with teacher centring,
+    /// `ibot.*` in the config).
+    #[arg(long, value_enum)]
+    pub objective: Option<crate::train::config::Objective>,
     /// vit_tiny, vit_small, vit_base, vit_large (the width/depth/heads of a preset).
     #[arg(long)]
     pub arch: Option<String>,
@@ -107,6 +112,7 @@ impl SettingArgs {
             ("--data", self.data.is_some()),
             ("--knn-train", self.knn_train.is_some()),
             ("--knn-val", self.knn_val.is_some()),
+            ("--objective", self.objective.is_some()),
             ("--arch", self.arch.is_some()),
             ("--dim", self.dim.is_some()),
             ("--depth", self.depth.is_some()),
@@ -156,6 +162,7 @@ impl SettingArgs {
             cfg.data.knn_val = self.knn_val.clone();
         }
         set!(cfg.run.out, self.out);
+        set!(cfg.objective, self.objective);
         // With no --data (here, in --config or --set), the bundled subset, wherever sop is run from.
         if self.data.is_none() && cfg.data.path == std::path::Path::new(crate::train::config::BUNDLED_DATA) {
             cfg.data.path = crate::train::config::bundled_data();

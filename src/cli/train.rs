@@ -1,4 +1,4 @@
-//! `sop train`: SOP pre-training. With no arguments it trains the small default model on the
+//! `sop train`: SOP pre-training (or the `--objective ibot` baseline). With no arguments it trains the small default model on the
 //! bundled Fashion-MNIST subset and prints the k-NN accuracy before and after.
 
 use std::path::PathBuf;

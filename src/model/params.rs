@@ -23,6 +23,11 @@ pub enum Init {
         lo: f64,
         hi: f64,
     },
+    /// Uniform in [lo, hi) (PyTorch's default Linear init, U(±1/√in)).
+    Uniform {
+        lo: f64,
+        hi: f64,
+    },
 }
 
 /// One parameter tensor: its state-dict name, PyTorch shape, whether AdamW decays it, and
@@ -119,8 +124,14 @@ pub fn backbone_specs(cfg: &VitConfig) -> Vec<ParamSpec> {
 /// Fresh parameters for `cfg`, in `param_specs` order, as (name, shape, values). The same
 /// seed gives the same values on every platform (ChaCha12 `StdRng`, specs drawn in order).
 pub fn init_params(cfg: &VitConfig, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    init_specs(param_specs(cfg), seed)
+}
+
+/// Fresh values of `specs`, drawn in order from `seed` (a list that extends
+/// `param_specs(cfg)` gives its first tensors the values of `init_params(cfg, seed)`).
+pub fn init_specs(specs: Vec<ParamSpec>, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    param_specs(cfg)
+    specs
         .into_iter()
         .map(|ps| {
             let n = ps.numel();
@@ -135,6 +146,7 @@ pub fn init_params(cfg: &VitConfig, seed: u64) -> Vec<(String, Vec<usize>, Vec<f
                         }
                     })
                     .collect(),
+                Init::Uniform { lo, hi } => (0..n).map(|_| rng.random_range(lo..hi) as f32).collect(),
             };
             (ps.name, ps.shape, v)
         })

@@ -76,6 +76,8 @@ pub struct ObjectiveTensors {
     pub dstudent_patch: Tensor,
     /// Arg-max prototype of each [CLS] student row and of its target (first task), u32.
     pub agreement_idx: [Tensor; 2],
+    /// The teacher's [CLS] targets of the first task, (2B, P′), for the diagnostics.
+    pub targets_cls: Tensor,
 }
 
 impl ObjectiveTensors {
@@ -87,6 +89,7 @@ impl ObjectiveTensors {
     /// The output, from the words of `scalar_tensors` read back (one read for many).
     pub fn finish_words(self, words: &[Vec<u32>]) -> ObjectiveOutput {
         let s = ObjectiveScalars::from_words(self.cls_losses.len(), self.mim_losses.len(), words);
+        let iq = &words[self.cls_losses.len() + self.mim_losses.len() + 1];
         ObjectiveOutput {
             loss_cls: s.loss_cls,
             loss_mim: s.loss_mim,
@@ -94,6 +97,7 @@ impl ObjectiveTensors {
             dstudent_cls: self.dstudent_cls,
             dstudent_patch: self.dstudent_patch,
             agreement_cls: s.agreement_cls,
+            prototypes_used: prototypes_used(self.targets_cls.shape[0], iq),
         }
     }
 
@@ -102,6 +106,13 @@ impl ObjectiveTensors {
         let words = gpu.read_words(&self.scalar_tensors())?;
         Ok(self.finish_words(&words))
     }
+}
+
+/// Distinct prototypes among the teacher's arg-maxes `iq` (student-row order): target rows
+/// 0..`teacher_rows` are the teacher's views (swapped), one each (`sop::diagnostics`).
+pub fn prototypes_used(teacher_rows: usize, iq: &[u32]) -> usize {
+    let used: std::collections::BTreeSet<u32> = iq[..teacher_rows.min(iq.len())].iter().copied().collect();
+    used.len()
 }
 
 /// The objective's scalars, from the words of `ObjectiveTensors::scalar_tensors`.
@@ -142,6 +153,9 @@ pub struct ObjectiveOutput {
     pub dstudent_patch: Tensor,
     /// Fraction of [CLS] student rows whose most likely prototype is the target's (first task).
     pub agreement_cls: f32,
+    /// Distinct prototypes that are the most likely one of at least one teacher [CLS] row
+    /// (first task; `sop::diagnostics`).
+    pub prototypes_used: usize,
 }
 
 /// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P′).
@@ -168,11 +182,12 @@ fn term(
     Ok((loss, du, p_s))
 }
 
-fn check(e: &Embeddings) -> Result<usize> {
+/// Checks the shapes of `e`; returns N, the patches per view.
+pub(crate) fn check(op: &'static str, e: &Embeddings) -> Result<usize> {
     let (b, l) = (e.batch, e.local_views);
     let w = e.teacher_cls.shape.get(1).copied().unwrap_or(0);
     let bad = |what: &str, t: &Tensor, want: &[usize]| {
-        Err(SopError::shape("sop_objective", format!("{what} {:?}, expected {want:?}", t.shape)))
+        Err(SopError::shape(op, format!("{what} {:?}, expected {want:?}", t.shape)))
     };
     if e.student_cls.shape != [(2 + l) * b, w] {
         return bad("student_cls", e.student_cls, &[(2 + l) * b, w]);
@@ -188,10 +203,7 @@ fn check(e: &Embeddings) -> Result<usize> {
         return bad("teacher_patch", e.teacher_patch, &[2 * b, t, w]);
     }
     if e.masks.len() != 2 * b * t {
-        return Err(SopError::shape(
-            "sop_objective",
-            format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t),
-        ));
+        return Err(SopError::shape(op, format!("{} mask entries for {} patch rows", e.masks.len(), 2 * b * t)));
     }
     Ok(t)
 }
@@ -240,9 +252,10 @@ struct KindTerms<'a> {
     weights: Tensor,
 }
 
-/// [CLS]: selection matrix Sel ((2+L)B, 2B) and uniform weights 1/(B · pairs · tasks).
-fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>) -> Result<KindTerms<'a>> {
-    let (b, l) = (e.batch, e.local_views);
+/// [CLS] pairing of student view v with every teacher global view j ≠ v: the selection
+/// matrix Sel ((2+L)B, 2B) with a 1 at (v·B + b, j·B + b), and the uniform row weights
+/// 1/(B · pairs · tasks), pairs = 2 + 2L. The `ibot` objective pairs its rows the same way.
+pub(crate) fn cls_pairing(gpu: &Gpu, b: usize, l: usize, tasks: usize) -> Result<(Tensor, Tensor)> {
     let rows_s = (2 + l) * b;
     let pairs = (2 + 2 * l) as f32;
     let mut sel = vec![0f32; rows_s * 2 * b];
@@ -255,18 +268,45 @@ fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskS
             }
         }
     }
+    Ok((
+        gpu.upload_f32(&[rows_s, 2 * b], &sel)?,
+        gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * tasks as f32); rows_s])?,
+    ))
+}
+
+/// [CLS]: selection matrix and weights of `cls_pairing`.
+fn cls_terms<'a>(gpu: &Gpu, cfg: &'a ObjectiveConfig, e: &Embeddings, set: TaskSet<'a>) -> Result<KindTerms<'a>> {
+    let (select, weights) = cls_pairing(gpu, e.batch, e.local_views, cfg.cls.tasks)?;
     Ok(KindTerms {
         kind: TaskKind::Cls,
         set,
         protos: &cfg.cls,
         teacher: e.teacher_cls.clone(),
         student: e.student_cls.clone(),
-        select: Some(gpu.upload_f32(&[rows_s, 2 * b], &sel)?),
-        weights: gpu.upload_f32(&[rows_s], &vec![1.0 / (b as f32 * pairs * cfg.cls.tasks as f32); rows_s])?,
+        select: Some(select),
+        weights,
     })
 }
 
-/// SOP-MIM: patch rows (2B·T, W), weight mask / max(1, masked count of the image) / (2B · tasks).
+/// Masked-patch row weights (2B·T): mask / (max(1, masked count of the image) · 2B · tasks),
+/// so each (view, image) pair weighs 1/(2B · tasks) whatever its masked count, and an image
+/// with no masked patch adds 0 but still counts in 2B. The `ibot` objective weighs its
+/// patch rows the same way.
+pub(crate) fn mim_weights(gpu: &Gpu, masks: &[u8], b: usize, t: usize, tasks: usize) -> Result<Tensor> {
+    let mut w_mim = vec![0f32; 2 * b * t];
+    for img in 0..2 * b {
+        let m = &masks[img * t..(img + 1) * t];
+        let count = m.iter().filter(|&&x| x != 0).count().max(1) as f32;
+        for (k, &x) in m.iter().enumerate() {
+            if x != 0 {
+                w_mim[img * t + k] = 1.0 / (count * 2.0 * b as f32 * tasks as f32);
+            }
+        }
+    }
+    gpu.upload_f32(&[2 * b * t], &w_mim)
+}
+
+/// SOP-MIM: patch rows (2B·T, W) with the weights of `mim_weights`.
 fn patch_terms<'a>(
     gpu: &Gpu,
     cfg: &'a ObjectiveConfig,
@@ -275,16 +315,6 @@ fn patch_terms<'a>(
     t: usize,
 ) -> Result<KindTerms<'a>> {
     let (b, w) = (e.batch, e.teacher_cls.shape[1]);
-    let mut w_mim = vec![0f32; 2 * b * t];
-    for img in 0..2 * b {
-        let m = &e.masks[img * t..(img + 1) * t];
-        let count = m.iter().filter(|&&x| x != 0).count().max(1) as f32;
-        for (k, &x) in m.iter().enumerate() {
-            if x != 0 {
-                w_mim[img * t + k] = 1.0 / (count * 2.0 * b as f32 * cfg.patch.tasks as f32);
-            }
-        }
-    }
     Ok(KindTerms {
         kind: TaskKind::Patch,
         set,
@@ -292,7 +322,7 @@ fn patch_terms<'a>(
         teacher: e.teacher_patch.reshape(&[2 * b * t, w])?,
         student: e.student_patch.reshape(&[2 * b * t, w])?,
         select: None,
-        weights: gpu.upload_f32(&[2 * b * t], &w_mim)?,
+        weights: mim_weights(gpu, e.masks, b, t, cfg.patch.tasks)?,
     })
 }
 
@@ -305,7 +335,7 @@ pub fn sop_objective_tensors(
     patch: TaskSet,
     mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
 ) -> Result<ObjectiveTensors> {
-    let t = check(e)?;
+    let t = check("sop_objective", e)?;
     if cls.draws.len() != cfg.cls.tasks
         || patch.draws.len() != cfg.patch.tasks
         || cfg.cls.tasks == 0
@@ -324,6 +354,7 @@ pub fn sop_objective_tensors(
     let mut losses: [Vec<Tensor>; 2] = [Vec::new(), Vec::new()];
     let mut grads: [Option<Tensor>; 2] = [None, None];
     let mut agreement_idx = None;
+    let mut targets_cls = None;
     for (k, terms) in kinds.iter().enumerate() {
         for (task, draw) in terms.set.draws.iter().enumerate() {
             let proto = build(gpu, terms.set.bank, &draw.perm, terms.protos, cfg.smoothing, |nb| match &draw.keep {
@@ -333,8 +364,9 @@ pub fn sop_objective_tensors(
             let (_, q) = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
             let target = match &terms.select {
                 Some(sel) => Matmul::new(sel, &q).run(gpu)?,
-                None => q,
+                None => q.clone(),
             };
+            let q_first = q;
             let (loss, du, p_s) = term(gpu, &terms.student, &target, &terms.weights, &proto, cfg.student_temp)?;
             losses[k].push(loss);
             grads[k] = Some(match grads[k].take() {
@@ -343,6 +375,7 @@ pub fn sop_objective_tensors(
             });
             if terms.kind == TaskKind::Cls && task == 0 {
                 agreement_idx = Some(argmax_pair(gpu, &p_s, &target)?);
+                targets_cls = Some(q_first);
             }
         }
     }
@@ -351,11 +384,12 @@ pub fn sop_objective_tensors(
     let dstudent_cls = dcls.expect("at least one task").reshape(&e.student_cls.shape)?;
     let dstudent_patch = dpatch.expect("at least one task").reshape(&e.student_patch.shape)?;
     let agreement_idx = agreement_idx.expect("at least one task");
-    Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx })
+    let targets_cls = targets_cls.expect("at least one task");
+    Ok(ObjectiveTensors { cls_losses, mim_losses, dstudent_cls, dstudent_patch, agreement_idx, targets_cls })
 }
 
 /// Arg-max rows of two (R, P′) distributions (the agreement metric compares them).
-fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
+pub(crate) fn argmax_pair(gpu: &Gpu, p: &Tensor, q: &Tensor) -> Result<[Tensor; 2]> {
     let (_, ip) = topk_forward(gpu, p, 1)?;
     let (_, iq) = topk_forward(gpu, q, 1)?;
     Ok([ip, iq])

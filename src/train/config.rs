@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::AugmentConfig;
 use crate::error::{Result, SopError};
 use crate::model::config::VitConfig;
+use crate::model::params::{param_specs, ParamSpec};
+use crate::sop::ibot::{IbotConfig, IbotStep};
 use crate::sop::objective::ObjectiveConfig;
 use crate::sop::prototypes::{AnchorSampling, PrototypeConfig};
 use crate::train::optimizer::ClipMode;
@@ -31,13 +33,29 @@ pub fn bundled_data() -> PathBuf {
     beside_exe.chain(built).find(|p| p.is_dir()).unwrap_or(here)
 }
 
+/// What the student learns from the teacher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// SOP: prototypes rebuilt from the memory banks every step (docs/METHOD.md).
+    #[default]
+    Sop,
+    /// The iBOT baseline: a learned, weight-normalised prototype layer with teacher
+    /// centring; the banks are neither read nor written (`sop::ibot`).
+    Ibot,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// `sop` (default) or `ibot`; the first key so that it stays a top-level key in TOML.
+    pub objective: Objective,
     pub model: VitConfig,
     pub data: DataConfig,
     pub augment: AugmentConfig,
     pub sop: SopConfig,
+    /// The `ibot` objective's own settings (ignored by `sop`).
+    pub ibot: IbotConfig,
     pub optim: OptimConfig,
     pub run: RunConfig,
 }
@@ -138,10 +156,12 @@ impl Default for TrainConfig {
         };
         augment.mask.patch_size = 7;
         TrainConfig {
+            objective: Objective::Sop,
             model,
             data: DataConfig::default(),
             augment,
             sop: SopConfig::default(),
+            ibot: IbotConfig::default(),
             optim: OptimConfig::default(),
             run: RunConfig::default(),
         }
@@ -296,20 +316,41 @@ impl TrainConfig {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    pub fn objective(&self, step: usize, steps_per_epoch: usize) -> ObjectiveConfig {
+    /// Every trained tensor of student and teacher: the ViT and its head, then the `ibot`
+    /// objective's prototype layer.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let mut specs = param_specs(&self.model);
+        if self.objective == Objective::Ibot {
+            specs.extend(crate::sop::ibot::param_specs(self.model.head_bottleneck, self.ibot.prototypes));
+        }
+        specs
+    }
+
+    /// A teacher temperature at `step`: linear from `sop.warmup_teacher_temp` to `end` over
+    /// `sop.warmup_teacher_temp_epochs`, then `end`.
+    fn teacher_temp_at(&self, step: usize, steps_per_epoch: usize, end: f32) -> f32 {
         let warm = self.sop.warmup_teacher_temp_epochs * steps_per_epoch;
-        let teacher_temp = crate::train::schedule::linear_then_constant(
-            step,
-            warm,
-            self.sop.warmup_teacher_temp as f64,
-            self.sop.teacher_temp as f64,
-        ) as f32;
+        crate::train::schedule::linear_then_constant(step, warm, self.sop.warmup_teacher_temp as f64, end as f64) as f32
+    }
+
+    /// The `ibot` objective's temperatures at `step`: τ_t as for SOP, and τ_t2 warming up from
+    /// `sop.warmup_teacher_temp` over the same epochs.
+    pub fn ibot_step(&self, step: usize, steps_per_epoch: usize) -> IbotStep {
+        IbotStep {
+            student_temp: self.sop.student_temp,
+            teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
+            teacher_patch_temp: self.teacher_temp_at(step, steps_per_epoch, self.ibot.teacher_patch_temp),
+            center_momentum: self.ibot.center_momentum,
+        }
+    }
+
+    pub fn objective(&self, step: usize, steps_per_epoch: usize) -> ObjectiveConfig {
         ObjectiveConfig {
             cls: self.sop.cls,
             patch: self.sop.patch,
             smoothing: self.sop.smoothing,
             student_temp: self.sop.student_temp,
-            teacher_temp,
+            teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
         }
     }
 
@@ -377,6 +418,26 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&o.momentum_teacher) || !(0.0..=1.0).contains(&o.momentum_teacher_end) {
             return bad("teacher momentum must be in [0, 1]".into());
+        }
+        let ib = &self.ibot;
+        if self.objective == Objective::Ibot {
+            let temp_ok = ib.teacher_patch_temp > 0.0;
+            if ib.prototypes < 2 || !temp_ok || !(0.0..=1.0).contains(&ib.center_momentum) {
+                return bad(format!(
+                    "ibot.prototypes {} must be at least 2, ibot.teacher_patch_temp {} positive and \
+                     ibot.center_momentum {} in [0, 1]",
+                    ib.prototypes, ib.teacher_patch_temp, ib.center_momentum
+                ));
+            }
+            // Student probabilities are at least e^(−2/τ_s)/K (unit head outputs, unit
+            // prototypes); the cross-entropy clamps them at 1e-30, which must never bind.
+            if 2.0 / self.sop.student_temp as f64 + (ib.prototypes as f64).ln() > 60.0 {
+                return bad(format!(
+                    "sop.student_temp {} is too small for {} ibot prototypes: the student's smallest \
+                     probability would underflow (need 2/student_temp + ln(prototypes) <= 60)",
+                    self.sop.student_temp, ib.prototypes
+                ));
+            }
         }
         if !(0.0..1.0).contains(&self.sop.smoothing) {
             return bad(format!("sop.smoothing {} must be in [0, 1)", self.sop.smoothing));

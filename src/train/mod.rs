@@ -1,6 +1,6 @@
 //! `sop train`: student and EMA teacher, the SOP objective, AdamW with the schedules of
 //! docs/METHOD.md ("Schedules", "Optimisation"), memory-bank updates ("Bank updates"),
-//! checkpoints, metrics and k-NN evaluation.
+//! checkpoints, metrics (and their plot, `plot.png`) and k-NN evaluation.
 //!
 //! One optimiser step (see README "One training step"):
 //! 1. teacher (no grad): backbone + head on the 2 global crops → [CLS] (2B, W), patches (2B, N, W)
@@ -19,6 +19,7 @@
 //! draining before a checkpoint, a k-NN evaluation and the end).
 
 pub mod config;
+mod heads;
 mod inflight;
 pub mod memory;
 pub mod optimizer;
@@ -130,7 +131,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     }
     let schedule_steps = cfg.optim.epochs * steps_per_epoch;
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
-    let (model, opt, cls_bank, patch_bank, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
+    let (model, opt, cls_bank, patch_bank, centers, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
     let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
         match &knn_sets {
             Some((t, v)) => {
@@ -147,6 +148,9 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         );
     }
     let mut metrics = MetricsLog::open(&out)?;
+    if let Some(k) = &knn_before {
+        metrics.write(serde_json::json!({"step": 0, "knn_top1": k.top1, "knn_top5": k.top5}))?;
+    }
     // The checkpoint the run folder holds (a run moved to a new folder has none there yet).
     let saved_step = resumed.as_ref().filter(|_| in_place).map(|(_, r)| r.progress.step);
     let mut trainer = Trainer {
@@ -156,6 +160,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         opt,
         cls_bank,
         patch_bank,
+        centers,
         steps_per_epoch,
         schedule_steps,
         out: out.clone(),
@@ -263,6 +268,10 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
     if let Some(k) = &knn_after {
         metrics.write(serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true}))?;
+    }
+    // The curves beside the checkpoint; a picture that cannot be drawn loses nothing else.
+    if let Err(e) = crate::plot::plot_run(&out, &out.join(state::PLOT)) {
+        log::warn!("the run's plot was not written: {e}");
     }
     Ok(summary(step, final_loss, knn_after))
 }

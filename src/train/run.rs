@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::TensorMap;
 use crate::error::{Result, SopError};
 use crate::gpu::{CounterSnapshot, Gpu};
-use crate::model::params::{init_params, param_specs};
+use crate::model::params::init_specs;
 use crate::model::vit::{Vit, Weights};
 use crate::rng::{stream_seed, STEP_INIT};
 use crate::sop::bank::Bank;
+use crate::sop::ibot::Centers;
 
-use super::config::TrainConfig;
+use super::config::{Objective, TrainConfig};
 use super::optimizer::AdamW;
 use super::state;
 use super::step::{Model, StepMetrics};
@@ -40,7 +41,7 @@ pub(super) fn resolve_run(
     let resumed = match resume {
         Some(dir) => {
             let saved = state::saved_config(dir)?;
-            let r = state::load_all(dir, &param_specs(&saved.model))?;
+            let r = state::load_all(dir, &saved.param_specs())?;
             let (epochs, steps, no_eval) = (cfg.optim.epochs, cfg.optim.steps, cfg.run.no_eval);
             let out = cfg.run.out.clone();
             cfg = saved;
@@ -100,8 +101,8 @@ pub(super) fn restore_or_init(
     gpu: &Gpu,
     cfg: &TrainConfig,
     resumed: Option<&(PathBuf, state::Resumed)>,
-) -> Result<(Model, AdamW, Bank, Bank, usize)> {
-    let specs = param_specs(&cfg.model);
+) -> Result<(Model, AdamW, Bank, Bank, Option<Centers>, usize)> {
+    let specs = cfg.param_specs();
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     let decay: Vec<bool> = specs.iter().map(|s| s.decay).collect();
     let (width, seed) = (cfg.model.head_bottleneck, cfg.run.seed);
@@ -121,16 +122,29 @@ pub(super) fn restore_or_init(
             let cb = state::restore_bank(gpu, dir, &r.state, "cls_bank", cfg.sop.cls_bank_size, width, r.bank_ptrs.0)?;
             let pb =
                 state::restore_bank(gpu, dir, &r.state, "patch_bank", cfg.sop.patch_bank_size, width, r.bank_ptrs.1)?;
-            Ok((Model { vit, student, teacher }, opt, cb, pb, r.progress.step))
+            let centers = match cfg.objective {
+                Objective::Sop => None,
+                Objective::Ibot => {
+                    let k = [cfg.ibot.prototypes];
+                    let [c, c2] = Centers::NAMES.map(|n| state::state_tensor(dir, &r.state, n, &k));
+                    Some(Centers { cls: gpu.upload_f32(&k, &c?.data)?, patch: gpu.upload_f32(&k, &c2?.data)? })
+                }
+            };
+            Ok((Model { vit, student, teacher }, opt, cb, pb, centers, r.progress.step))
         }
         None => {
-            let host = init_params(&cfg.model, stream_seed(seed, 0, 0, STEP_INIT));
+            // SOP's tensors are `init_params(&cfg.model, ..)`; `ibot` draws its layer after them.
+            let host = init_specs(specs, stream_seed(seed, 0, 0, STEP_INIT));
             let student = Weights::upload(gpu, &host)?;
             let teacher = Weights::upload(gpu, &host)?;
             let opt = AdamW::new(gpu, &student, decay)?;
             let cb = Bank::random(gpu, cfg.sop.cls_bank_size, width, stream_seed(seed, 0, 1, STEP_INIT))?;
             let pb = Bank::random(gpu, cfg.sop.patch_bank_size, width, stream_seed(seed, 0, 2, STEP_INIT))?;
-            Ok((Model { vit, student, teacher }, opt, cb, pb, 0))
+            let centers = match cfg.objective {
+                Objective::Sop => None,
+                Objective::Ibot => Some(Centers::zeros(gpu, cfg.ibot.prototypes)?),
+            };
+            Ok((Model { vit, student, teacher }, opt, cb, pb, centers, 0))
         }
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! To log a new per-step metric: in `Trainer::step`, compute it as a device tensor and call
 //! `scalars.extra("name", &tensor, |words| value)` (the closure turns the tensor's 32-bit
-//! words into the f64 written under "name"). That is the only place to touch.
+//! words into the f64 written under "name"; `extras` makes several values from several
+//! tensors). That is the only place to touch. A name added once per micro-batch is logged
+//! as the mean over the micro-batches.
 
 use crate::error::Result;
 use crate::gpu::{DType, Gpu, Tensor};
@@ -31,8 +33,8 @@ impl Slot {
     }
 }
 
-/// A metric beyond the core ones: its JSON key and how its words become its value.
-type Decode = Box<dyn Fn(&[u32]) -> f64>;
+/// Metrics beyond the core ones: how their tensors' words become their values.
+type Decode = Box<dyn Fn(&[&[u32]]) -> Vec<f64>>;
 
 /// The scalars of one micro-batch's objective: its task losses (one word each), its
 /// embeddings' finiteness word (`ops::finite`) and the two arg-max vectors.
@@ -52,7 +54,7 @@ pub(super) struct StepScalars {
     micro: Vec<MicroSlots>,
     grad_sq: Option<Slot>,
     flag: Option<Slot>,
-    extras: Vec<(&'static str, Slot, Decode)>,
+    extras: Vec<(Vec<&'static str>, Vec<Slot>, Decode)>,
 }
 
 impl StepScalars {
@@ -81,8 +83,19 @@ impl StepScalars {
 
     /// A metric written under `name`, `value` made from `t`'s words when they come back.
     pub(super) fn extra(&mut self, name: &'static str, t: &Tensor, value: impl Fn(&[u32]) -> f64 + 'static) {
-        let slot = self.push(t);
-        self.extras.push((name, slot, Box::new(value)));
+        self.extras(&[name], &[t], move |w| vec![value(w[0])]);
+    }
+
+    /// Metrics written under `names`, made together from the words of `tensors` (one slice
+    /// each, in order) when they come back.
+    pub(super) fn extras(
+        &mut self,
+        names: &[&'static str],
+        tensors: &[&Tensor],
+        values: impl Fn(&[&[u32]]) -> Vec<f64> + 'static,
+    ) {
+        let slots = tensors.iter().map(|t| self.push(t)).collect();
+        self.extras.push((names.to_vec(), slots, Box::new(values)));
     }
 
     /// Copy every part into one new u32 buffer (in command order); the parts may be dropped.
@@ -126,7 +139,18 @@ impl StepScalars {
         if self.flag.is_some_and(|f| f.of(words)[0] != 0) {
             return Err("a value of the step is not finite (the device's check)".into());
         }
-        m.extras = self.extras.iter().map(|(name, slot, value)| (*name, value(slot.of(words)))).collect();
+        // Each name's mean over the times it was added (once per micro-batch, or once).
+        let mut sums: Vec<(&'static str, f64, f64)> = Vec::new();
+        for (names, slots, values) in &self.extras {
+            let parts: Vec<&[u32]> = slots.iter().map(|s| s.of(words)).collect();
+            for (name, v) in names.iter().zip(values(&parts)) {
+                match sums.iter_mut().find(|e| e.0 == *name) {
+                    Some(e) => (e.1, e.2) = (e.1 + v, e.2 + 1.0),
+                    None => sums.push((name, v, 1.0)),
+                }
+            }
+        }
+        m.extras = sums.into_iter().map(|(name, sum, n)| (name, sum / n)).collect();
         Ok(m)
     }
 }

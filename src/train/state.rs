@@ -1,6 +1,7 @@
 //! The run folder's checkpoints: `student.safetensors` and `teacher.safetensors` (the model
 //! format of `checkpoint`, what `sop embed` and `sop eval` read) and `train_state.safetensors`
-//! (AdamW moments, both banks with the image index of every row, and in its metadata the
+//! (AdamW moments, both banks with the image index of every row, the `ibot` objective's
+//! centres when it is trained, and in its metadata the
 //! step, the bank pointers and the resolved configuration). Every file is written to a
 //! temporary name and renamed; each carries the step, and a resume refuses files whose steps
 //! disagree (a crash between two renames), so nothing half-written is ever trained on.
@@ -66,6 +67,7 @@ pub fn save_all(
     teacher: &Weights,
     opt: &AdamW,
     banks: (&Bank, &Bank),
+    objective_state: &[(&str, &Tensor)],
     progress: &Progress,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| SopError::file(dir, e))?;
@@ -76,6 +78,9 @@ pub fn save_all(
     }
     bank_tensors(gpu, &mut map, "cls_bank", banks.0)?;
     bank_tensors(gpu, &mut map, "patch_bank", banks.1)?;
+    for (name, t) in objective_state {
+        map.insert(name.to_string(), host(gpu, t)?);
+    }
     let mut meta = step_meta(progress.step);
     meta.insert("seed".into(), progress.seed.to_string());
     meta.insert("adamw_step".into(), opt.step.to_string());
@@ -112,6 +117,8 @@ fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, 
 /// Files a run writes into its folder.
 pub const CONFIG: &str = "config.toml";
 pub const METRICS: &str = "metrics.jsonl";
+/// The curves `sop train` draws at the end of a run (`plot::plot_run`).
+pub const PLOT: &str = "plot.png";
 pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, STUDENT, TEACHER, STATE];
 
 /// Why `--resume dir` cannot start: what the folder holds and what to do.

@@ -2,6 +2,11 @@
 //! tape, the objective and the backward (`micro_step` and its named parts), then AdamW, the
 //! EMA teacher and the bank writes, all on the device; the step's scalars go back
 //! asynchronously (`scalars`, `inflight`), so nothing in a step waits for the device.
+//!
+//! Over 400 lines because the step's parts share one `Trainer` and the one list of scalars
+//! (losses, finiteness, gradient norms, diagnostics) that the device checks and the host
+//! logs; the `ibot` objective's changes live in `heads.rs`, the diagnostics in
+//! `sop::diagnostics`.
 
 use std::path::PathBuf;
 
@@ -16,8 +21,10 @@ use crate::ops::finite::finite_check;
 use crate::ops::gather::gather_rows;
 use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
 use crate::sop::bank::Bank;
+use crate::sop::diagnostics::{DiagnosticTensors, Diagnostics};
+use crate::sop::ibot::Centers;
 use crate::sop::objective::{
-    sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
+    prototypes_used, sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
 };
 use crate::sop::prototypes::sample_keep;
 use crate::tape::{Tape, Var};
@@ -72,6 +79,8 @@ pub(super) struct Trainer<'a> {
     pub(super) opt: AdamW,
     pub(super) cls_bank: Bank,
     pub(super) patch_bank: Bank,
+    /// The `ibot` objective's teacher centres (None for SOP, whose banks are used instead).
+    pub(super) centers: Option<Centers>,
     pub(super) steps_per_epoch: usize,
     pub(super) schedule_steps: usize,
     /// The run folder, its config as saved, and the step of the checkpoint it holds.
@@ -94,8 +103,9 @@ pub struct StepMetrics {
     pub momentum: f64,
     pub grad_norm: f64,
     pub agreement_cls: f64,
-    /// Further metrics by name (`StepScalars::extra`), e.g. cls_bank_cos and patch_bank_cos,
-    /// the mean cosine between distinct rows of the [CLS] and patch banks the step read.
+    /// Further metrics by name (`StepScalars::extra`): cls_bank_cos and patch_bank_cos (the
+    /// mean cosine between distinct rows of the [CLS] and patch banks the step read), the
+    /// diagnostics of `sop::diagnostics` and prototypes_used, averaged over micro-batches.
     pub extras: Vec<(&'static str, f64)>,
 }
 
@@ -104,6 +114,23 @@ struct BankRows {
     cls: Tensor,
     patch: Tensor,
     sources: Vec<i64>,
+}
+
+/// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
+/// word, its diagnostics, its bank rows (SOP only) and its parameter gradients.
+type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Vec<Option<Tensor>>);
+
+/// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
+/// pick, logged with the step's scalars.
+fn diagnostics(scalars: &mut StepScalars, obj: &ObjectiveTensors, diag: DiagnosticTensors) {
+    let n = diag.gram.shape[0];
+    let names = ["teacher_cls_erank", "target_entropy", "prototypes_effective"];
+    scalars.extras(&names, &diag.tensors(), move |w| {
+        let d = Diagnostics::from_words(n, w);
+        vec![d.teacher_cls_erank, d.target_entropy, d.prototypes_effective]
+    });
+    let teacher_rows = obj.targets_cls.shape[0];
+    scalars.extra("prototypes_used", &obj.agreement_idx[1], move |w| prototypes_used(teacher_rows, w) as f64);
 }
 
 /// The student's embeddings of one micro-batch, on its tape.
@@ -168,6 +195,7 @@ impl Trainer<'_> {
             &self.model.teacher,
             &self.opt,
             (&self.cls_bank, &self.patch_bank),
+            &self.centers.as_ref().map_or(vec![], |c| c.tensors().to_vec()),
             &Progress { step, seed: self.cfg.run.seed },
         )?;
         self.saved_step = Some(step);
@@ -202,7 +230,7 @@ impl Trainer<'_> {
         let mut scalars = StepScalars::default();
         let mut checks = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_check, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_check, diag, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
@@ -221,13 +249,17 @@ impl Trainer<'_> {
                 [&obj.agreement_idx[0], &obj.agreement_idx[1]],
             );
             checks.push(c);
-            bank_rows.push(rows);
+            diagnostics(&mut scalars, &obj, diag);
+            bank_rows.extend(rows);
         }
-        // Diagnostics of the banks this step read (before its writes).
-        let (cn, pn) = (self.cls_bank.len(), self.patch_bank.len());
-        let cos = |n: usize| move |w: &[u32]| Bank::mean_cosine(f32::from_bits(w[0]) as f64, n);
-        scalars.extra("cls_bank_cos", &self.cls_bank.sum_norm_sq(gpu)?, cos(cn));
-        scalars.extra("patch_bank_cos", &self.patch_bank.sum_norm_sq(gpu)?, cos(pn));
+        self.freeze_prototypes(step, &mut grads);
+        // Diagnostics of the banks this step read (before its writes); `ibot` uses none.
+        if self.centers.is_none() {
+            let (cn, pn) = (self.cls_bank.len(), self.patch_bank.len());
+            let cos = |n: usize| move |w: &[u32]| Bank::mean_cosine(f32::from_bits(w[0]) as f64, n);
+            scalars.extra("cls_bank_cos", &self.cls_bank.sum_norm_sq(gpu)?, cos(cn));
+            scalars.extra("patch_bank_cos", &self.patch_bank.sum_norm_sq(gpu)?, cos(pn));
+        }
 
         let checks = gpu.concat_rows(&checks.iter().collect::<Vec<_>>())?;
         let sq = self.opt.gather_grads(gpu, &grads)?.clone();
@@ -238,6 +270,13 @@ impl Trainer<'_> {
         scalars.optimiser(&sq, &self.flag);
         let teacher = &self.model.teacher;
         ema_update_unless(gpu, &teacher.flat, &student.flat, momentum as f32, &self.flag)?;
+        // Frozen parameters (ibot's unit gain) are not averaged: the teacher keeps the
+        // student's, which nothing changes.
+        for (i, name) in student.names.iter().enumerate() {
+            if crate::sop::ibot::is_frozen(name) {
+                gpu.copy(&student.tensors[i], &teacher.tensors[i])?;
+            }
+        }
         // The banks were read by the objective above; now they take this step's rows.
         for rows in bank_rows {
             self.cls_bank.push_unless(gpu, &rows.cls, &rows.sources, Some(&self.flag))?;
@@ -258,13 +297,13 @@ impl Trainer<'_> {
         batch: &Batch,
         obj_cfg: &ObjectiveConfig,
         n_micro: usize,
-    ) -> Result<(ObjectiveTensors, Tensor, BankRows, Vec<Option<Tensor>>)> {
+    ) -> Result<MicroStep> {
         let gpu = self.gpu;
         let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
         let s = batch.global_size;
         let globals = gpu.upload_f32(&[2 * b, 3, s, s], &batch.globals)?;
         let masks = gpu.upload_u32(&[2 * b, n], &batch.masks)?;
-        let (t_cls, t_patch) = self.teacher_forward(&globals)?;
+        let (t_cls, t_patch, z_cls) = self.teacher_forward(&globals)?;
         let mut tape = Tape::new(gpu);
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
@@ -283,20 +322,26 @@ impl Trainer<'_> {
         // other scalars (`step`).
         let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
         let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
-        let rows = self.bank_rows(step, mi, batch, &t_cls, &t_patch)?;
-        Ok((out, embed_check, rows, grads))
+        let diag = DiagnosticTensors::new(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?;
+        let rows = match self.centers {
+            None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
+            Some(_) => None,
+        };
+        Ok((out, embed_check, diag, rows, grads))
     }
 
-    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches (2B, N, W).
-    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches
+    /// (2B, N, W) (widths K for `ibot`), and the unit [CLS] head rows (2B, W).
+    fn teacher_forward(&self, globals: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (gpu, vit) = (self.gpu, &self.model.vit);
         let mut tape = Tape::no_grad(gpu);
         let p = self.model.teacher.leaves(&mut tape, false);
         let x = tape.constant(globals.clone());
         let tokens = vit.backbone(&mut tape, &p, &x, &ForwardOptions::default())?;
-        let h = vit.head(&mut tape, &p, &tokens)?;
+        let (h, z_cls) = self.teacher_head(&mut tape, &p, &tokens)?;
         let (c, r) = tape.tokens_split(&h)?;
-        Ok((c.value, r.value))
+        let z_cls = z_cls.unwrap_or_else(|| c.value.clone());
+        Ok((c.value, r.value, z_cls))
     }
 
     /// Step 2, the student on the masked global crops (all tokens) and the local crops ([CLS]
@@ -318,14 +363,14 @@ impl Trainer<'_> {
         let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
         let x = tape.constant(globals);
         let tokens = vit.backbone(tape, p, &x, &ForwardOptions { mask: Some(masks), drop_path: dp_g.as_deref() })?;
-        let h = vit.head(tape, p, &tokens)?;
+        let h = self.head(tape, p, &tokens)?;
         let (cls_global, patch) = tape.tokens_split(&h)?;
         let cls_local = if l > 0 {
             let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
             let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
             let tokens = vit.backbone(tape, p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
             let (cls, _) = tape.tokens_split(&tokens)?;
-            Some(vit.head(tape, p, &cls)?)
+            Some(self.head(tape, p, &cls)?)
         } else {
             None
         };
@@ -344,6 +389,10 @@ impl Trainer<'_> {
         obj_cfg: &ObjectiveConfig,
         emb: &Embeddings,
     ) -> Result<ObjectiveTensors> {
+        if let Some(centers) = &self.centers {
+            let hp = self.cfg.ibot_step(step, self.steps_per_epoch);
+            return crate::sop::ibot::ibot_objective_tensors(self.gpu, &hp, emb, centers);
+        }
         let (gpu, seed) = (self.gpu, self.cfg.run.seed);
         let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
         let cls_draws: Vec<TaskDraw> = (0..obj_cfg.cls.tasks)

@@ -12,6 +12,7 @@ mod elementwise;
 mod ema;
 mod gather;
 mod gelu;
+mod ibot_objective;
 mod l2norm;
 mod layernorm;
 mod mask_tokens;
