@@ -87,9 +87,9 @@ impl Diagnostics {
     pub fn from_words(n: usize, words: &[&[u32]]) -> Diagnostics {
         let f = |w: &[u32]| -> Vec<f64> { w.iter().map(|&x| f32::from_bits(x) as f64).collect() };
         Diagnostics {
-            teacher_cls_erank: effective_rank(&symmetric_eigenvalues(f(&words[0]), n)),
-            target_entropy: f(&words[1])[0],
-            prototypes_effective: effective_count(&f(&words[2])),
+            teacher_cls_erank: effective_rank(&symmetric_eigenvalues(f(words[0]), n)),
+            target_entropy: f(words[1])[0],
+            prototypes_effective: effective_count(&f(words[2])),
         }
     }
 }

@@ -29,7 +29,7 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/fashion-mnist");
     let out = std::env::temp_dir().join(format!("sop-unit-flag-{}", std::process::id()));
     let cfg = TrainConfig::smoke(data, out.clone());
-    let (model, opt, cls_bank, patch_bank, _) = restore_or_init(&gpu, &cfg, None).unwrap();
+    let (model, opt, cls_bank, patch_bank, centers, _) = restore_or_init(&gpu, &cfg, None).unwrap();
     let dataset = Arc::new(Dataset::open(&cfg.data.path, Split::Train).unwrap());
     let loader_cfg = LoaderConfig {
         batch_size: cfg.data.batch_size,
@@ -48,6 +48,7 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
         opt,
         cls_bank,
         patch_bank,
+        centers,
         steps_per_epoch: 100,
         schedule_steps: 100,
         out,
