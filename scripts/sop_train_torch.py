@@ -7,10 +7,19 @@ It follows docs/METHOD.md and the engine's defaults (src/train/config.rs): stude
 ViT with an MLP head, block masks, the SOP objective of scripts/sop_objective_torch.py with
 fresh random draws, AdamW with the cosine schedules, per-tensor clipping, FIFO banks, and
 the weighted k-NN protocol on teacher backbone [CLS] features. Augmentations are a close
-but not bit-identical port of src/data/augment.rs (grey images: crop, flip, brightness /
-contrast jitter, blur, solarize).
+but not bit-identical port of src/data/augment/ (grey images: crop, flip, brightness /
+contrast jitter in random order, blur, solarize), vectorised over the batch.
 
-Usage: sop_train_torch.py [--data assets/fashion-mnist] [--init CHECKPOINT] [--eval-every N] [--set key=value ...]
+`--set objective=ibot` swaps the SOP objective for the parametric baseline (DINO/iBOT: a
+weight-normalised prototype layer, teacher centering and sharpening; docs/RECIPE.md).
+Diagnostics (bank cosines, teacher [CLS] batch cosine and effective rank, teacher target
+entropy, prototypes receiving mass) are printed every --log-every steps and appended to
+--jsonl. One torch thread by default: on a shared 2-core machine two threads ran far slower.
+Over 400 lines: one self-contained file (data, model, both objectives, loop) that runs with
+torch alone, beside the engine it mirrors.
+
+Usage: sop_train_torch.py [--data assets/fashion-mnist] [--init CHECKPOINT] [--eval-every N]
+                          [--jsonl FILE] [--set key=value ...]
 """
 
 import argparse
