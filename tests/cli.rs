@@ -578,3 +578,26 @@ fn messages_say_what_is_wrong_once() {
     assert!(!success && err.contains("--batch-size") && err.contains("-1"), "{err}");
     assert!(!err.contains("unexpected argument"), "{err}");
 }
+
+/// A start refused before training (too few images for one step) writes no run folder, so
+/// the same command with a fitting batch then starts; a `SOP_DEVICE_MEMORY` that is not a
+/// size is refused by name, never replaced by another source.
+#[test]
+fn a_refused_start_leaves_no_folder_and_a_bad_memory_figure_is_refused() {
+    let dir = tmp("refused-start");
+    let out = dir.join("run");
+    let (okay, _, err) =
+        sop(&["train", "--quiet", "--no-eval", "--steps", "1", "--batch-size", "2001", "--out", s(&out)]);
+    assert!(!okay && err.contains("fewer than one step"), "{err}");
+    assert!(!out.exists(), "a refused start wrote {}", out.display());
+
+    let cmd = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(["train", "--quiet", "--no-eval", "--steps", "1", "--batch-size", "auto", "--out", s(&out)])
+        .env("SOP_DEVICE_MEMORY", "lots")
+        .output()
+        .expect("sop runs");
+    let err = String::from_utf8_lossy(&cmd.stderr);
+    assert!(!cmd.status.success() && err.contains("SOP_DEVICE_MEMORY=\"lots\""), "{err}");
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
     let out = match &args.out {
         Some(o) => o.clone(),
         None if args.run.is_dir() => args.run.join(crate::train::state::PLOT),
+        None if !args.run.exists() => anyhow::bail!("{}: no such run folder", args.run.display()),
         None => anyhow::bail!("{}: is not a run folder; pass --out for the PNG", args.run.display()),
     };
     // The default picture in the run folder is the run's own, redrawn: no --force needed.

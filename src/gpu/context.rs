@@ -179,7 +179,7 @@ impl Gpu {
     fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let device_memory = crate::gpu::memory::query(&adapter);
+        let device_memory = crate::gpu::memory::query(&adapter)?;
         // Subgroup operations, where the adapter has them in groups of at least 8 lanes (what
         // matmul_subgroup.wgsl shares A values across).
         let subgroups = adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;

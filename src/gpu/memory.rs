@@ -69,11 +69,22 @@ fn vulkan_device_local(_: &wgpu::Adapter) -> Option<u64> {
     None
 }
 
-/// What `adapter` offers, by the first source above that answers.
-pub fn query(adapter: &wgpu::Adapter) -> Option<DeviceMemory> {
-    if let Some(v) = std::env::var("SOP_DEVICE_MEMORY").ok().and_then(|v| parse_bytes(&v)) {
-        return Some(DeviceMemory { bytes: v, source: "SOP_DEVICE_MEMORY".into() });
+/// What `adapter` offers, by the first source above that answers; a `SOP_DEVICE_MEMORY`
+/// that does not parse is refused (never silently replaced by another source).
+pub fn query(adapter: &wgpu::Adapter) -> crate::error::Result<Option<DeviceMemory>> {
+    if let Ok(v) = std::env::var("SOP_DEVICE_MEMORY") {
+        let bytes = parse_bytes(&v).ok_or_else(|| {
+            crate::error::SopError::Invalid(format!(
+                "SOP_DEVICE_MEMORY={v:?} is not a size: give bytes or a number with KiB/MiB/GiB/KB/MB/GB, e.g. 8GiB"
+            ))
+        })?;
+        return Ok(Some(DeviceMemory { bytes, source: "SOP_DEVICE_MEMORY".into() }));
     }
+    Ok(query_adapter(adapter))
+}
+
+/// What the adapter itself says (host RAM for CPU adapters, the Vulkan heaps).
+fn query_adapter(adapter: &wgpu::Adapter) -> Option<DeviceMemory> {
     let info = adapter.get_info();
     if info.device_type == wgpu::DeviceType::Cpu {
         return host_available()

@@ -116,8 +116,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let out = cfg.run.out.clone();
     let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
     let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
-    let config_toml = prepare_folder(&cfg, resumed.as_ref(), in_place)?;
-
+    // Every refusal comes before the run folder is written, so a refused start leaves none.
     let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
     let (b, accum) = (cfg.data.batch_size, cfg.optim.accumulate);
     let steps_per_epoch = dataset.len() / b / accum;
@@ -129,6 +128,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             b * accum
         )));
     }
+    let config_toml = prepare_folder(&cfg, resumed.as_ref(), in_place)?;
     let schedule_steps = cfg.optim.epochs * steps_per_epoch;
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
     let (model, opt, cls_bank, patch_bank, centers, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
