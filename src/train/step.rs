@@ -271,10 +271,12 @@ impl Trainer<'_> {
         let teacher = &self.model.teacher;
         ema_update_unless(gpu, &teacher.flat, &student.flat, momentum as f32, &self.flag)?;
         // Frozen parameters (ibot's unit gain) are not averaged: the teacher keeps the
-        // student's, which nothing changes.
-        for (i, name) in student.names.iter().enumerate() {
-            if crate::sop::ibot::is_frozen(name) {
-                gpu.copy(&student.tensors[i], &teacher.tensors[i])?;
+        // student's, which nothing changes. SOP has none.
+        if self.centers.is_some() {
+            for (i, name) in student.names.iter().enumerate() {
+                if crate::sop::ibot::is_frozen(name) {
+                    gpu.copy(&student.tensors[i], &teacher.tensors[i])?;
+                }
             }
         }
         // The banks were read by the objective above; now they take this step's rows.
