@@ -204,3 +204,24 @@ pub fn ratios(ms: &[Measurement]) -> Vec<String> {
     }
     lines
 }
+
+/// Every non-matmul FLOP case against the fastest matmul of the same run (the highest
+/// GFLOP/s of any matmul variant on any shape: the strictest baseline): one line each.
+pub fn matmul_ratios(ms: &[Measurement]) -> Vec<String> {
+    let Some(best) = ms
+        .iter()
+        .filter(|m| m.kernel == "matmul")
+        .filter_map(|m| m.gflops().map(|g| (g, m)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+    else {
+        return Vec::new();
+    };
+    let (g0, b) = best;
+    let mut lines = vec![format!("best matmul of this run: {} {} at {g0:.2} GFLOP/s", b.variant, b.shape)];
+    for m in ms.iter().filter(|m| m.kernel != "matmul") {
+        if let Some(g) = m.gflops() {
+            lines.push(format!("{} {} {}: {:.2} of the best matmul", m.kernel, m.variant, m.shape, g / g0));
+        }
+    }
+    lines
+}

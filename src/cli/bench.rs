@@ -100,8 +100,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if results.is_empty() {
         anyhow::bail!("no benchmark matches --filter {:?}", args.filter.unwrap_or_default());
     }
-    if !args.json {
-        for line in bench::ratios(&results) {
+    let attention = crate::ops::attention::AttentionVariant::from_env()?;
+    let attention = attention.map_or("per shape (see `sop bench --autotune`)", |v| v.name());
+    let lines = bench::ratios(&results).into_iter().chain(bench::matmul_ratios(&results));
+    for line in lines.chain([format!("attention variant: {attention}")]) {
+        if args.json {
+            eprintln!("{line}");
+        } else {
             println!("{line}");
         }
     }
@@ -151,5 +156,30 @@ fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
         let file = crate::ops::autotune_cache::cache_file().map(|f| f.display().to_string()).unwrap_or_default();
         println!("stored {} ({best_ms:.3} ms) for this adapter in {file}", best.name());
     }
+    attention_autotune_table(gpu)
+}
+
+/// The attention part of `sop bench --autotune`: the GPU autotune's table (stored in the
+/// cache), or on CPU adapters the rule (timing there would take minutes).
+fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
+    use crate::ops::attention_variant::{autotune, fastest, AUTOTUNE_SHAPE, FAMILY, UNFUSED_MIN_TOKENS};
+    if gpu.is_cpu() {
+        match gpu.subgroups {
+            true => println!("attention on this CPU adapter: unfused from T = {UNFUSED_MIN_TOKENS} tokens on, fused below"),
+            false => println!("attention on this CPU adapter: fused (no subgroups for the fast matmul)"),
+        }
+        return Ok(());
+    }
+    let (b, t, h, dh) = AUTOTUNE_SHAPE;
+    let timings = autotune(gpu)?;
+    let best = fastest(&timings);
+    println!("attention B{b} T{t} H{h} Dh{dh}, forward + backward, median of 3 samples");
+    for (v, ms) in &timings {
+        let gflops = 3.5 * 4.0 * (b * h * t * t * dh) as f64 / (ms * 1e-3) / 1e9;
+        println!("{:<14} {ms:>10.3} ms {gflops:>9.2} GFLOP/s{}", v.name(), if *v == best { "  fastest" } else { "" });
+    }
+    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+    crate::ops::autotune_cache::store(gpu, FAMILY, best.name(), (b * h, t, dh), &named);
+    println!("stored {} for this adapter", best.name());
     Ok(())
 }

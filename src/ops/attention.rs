@@ -1,6 +1,14 @@
-//! Fused multi-head self-attention (shaders/attention.wgsl): softmax(scale·Q·Kᵀ)·V for every
-//! head in one kernel, with the online (flash-attention) softmax, so no (T, T) matrix is ever
-//! stored; the backward recomputes the probabilities from the saved log-sum-exp.
+//! Multi-head self-attention softmax(scale·Q·Kᵀ)·V for every head, forward and backward, in
+//! three variants with one interface (`AttentionVariant`, chosen per adapter and shape in
+//! src/ops/attention_variant.rs):
+//! - `fused` (shaders/attention.wgsl): one invocation per row, online softmax, no (T, T)
+//!   matrix stored, no barriers;
+//! - `flash2` (shaders/attention_flash.wgsl): FlashAttention-2 tiling for GPUs, a block of
+//!   rows per workgroup, key/value (or query) tiles through workgroup memory, a dQ pass and a
+//!   dK/dV pass without atomics;
+//! - `unfused` (src/ops/attention_unfused.rs): the batched matmul plus row-softmax kernels,
+//!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel).
+//! Every variant saves the same lse, so any backward follows any forward.
 //!
 //! Layout (timm / iBOT ViT): qkv (B, T, 3·D) viewed as (B, T, 3, H, Dh); out (B, T, D) with
 //! head h in channels h·Dh..(h+1)·Dh; lse (B, H, T). scale = Dh^-1/2. Dh ≤ 64.
@@ -13,12 +21,20 @@ use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::launch::{launch_with, Grid, Kernel, WG};
 
-pub static ATTENTION: Shader = shader!("attention.wgsl");
+pub use crate::ops::attention_variant::AttentionVariant;
+
+// Trusted: every access is guarded by the shaders themselves (clamped rows, d < DH ≤ MAX_DH
+// with DH checked here, tile slots < BK·MAX_DH); kernels-tests compares both builds.
+pub static ATTENTION: Shader = shader!(trusted "attention_common.wgsl" + "attention.wgsl");
+pub static ATTENTION_FLASH: Shader = shader!(trusted "attention_common.wgsl" + "attention_flash.wgsl");
 
 const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
 const ATTENTION_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dq", wg: WG };
 const ATTENTION_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dkv", wg: WG };
 const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attention_cls_probs", wg: WG };
+const FLASH_FORWARD: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_forward", wg: WG };
+const FLASH_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dq", wg: WG };
+const FLASH_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dkv", wg: WG };
 
 /// Widest head the kernels hold in their private arrays (`MAX_DH` in the shader).
 pub const MAX_HEAD_DIM: usize = 64;
@@ -37,15 +53,22 @@ struct Params {
 
 /// B, T, H, D and Dh of a qkv tensor split into `heads` heads.
 #[derive(Clone, Copy, Debug)]
-struct Dims {
-    b: usize,
-    t: usize,
-    h: usize,
-    d: usize,
-    dh: usize,
+pub struct Dims {
+    pub b: usize,
+    pub t: usize,
+    pub h: usize,
+    pub d: usize,
+    pub dh: usize,
 }
 
-fn dims(op: &'static str, qkv: &Tensor, heads: usize) -> Result<Dims> {
+impl Dims {
+    /// The score scale Dh^-1/2.
+    pub fn scale(&self) -> f32 {
+        (self.dh as f32).powf(-0.5)
+    }
+}
+
+pub(crate) fn dims(op: &'static str, qkv: &Tensor, heads: usize) -> Result<Dims> {
     let s = &qkv.shape;
     if s.len() != 3 || !s[2].is_multiple_of(3) {
         return Err(SopError::shape(op, format!("qkv {s:?} must be (B, T, 3·D)")));
@@ -94,7 +117,7 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
         h: dm.h as u32,
         d: dm.d as u32,
         bh: heads,
-        scale: (dm.dh as f32).powf(-0.5),
+        scale: dm.scale(),
         _pad: [0; 2],
     };
     let groups = match layout {
@@ -109,13 +132,38 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
 }
 
 /// out = softmax(scale·q·kᵀ)·v per head: qkv (B, T, 3D) -> (out (B, T, D), lse (B, H, T)),
-/// lse_i = log Σ_j exp(scale·q_i·k_j), saved for `attention_backward`.
+/// lse_i = log Σ_j exp(scale·q_i·k_j), saved for `attention_backward`. The variant is the
+/// adapter's (`AttentionVariant::for_shape`).
 pub fn attention_forward(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor)> {
     let dm = dims("attention_forward", qkv, heads)?;
+    forward_with(gpu, qkv, dm, AttentionVariant::for_shape(gpu, &dm)?)
+}
+
+/// `attention_forward` with a given variant (`unfused` errs where it does not fit).
+pub fn attention_forward_with(
+    gpu: &Gpu,
+    qkv: &Tensor,
+    heads: usize,
+    variant: AttentionVariant,
+) -> Result<(Tensor, Tensor)> {
+    let dm = dims("attention_forward", qkv, heads)?;
+    variant.check_fits(gpu, &dm)?;
+    forward_with(gpu, qkv, dm, variant)
+}
+
+fn forward_with(gpu: &Gpu, qkv: &Tensor, dm: Dims, variant: AttentionVariant) -> Result<(Tensor, Tensor)> {
+    let kernel = match variant {
+        AttentionVariant::Fused => &ATTENTION_FORWARD,
+        AttentionVariant::Flash2 => &FLASH_FORWARD,
+        AttentionVariant::Unfused => return crate::ops::attention_unfused::forward(gpu, qkv, dm),
+    };
     let out = gpu.empty(&[dm.b, dm.t, dm.d], DType::F32)?;
     let lse = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;
+    if dm.t == 0 {
+        return Ok((out, lse)); // nothing to attend (the kernels assume T ≥ 1)
+    }
     let binds = [Bind::Read(qkv), Bind::Write(&out), Bind::Write(&lse)];
-    dispatch(gpu, &ATTENTION_FORWARD, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, kernel, dm, Layout::Rows, &binds)?;
     Ok((out, lse))
 }
 
@@ -125,9 +173,10 @@ pub fn attention_forward(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<(Tenso
 ///   dV_j = Σ_i P_ij dO_i,  dP_ij = dO_i·v_j,
 ///   dS_ij = P_ij (dP_ij − Σ_k P_ik dP_ik) = P_ij (dP_ij − D_i) with D_i = dO_i·O_i,
 ///   dQ_i = scale Σ_j dS_ij k_j,  dK_j = scale Σ_i dS_ij q_i,
-/// where P_ij = exp(s_ij − lse_i) is recomputed from the saved lse. Three dispatches: D (one
-/// invocation per query row), dQ (per query row, looping over keys), dK and dV (per key row,
-/// looping over queries). No atomics: each gradient element is one invocation's fixed-order sum.
+/// where P_ij = exp(s_ij − lse_i) is recomputed from the saved lse. Fused and flash2: two
+/// dispatches, dQ (per query row, looping over keys, also writing D) then dK and dV (per key
+/// row, looping over queries). No atomics: each gradient element is one invocation's
+/// fixed-order sum. The variant is the adapter's, as in the forward.
 pub fn attention_backward(
     gpu: &Gpu,
     qkv: &Tensor,
@@ -136,14 +185,43 @@ pub fn attention_backward(
     dout: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
+    let dm = check_backward(qkv, out, lse, dout, heads)?;
+    backward_with(gpu, [qkv, out, lse, dout], dm, AttentionVariant::for_shape(gpu, &dm)?)
+}
+
+/// `attention_backward` with a given variant (`unfused` errs where it does not fit).
+pub fn attention_backward_with(
+    gpu: &Gpu,
+    [qkv, out, lse, dout]: [&Tensor; 4],
+    heads: usize,
+    variant: AttentionVariant,
+) -> Result<Tensor> {
+    let dm = check_backward(qkv, out, lse, dout, heads)?;
+    variant.check_fits(gpu, &dm)?;
+    backward_with(gpu, [qkv, out, lse, dout], dm, variant)
+}
+
+fn check_backward(qkv: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, heads: usize) -> Result<Dims> {
     const OP: &str = "attention_backward";
     let dm = dims(OP, qkv, heads)?;
     expect(OP, "out", out, &[dm.b, dm.t, dm.d])?;
     expect(OP, "dout", dout, &[dm.b, dm.t, dm.d])?;
     expect(OP, "lse", lse, &[dm.b, dm.h, dm.t])?;
+    Ok(dm)
+}
+
+fn backward_with(gpu: &Gpu, [qkv, out, lse, dout]: [&Tensor; 4], dm: Dims, variant: AttentionVariant) -> Result<Tensor> {
+    let (dq, dkv) = match variant {
+        AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV),
+        AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV),
+        AttentionVariant::Unfused => return crate::ops::attention_unfused::backward(gpu, qkv, lse, dout, dm),
+    };
     let delta = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;
     let dqkv = gpu.empty(&qkv.shape, DType::F32)?;
-    // `out` and `lse` are only read here, but the shader declares them read_write (the
+    if dm.t == 0 {
+        return Ok(dqkv);
+    }
+    // `out` and `lse` are only read here, but the shaders declare them read_write (the
     // forward writes them through the same bindings), so they are bound as writable.
     let binds = [
         Bind::Read(qkv),
@@ -153,8 +231,8 @@ pub fn attention_backward(
         Bind::Write(&delta),
         Bind::Write(&dqkv),
     ];
-    dispatch(gpu, &ATTENTION_BACKWARD_DQ, dm, Layout::Rows, &binds)?;
-    dispatch(gpu, &ATTENTION_BACKWARD_DKV, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, dq, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, dkv, dm, Layout::Rows, &binds)?;
     Ok(dqkv)
 }
 
@@ -173,5 +251,8 @@ pub fn attention_cls_probs(gpu: &Gpu, qkv: &Tensor, heads: usize) -> Result<Tens
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale])]
+    vec![
+        params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale]),
+        params_layout!(ATTENTION_FLASH, Params, [b, t, h, d, bh, scale]),
+    ]
 }

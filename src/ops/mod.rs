@@ -2,6 +2,8 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_unfused;
+pub mod attention_variant;
 pub mod autotune_cache;
 pub mod clip;
 pub mod cross_entropy;
@@ -31,6 +33,7 @@ mod tests {
         let all = [
             super::adamw::params_layouts(),
             super::attention::params_layouts(),
+            super::attention_unfused::params_layouts(),
             super::clip::params_layouts(),
             super::cross_entropy::params_layouts(),
             super::elementwise::params_layouts(),
@@ -50,7 +53,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 21, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 23, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

@@ -1,0 +1,191 @@
+//! Which attention variant runs (src/ops/attention.rs): `SOP_ATTENTION=<name>` if set; on
+//! CPU adapters a rule (no timing: it would cost seconds there); on other adapters the
+//! fastest variant, timed once at first use on a ViT-S-like shape and kept in the on-disk
+//! autotune cache (src/ops/autotune_cache.rs) per adapter and driver. The `unfused` variant
+//! stores B·H·T² floats; where that does not fit one storage binding it falls back to
+//! `fused`, with a warning that names the reason (once per process).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Result, SopError};
+use crate::gpu::Gpu;
+use crate::ops::attention::{attention_backward_with, attention_forward_with, Dims};
+use crate::ops::autotune_cache;
+
+/// The op family name under which the device keeps its (GPU) attention choice and the
+/// autotune cache its timings.
+pub(crate) const FAMILY: &str = "attention";
+
+/// How the attention is computed (see src/ops/attention.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionVariant {
+    /// shaders/attention.wgsl: one invocation per row, no barriers, nothing T² stored.
+    Fused,
+    /// shaders/attention_flash.wgsl: FlashAttention-2 tiles through workgroup memory.
+    Flash2,
+    /// src/ops/attention_unfused.rs: batched matmuls and row softmaxes, B·H·T² floats stored.
+    Unfused,
+}
+
+/// On CPU adapters with subgroups (where the matmul is `subgroup_16x4`) the rule takes
+/// `unfused` from this many tokens on: below it the 64 × 64 matmul tiles are mostly padding
+/// (benches/RESULTS.md, issue 14: the default model's T = 17 runs faster fused).
+pub const UNFUSED_MIN_TOKENS: usize = 64;
+
+/// The shape the GPU autotune times: (B, T, H, Dh), ViT-S at batch 16.
+pub const AUTOTUNE_SHAPE: (usize, usize, usize, usize) = (16, 197, 6, 64);
+
+static WARNED_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+impl AttentionVariant {
+    pub const ALL: [AttentionVariant; 3] = [AttentionVariant::Fused, AttentionVariant::Flash2, AttentionVariant::Unfused];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionVariant::Fused => "fused",
+            AttentionVariant::Flash2 => "flash2",
+            AttentionVariant::Unfused => "unfused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttentionVariant> {
+        AttentionVariant::ALL.into_iter().find(|v| v.name() == s)
+    }
+
+    /// `SOP_ATTENTION`, if set: a variant name, or an error that lists the valid ones.
+    pub fn from_env() -> Result<Option<AttentionVariant>> {
+        match std::env::var("SOP_ATTENTION") {
+            Err(_) => Ok(None),
+            Ok(s) => AttentionVariant::parse(&s).map(Some).ok_or_else(|| {
+                let names: Vec<&str> = AttentionVariant::ALL.iter().map(|v| v.name()).collect();
+                SopError::Invalid(format!(
+                    "SOP_ATTENTION={s:?} is not an attention variant (one of {})",
+                    names.join(", ")
+                ))
+            }),
+        }
+    }
+
+    /// Bytes of one B·H·T² score matrix (`unfused` holds one in the forward, two in the
+    /// backward, besides the (B·H, T, Dh) copies of q, k, v and dO).
+    pub fn scores_bytes(dm: &Dims) -> u64 {
+        (dm.b * dm.h) as u64 * (dm.t * dm.t) as u64 * 4
+    }
+
+    /// Whether this variant can run `dm` on `gpu`: Err names why not (only `unfused` can
+    /// fail: its score matrix must fit one storage binding and one buffer).
+    pub fn check_fits(self, gpu: &Gpu, dm: &Dims) -> Result<()> {
+        if self != AttentionVariant::Unfused {
+            return Ok(());
+        }
+        let limit = gpu.limits.max_storage_buffer_binding_size.min(gpu.limits.max_buffer_size);
+        let bytes = AttentionVariant::scores_bytes(dm);
+        if bytes > limit {
+            return Err(SopError::Limit {
+                op: "attention (unfused)",
+                detail: format!("B·H·T² = {}·{}·{}² floats = {bytes} bytes of scores", dm.b, dm.h, dm.t),
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The variant for this shape: the override, the CPU rule or the GPU's timed choice, then
+    /// `fused` instead of an `unfused` that does not fit (warned once, with the reason).
+    pub fn for_shape(gpu: &Gpu, dm: &Dims) -> Result<AttentionVariant> {
+        let v = match AttentionVariant::from_env()? {
+            Some(v) => v,
+            None if gpu.is_cpu() => AttentionVariant::cpu_rule(gpu, dm),
+            None => AttentionVariant::for_gpu(gpu)?,
+        };
+        if let Err(e) = v.check_fits(gpu, dm) {
+            if !WARNED_FALLBACK.swap(true, Ordering::Relaxed) {
+                log::warn!("attention: using fused instead of unfused: {e}");
+            }
+            return Ok(AttentionVariant::Fused);
+        }
+        Ok(v)
+    }
+
+    /// CPU adapters: `unfused` for T ≥ `UNFUSED_MIN_TOKENS` where subgroups exist (the
+    /// matmul is then `subgroup_16x4`), else `fused`.
+    pub fn cpu_rule(gpu: &Gpu, dm: &Dims) -> AttentionVariant {
+        if gpu.subgroups && dm.t >= UNFUSED_MIN_TOKENS {
+            AttentionVariant::Unfused
+        } else {
+            AttentionVariant::Fused
+        }
+    }
+
+    /// Other adapters: the cached choice, else the autotune's (stored for later runs), fixed
+    /// for the device's lifetime.
+    fn for_gpu(gpu: &Gpu) -> Result<AttentionVariant> {
+        let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
+            if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| AttentionVariant::parse(&n)) {
+                log::info!("attention variant for {}: {} (cached)", gpu.adapter_name(), v.name());
+                return Ok(v.name());
+            }
+            Ok(match autotune(gpu) {
+                Ok(timings) => {
+                    let best = fastest(&timings);
+                    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
+                    log::info!("attention variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
+                    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+                    let (b, t, h, dh) = AUTOTUNE_SHAPE;
+                    autotune_cache::store(gpu, FAMILY, best.name(), (b * h, t, dh), &named);
+                    best.name()
+                }
+                Err(e) => {
+                    log::warn!("attention autotune failed ({e}); using fused");
+                    AttentionVariant::Fused.name()
+                }
+            })
+        })?;
+        Ok(AttentionVariant::parse(name).expect("only variant names are stored"))
+    }
+}
+
+/// Timed forward + backward passes per sample (a single pass would time the wait).
+const AUTOTUNE_ITERS: usize = 5;
+
+/// Median milliseconds of one forward + backward of every variant that fits, on
+/// `AUTOTUNE_SHAPE`, after a warm-up that builds the pipelines; 3 samples each.
+pub fn autotune(gpu: &Gpu) -> Result<Vec<(AttentionVariant, f64)>> {
+    let (b, t, h, dh) = AUTOTUNE_SHAPE;
+    let d = h * dh;
+    let qkv: Vec<f32> = (0..b * t * 3 * d).map(|i| ((i * 7919) % 13) as f32 * 0.1 - 0.6).collect();
+    let dout: Vec<f32> = (0..b * t * d).map(|i| ((i * 104729) % 11) as f32 * 0.1 - 0.5).collect();
+    let qkv = gpu.upload_f32(&[b, t, 3 * d], &qkv)?;
+    let dout = gpu.upload_f32(&[b, t, d], &dout)?;
+    let dm = Dims { b, t, h, d, dh };
+    let pass = |v: AttentionVariant| -> Result<()> {
+        let (out, lse) = attention_forward_with(gpu, &qkv, h, v)?;
+        attention_backward_with(gpu, [&qkv, &out, &lse, &dout], h, v).map(|_| ())
+    };
+    let mut timings = Vec::new();
+    for v in AttentionVariant::ALL {
+        if v.check_fits(gpu, &dm).is_err() {
+            continue;
+        }
+        pass(v)?;
+        gpu.sync()?;
+        let mut ms: Vec<f64> = (0..3)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..AUTOTUNE_ITERS {
+                    pass(v)?;
+                }
+                gpu.sync()?;
+                Ok(t0.elapsed().as_secs_f64() * 1e3 / AUTOTUNE_ITERS as f64)
+            })
+            .collect::<Result<_>>()?;
+        ms.sort_by(f64::total_cmp);
+        timings.push((v, ms[1]));
+    }
+    Ok(timings)
+}
+
+/// The variant with the smallest time (`fused` when none was timed).
+pub fn fastest(timings: &[(AttentionVariant, f64)]) -> AttentionVariant {
+    timings.iter().copied().fold((AttentionVariant::Fused, f64::INFINITY), |b, t| if t.1 < b.1 { t } else { b }).0
+}
