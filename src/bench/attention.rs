@@ -72,50 +72,50 @@ fn variant_cases(gpu: &Gpu, inp: &Rc<Inputs>, shape: &str, v: AttentionVariant) 
     }
     let fwd_flops = 4.0 * (b * h * t * t * dh) as f64;
     let mut cases = Vec::new();
-        let (run_in, val_in) = (inp.clone(), inp.clone());
-        cases.push(Case {
-            kernel: "attention",
-            variant: format!("forward/{}", v.name()),
-            shape: shape.to_string(),
-            work: Work::Flops(fwd_flops),
-            run: Box::new(move |gpu| attention_forward_with(gpu, &run_in.gqkv, run_in.a.h, v).map(|_| ())),
-            validate: Box::new(move |gpu| {
-                let i = &val_in;
-                let (out, lse) = attention_forward_with(gpu, &i.gqkv, i.a.h, v)?;
-                let (out, lse) = (gpu.read_f32(&out)?, gpu.read_f32(&lse)?);
-                for bi in [0, i.a.b - 1] {
-                    let one = Attn { b: 1, ..i.a };
-                    let (want_out, want_lse) = reference::attention_forward(&slice(&i.qkv, bi, one.t * 3 * d), one);
-                    compare("out", bi, &out[bi * t * d..(bi + 1) * t * d], &want_out)?;
-                    compare("lse", bi, &lse[bi * h * t..(bi + 1) * h * t], &want_lse)?;
-                }
-                Ok(())
-            }),
-        });
+    let (run_in, val_in) = (inp.clone(), inp.clone());
+    cases.push(Case {
+        kernel: "attention",
+        variant: format!("forward/{}", v.name()),
+        shape: shape.to_string(),
+        work: Work::Flops(fwd_flops),
+        run: Box::new(move |gpu| attention_forward_with(gpu, &run_in.gqkv, run_in.a.h, v).map(|_| ())),
+        validate: Box::new(move |gpu| {
+            let i = &val_in;
+            let (out, lse) = attention_forward_with(gpu, &i.gqkv, i.a.h, v)?;
+            let (out, lse) = (gpu.read_f32(&out)?, gpu.read_f32(&lse)?);
+            for bi in [0, i.a.b - 1] {
+                let one = Attn { b: 1, ..i.a };
+                let (want_out, want_lse) = reference::attention_forward(&slice(&i.qkv, bi, one.t * 3 * d), one);
+                compare("out", bi, &out[bi * t * d..(bi + 1) * t * d], &want_out)?;
+                compare("lse", bi, &lse[bi * h * t..(bi + 1) * h * t], &want_lse)?;
+            }
+            Ok(())
+        }),
+    });
 
-        let (run_in, val_in) = (inp.clone(), inp.clone());
-        cases.push(Case {
-            kernel: "attention",
-            variant: format!("backward/{}", v.name()),
-            shape: shape.to_string(),
-            work: Work::Flops(2.5 * fwd_flops),
-            run: Box::new(move |gpu| {
-                let i = &run_in;
-                attention_backward_with(gpu, [&i.gqkv, &i.out, &i.lse, &i.gdout], i.a.h, v).map(|_| ())
-            }),
-            validate: Box::new(move |gpu| {
-                let i = &val_in;
-                let dqkv = attention_backward_with(gpu, [&i.gqkv, &i.out, &i.lse, &i.gdout], i.a.h, v)?;
-                let dqkv = gpu.read_f32(&dqkv)?;
-                for bi in [0, i.a.b - 1] {
-                    let one = Attn { b: 1, ..i.a };
-                    let want =
-                        reference::attention_backward(&slice(&i.qkv, bi, t * 3 * d), &slice(&i.dout, bi, t * d), one);
-                    compare("dqkv", bi, &dqkv[bi * t * 3 * d..(bi + 1) * t * 3 * d], &want)?;
-                }
-                Ok(())
-            }),
-        });
+    let (run_in, val_in) = (inp.clone(), inp.clone());
+    cases.push(Case {
+        kernel: "attention",
+        variant: format!("backward/{}", v.name()),
+        shape: shape.to_string(),
+        work: Work::Flops(2.5 * fwd_flops),
+        run: Box::new(move |gpu| {
+            let i = &run_in;
+            attention_backward_with(gpu, [&i.gqkv, &i.out, &i.lse, &i.gdout], i.a.h, v).map(|_| ())
+        }),
+        validate: Box::new(move |gpu| {
+            let i = &val_in;
+            let dqkv = attention_backward_with(gpu, [&i.gqkv, &i.out, &i.lse, &i.gdout], i.a.h, v)?;
+            let dqkv = gpu.read_f32(&dqkv)?;
+            for bi in [0, i.a.b - 1] {
+                let one = Attn { b: 1, ..i.a };
+                let want =
+                    reference::attention_backward(&slice(&i.qkv, bi, t * 3 * d), &slice(&i.dout, bi, t * d), one);
+                compare("dqkv", bi, &dqkv[bi * t * 3 * d..(bi + 1) * t * 3 * d], &want)?;
+            }
+            Ok(())
+        }),
+    });
     cases
 }
 

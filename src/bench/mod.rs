@@ -205,22 +205,37 @@ pub fn ratios(ms: &[Measurement]) -> Vec<String> {
     lines
 }
 
-/// Every non-matmul FLOP case against the fastest matmul of the same run (the highest
-/// GFLOP/s of any matmul variant on any shape: the strictest baseline): one line each.
+/// Every non-matmul FLOP case against the matmuls of the same run: the fastest (the highest
+/// GFLOP/s of any matmul variant on any shape: the strictest baseline) and the median over
+/// the shapes of each shape's fastest variant (less sensitive to one lucky sample on a
+/// shared machine). One line each.
 pub fn matmul_ratios(ms: &[Measurement]) -> Vec<String> {
-    let Some(best) = ms
-        .iter()
-        .filter(|m| m.kernel == "matmul")
-        .filter_map(|m| m.gflops().map(|g| (g, m)))
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-    else {
+    let matmuls: Vec<&Measurement> = ms.iter().filter(|m| m.kernel == "matmul" && m.gflops().is_some()).collect();
+    let Some(best) = matmuls.iter().max_by(|a, b| a.gflops().unwrap().total_cmp(&b.gflops().unwrap())) else {
         return Vec::new();
     };
-    let (g0, b) = best;
-    let mut lines = vec![format!("best matmul of this run: {} {} at {g0:.2} GFLOP/s", b.variant, b.shape)];
+    let g0 = best.gflops().unwrap();
+    let mut shapes: Vec<&str> = matmuls.iter().map(|m| m.shape.as_str()).collect();
+    shapes.dedup();
+    let per_shape: Vec<f64> = shapes
+        .iter()
+        .map(|s| matmuls.iter().filter(|m| m.shape == *s).map(|m| m.gflops().unwrap()).fold(0.0, f64::max))
+        .collect();
+    let g1 = median(per_shape);
+    let mut lines = vec![format!(
+        "best matmul of this run: {} {} at {g0:.2} GFLOP/s; median over shapes of the best variant {g1:.2}",
+        best.variant, best.shape
+    )];
     for m in ms.iter().filter(|m| m.kernel != "matmul") {
         if let Some(g) = m.gflops() {
-            lines.push(format!("{} {} {}: {:.2} of the best matmul", m.kernel, m.variant, m.shape, g / g0));
+            lines.push(format!(
+                "{} {} {}: {:.2} of the best matmul, {:.2} of the median",
+                m.kernel,
+                m.variant,
+                m.shape,
+                g / g0,
+                g / g1
+            ));
         }
     }
     lines

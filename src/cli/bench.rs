@@ -165,7 +165,9 @@ fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
     use crate::ops::attention_variant::{autotune, fastest, AUTOTUNE_SHAPE, FAMILY, UNFUSED_MIN_TOKENS};
     if gpu.is_cpu() {
         match gpu.subgroups {
-            true => println!("attention on this CPU adapter: unfused from T = {UNFUSED_MIN_TOKENS} tokens on, fused below"),
+            true => {
+                println!("attention on this CPU adapter: unfused from T = {UNFUSED_MIN_TOKENS} tokens on, fused below")
+            }
             false => println!("attention on this CPU adapter: fused (no subgroups for the fast matmul)"),
         }
         return Ok(());

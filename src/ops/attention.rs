@@ -8,6 +8,7 @@
 //!   dK/dV pass without atomics;
 //! - `unfused` (src/ops/attention_unfused.rs): the batched matmul plus row-softmax kernels,
 //!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel).
+//!
 //! Every variant saves the same lse, so any backward follows any forward.
 //!
 //! Layout (timm / iBOT ViT): qkv (B, T, 3·D) viewed as (B, T, 3, H, Dh); out (B, T, D) with
@@ -111,15 +112,8 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
         || SopError::shape(kernel.entry, format!("B·H = {}·{} or T = {} does not fit in u32", dm.b, dm.h, dm.t));
     let heads = u32::try_from(dm.b * dm.h).map_err(|_| too_big())?;
     let t = u32::try_from(dm.t).map_err(|_| too_big())?;
-    let params = Params {
-        b: dm.b as u32,
-        t,
-        h: dm.h as u32,
-        d: dm.d as u32,
-        bh: heads,
-        scale: dm.scale(),
-        _pad: [0; 2],
-    };
+    let params =
+        Params { b: dm.b as u32, t, h: dm.h as u32, d: dm.d as u32, bh: heads, scale: dm.scale(), _pad: [0; 2] };
     let groups = match layout {
         Layout::Rows => {
             let [y, z, _] = gpu.grid(heads);
@@ -210,7 +204,12 @@ fn check_backward(qkv: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, heads
     Ok(dm)
 }
 
-fn backward_with(gpu: &Gpu, [qkv, out, lse, dout]: [&Tensor; 4], dm: Dims, variant: AttentionVariant) -> Result<Tensor> {
+fn backward_with(
+    gpu: &Gpu,
+    [qkv, out, lse, dout]: [&Tensor; 4],
+    dm: Dims,
+    variant: AttentionVariant,
+) -> Result<Tensor> {
     let (dq, dkv) = match variant {
         AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV),
         AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV),

@@ -21,7 +21,7 @@ use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
 use crate::ops::attention::Dims;
-use crate::ops::launch::{launch, u32_of, Grid, Kernel, WG};
+use crate::ops::launch::{launch, launch_with, u32_of, Grid, Kernel, WG};
 use crate::ops::matmul::Matmul;
 
 /// Trusted: every access is an in-range index of a bound-checked invocation (see its header).
@@ -59,13 +59,25 @@ fn params(dm: &Dims, c: usize, col0: usize) -> Result<Params> {
 /// Columns col0.. of x (B, T, c) as a new (B·H, T, Dh) tensor.
 fn split(gpu: &Gpu, x: &Tensor, dm: &Dims, c: usize, col0: usize) -> Result<Tensor> {
     let y = gpu.empty(&[dm.b * dm.h, dm.t, dm.dh], DType::F32)?;
-    launch(gpu, &HEADS_SPLIT, &params(dm, c, col0)?, &[Bind::Write(x), Bind::Write(&y)], Grid::Items(y.numel()))?;
+    let binds = [Bind::Write(x), Bind::Write(&y)];
+    launch_with(gpu, &HEADS_SPLIT, &head_width(dm), &params(dm, c, col0)?, &binds, tokens(gpu, dm)?)?;
     Ok(y)
 }
 
 /// x (B·H, T, Dh) into columns col0.. of y (B, T, c).
 fn merge(gpu: &Gpu, x: &Tensor, y: &Tensor, dm: &Dims, c: usize, col0: usize) -> Result<()> {
-    launch(gpu, &HEADS_MERGE, &params(dm, c, col0)?, &[Bind::Write(x), Bind::Write(y)], Grid::Items(x.numel()))
+    let binds = [Bind::Write(x), Bind::Write(y)];
+    launch_with(gpu, &HEADS_MERGE, &head_width(dm), &params(dm, c, col0)?, &binds, tokens(gpu, dm)?)
+}
+
+/// The shader's `DH` override: the head width.
+fn head_width(dm: &Dims) -> [(&'static str, f64); 1] {
+    [("DH", dm.dh as f64)]
+}
+
+/// One workgroup per token (b, t): heads_split and heads_merge.
+fn tokens(gpu: &Gpu, dm: &Dims) -> Result<Grid> {
+    Ok(Grid::Groups(gpu.grid(u32_of("attention (unfused)", "B·T", dm.b * dm.t)?)))
 }
 
 /// One invocation per score row of `kernel` over (scores, lse[, g]).
@@ -75,7 +87,11 @@ fn rows(gpu: &Gpu, kernel: &Kernel, dm: &Dims, binds: &[Bind]) -> Result<()> {
 
 /// q, k, v of qkv (B, T, 3D), each (B·H, T, Dh).
 fn split_qkv(gpu: &Gpu, qkv: &Tensor, dm: &Dims) -> Result<[Tensor; 3]> {
-    Ok([split(gpu, qkv, dm, 3 * dm.d, 0)?, split(gpu, qkv, dm, 3 * dm.d, dm.d)?, split(gpu, qkv, dm, 3 * dm.d, 2 * dm.d)?])
+    Ok([
+        split(gpu, qkv, dm, 3 * dm.d, 0)?,
+        split(gpu, qkv, dm, 3 * dm.d, dm.d)?,
+        split(gpu, qkv, dm, 3 * dm.d, 2 * dm.d)?,
+    ])
 }
 
 /// (out (B, T, D), lse (B, H, T)) of qkv (B, T, 3D); T ≥ 1 and the scores fit (the caller checks).

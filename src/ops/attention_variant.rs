@@ -38,7 +38,8 @@ pub const AUTOTUNE_SHAPE: (usize, usize, usize, usize) = (16, 197, 6, 64);
 static WARNED_FALLBACK: AtomicBool = AtomicBool::new(false);
 
 impl AttentionVariant {
-    pub const ALL: [AttentionVariant; 3] = [AttentionVariant::Fused, AttentionVariant::Flash2, AttentionVariant::Unfused];
+    pub const ALL: [AttentionVariant; 3] =
+        [AttentionVariant::Fused, AttentionVariant::Flash2, AttentionVariant::Unfused];
 
     pub fn name(self) -> &'static str {
         match self {

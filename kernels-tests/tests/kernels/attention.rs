@@ -160,7 +160,10 @@ fn attention_default_and_mixed_variants_match_reference() {
         assert_close(&format!("default forward {a:?}"), &gpu.read_f32(&out).unwrap(), &want_out, 1e-5, 0.0);
         let dqkv = attention_backward(&gpu, &gqkv, &out, &lse, &gdout, a.h).unwrap();
         assert_close(&format!("default backward {a:?}"), &gpu.read_f32(&dqkv).unwrap(), &want, 1e-5, 1e-5);
-        for (f, b) in [(AttentionVariant::Fused, AttentionVariant::Unfused), (AttentionVariant::Unfused, AttentionVariant::Flash2)] {
+        for (f, b) in [
+            (AttentionVariant::Fused, AttentionVariant::Unfused),
+            (AttentionVariant::Unfused, AttentionVariant::Flash2),
+        ] {
             let (out, lse) = attention_forward_with(&gpu, &gqkv, a.h, f).unwrap();
             let dqkv = attention_backward_with(&gpu, [&gqkv, &out, &lse, &gdout], a.h, b).unwrap();
             let what = format!("{} backward after {} forward {a:?}", b.name(), f.name());
