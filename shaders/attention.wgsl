@@ -38,7 +38,8 @@
 // KB = 8 was ~5% faster than one key at a time; vec4 loads ~25% faster (not taken: they need
 // Dh % 4 == 0 and a vec4 view of qkv); 2 or 4 query rows per invocation no faster. On an
 // H100 and an H200 (benches/RESULTS.md): 167 and 568 GFLOP/s forward at ViT-S shapes, a
-// few percent of those cards' FP32 peak: a tiled (FlashAttention-style) kernel is still open.
+// few percent of those cards' FP32 peak: attention_flash.wgsl is the tiled (FlashAttention-2)
+// variant for GPUs, and src/ops/attention_unfused.rs the matmul-based one for CPU adapters.
 // Numerics: f32 throughout; the online softmax rescales its running sum and accumulator only
 // when the running max grows, so every exponent is ≤ 0 (no overflow). Sums run in a fixed
 // order: deterministic.

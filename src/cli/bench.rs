@@ -162,7 +162,7 @@ fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
 /// The attention part of `sop bench --autotune`: the GPU autotune's table (stored in the
 /// cache), or on CPU adapters the rule (timing there would take minutes).
 fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
-    use crate::ops::attention_variant::{autotune, fastest, AUTOTUNE_SHAPE, FAMILY, UNFUSED_MIN_TOKENS};
+    use crate::ops::attention_variant::{autotune, cache_shape, fastest, AUTOTUNE_SHAPE, FAMILY, UNFUSED_MIN_TOKENS};
     if gpu.is_cpu() {
         match gpu.subgroups {
             true => {
@@ -181,7 +181,7 @@ fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
         println!("{:<14} {ms:>10.3} ms {gflops:>9.2} GFLOP/s{}", v.name(), if *v == best { "  fastest" } else { "" });
     }
     let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-    crate::ops::autotune_cache::store(gpu, FAMILY, best.name(), (b * h, t, dh), &named);
+    crate::ops::autotune_cache::store(gpu, FAMILY, best.name(), cache_shape(), &named);
     println!("stored {} for this adapter", best.name());
     Ok(())
 }

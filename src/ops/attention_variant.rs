@@ -126,24 +126,26 @@ impl AttentionVariant {
                 log::info!("attention variant for {}: {} (cached)", gpu.adapter_name(), v.name());
                 return Ok(v.name());
             }
-            Ok(match autotune(gpu) {
+            match autotune(gpu) {
                 Ok(timings) => {
-                    let best = fastest(&timings);
-                    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
-                    log::info!("attention variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
-                    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-                    let (b, t, h, dh) = AUTOTUNE_SHAPE;
-                    autotune_cache::store(gpu, FAMILY, best.name(), (b * h, t, dh), &named);
-                    best.name()
+                    let named: Vec<_> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+                    if let Some(best) = autotune_cache::keep_fastest(gpu, FAMILY, &named, cache_shape()) {
+                        return Ok(best);
+                    }
+                    log::warn!("attention autotune timed nothing; using fused");
                 }
-                Err(e) => {
-                    log::warn!("attention autotune failed ({e}); using fused");
-                    AttentionVariant::Fused.name()
-                }
-            })
+                Err(e) => log::warn!("attention autotune failed ({e}); using fused"),
+            }
+            Ok(AttentionVariant::Fused.name())
         })?;
         Ok(AttentionVariant::parse(name).expect("only variant names are stored"))
     }
+}
+
+/// `AUTOTUNE_SHAPE` as the cache records it: (B·H, T, Dh).
+pub fn cache_shape() -> (usize, usize, usize) {
+    let (b, t, h, dh) = AUTOTUNE_SHAPE;
+    (b * h, t, dh)
 }
 
 /// Timed forward + backward passes per sample (a single pass would time the wait).

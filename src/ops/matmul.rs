@@ -120,20 +120,17 @@ impl MatmulVariant {
                     return Ok(v.name());
                 }
             }
-            Ok(match autotune(gpu, AUTOTUNE_SHAPE) {
+            match autotune(gpu, AUTOTUNE_SHAPE) {
                 Ok(timings) => {
-                    let (best, _) = fastest(&timings);
-                    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
-                    log::info!("matmul variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
-                    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-                    autotune_cache::store(gpu, FAMILY, best.name(), AUTOTUNE_SHAPE, &named);
-                    best.name()
+                    let named: Vec<_> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+                    if let Some(best) = autotune_cache::keep_fastest(gpu, FAMILY, &named, AUTOTUNE_SHAPE) {
+                        return Ok(best);
+                    }
+                    log::warn!("matmul autotune timed nothing; using tiled_shared");
                 }
-                Err(e) => {
-                    log::warn!("matmul autotune failed ({e}); using tiled_shared");
-                    MatmulVariant::TiledShared.name()
-                }
-            })
+                Err(e) => log::warn!("matmul autotune failed ({e}); using tiled_shared"),
+            }
+            Ok(MatmulVariant::TiledShared.name())
         })?;
         Ok(MatmulVariant::parse(name).expect("only variant names are stored"))
     }
