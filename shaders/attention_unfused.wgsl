@@ -45,7 +45,7 @@ fn invocation(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 // elements e = lid, lid + WG, … < H·Dh of the token's row, e = h·Dh + d: consecutive lanes
 // touch consecutive addresses on the (B, T, C) side and within a head on the other. On
 // lavapipe (ViT-S, B 8, `--example`-style kernel profile, shared machine) one invocation per
-// element, dividing its index by T, H and Dh at run time, took 18% of the unfused attention's
+// element, dividing its index by T, H and Dh at run time, took 27% of the unfused attention's
 // time; this layout about 12% (8 tokens per workgroup: no better); the matmuls take 67–80%.
 // The (B·H, T, Dh) address of element e of token (b, t): ((b·H + h)·T + t)·Dh + d.
 // DH: the head width as an override constant (= p.DH), so e / DH is no run-time division.
