@@ -181,6 +181,25 @@ fn metrics_have_one_line_per_step_in_order_and_no_step_waits() {
     }
 }
 
+/// The 1/CV anchor keep draws on the device: a step with it waits for nothing either.
+#[test]
+fn a_step_with_inverse_cv_sampling_waits_for_nothing() {
+    let gpu = gpu();
+    let dir = tmp("inverse-cv-waits");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(3);
+    cfg.sop.anchor_sampling = sop::sop::prototypes::AnchorSampling::InverseCv;
+    assert!(cfg.sop.cls.experts > 1, "the [CLS] tasks must keep anchors for the rule to run");
+    train(&gpu, cfg, None, false).unwrap();
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["host_waits"], 0, "{l}");
+        assert!(l["loss"].as_f64().unwrap().is_finite(), "{l}");
+    }
+}
+
 #[test]
 fn a_non_finite_loss_before_any_checkpoint_says_there_is_none() {
     let gpu = gpu();

@@ -1,6 +1,7 @@
 //! One op family per file: shape checks, dispatch, and the backward with its derivation.
 
 pub mod adamw;
+pub mod anchor_keep;
 pub mod attention;
 pub mod autotune_cache;
 pub mod clip;
@@ -30,6 +31,7 @@ mod tests {
     fn params_structs_match_their_shaders() {
         let all = [
             super::adamw::params_layouts(),
+            super::anchor_keep::params_layouts(),
             super::attention::params_layouts(),
             super::clip::params_layouts(),
             super::cross_entropy::params_layouts(),
