@@ -11,7 +11,7 @@
 //! Shapes use the legend of src/lib.rs (B images, T = 1 + N tokens, N patches, D width,
 //! p patch side); a product with a constant is matmul m×k · k×n.
 //!
-//! Why one file of about 520 lines: the tape is one `Op` enum and one reverse loop, and
+//! Why one file of about 560 lines: the tape is one `Op` enum and one reverse loop, and
 //! each forward method sits beside the arm that differentiates it (candle's layout).
 
 use std::collections::HashMap;
@@ -261,7 +261,9 @@ impl<'g> Tape<'g> {
     }
 
     /// GELU(x · Wᵀ + b) in one matmul (its GELU epilogue), recorded as `linear` then `gelu`:
-    /// the same values and the same backward, one dispatch fewer.
+    /// the same values and the same backward, one dispatch fewer. When the next record is a
+    /// Linear taking this output, the GELU's backward rides in that layer's dx product
+    /// (`gelu_below`).
     pub fn linear_gelu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let (x2, shape) = Self::linear_shapes(x, w)?;
         let mut mm = Matmul::new(&x2, &w.value).trans_b();

@@ -267,8 +267,8 @@ impl Gpu {
         Ok(r)
     }
 
-    /// End the open compute pass, if any (wgpu validates the pass's commands here: counted
-    /// in the recording time with the dispatches themselves).
+    /// End the open compute pass, if any (counted in the recording time with the dispatches
+    /// themselves).
     fn end_pass(&self, p: &mut Pending) {
         if let Some(pass) = p.pass.take() {
             let started = std::time::Instant::now();
@@ -295,7 +295,13 @@ impl Gpu {
             }
             p.encoder.take()
         };
-        let index = enc.map(|enc| self.queue.submit([enc.finish()]));
+        // wgpu validates and encodes the recorded commands in `finish` (deferred encoding).
+        let index = enc.map(|enc| {
+            let started = std::time::Instant::now();
+            let commands = enc.finish();
+            Counters::add(&self.counters.encode_ns, started.elapsed().as_nanos() as u64);
+            self.queue.submit([commands])
+        });
         self.check_errors()?;
         Ok(index)
     }

@@ -9,6 +9,10 @@
 //! Params go into one uniform ring buffer (a slot per dispatch, bound with a dynamic offset,
 //! written once per submit), so a bind group depends only on the buffers it binds and is
 //! cached: a training step that repeats the last one creates no bind groups or buffers.
+//! Consecutive dispatches are recorded into one open compute pass (`Pending::pass`; wgpu
+//! puts the barriers between them), ended before a copy or a submit.
+//! Why a file of about 400 lines: the cache keys, pipeline building and the one `dispatch`
+//! that every op goes through belong together.
 //! Shader and pipeline creation run inside an error scope: a bad shader is an error naming
 //! the file and entry point, not a panic.
 
@@ -267,7 +271,13 @@ impl Gpu {
 
     /// The bind group for these storage buffers and a uniform slot of `uniform_size` bytes
     /// in the ring (its offset is given per dispatch), created on first use.
-    fn bind_group(&self, cache: &mut PipelineCache, access: Access, uniform_size: u64, binds: &[Bind]) -> wgpu::BindGroup {
+    fn bind_group(
+        &self,
+        cache: &mut PipelineCache,
+        access: Access,
+        uniform_size: u64,
+        binds: &[Bind],
+    ) -> wgpu::BindGroup {
         let key = BindKey {
             access,
             uniform_size,
@@ -328,7 +338,11 @@ impl Gpu {
             }
         }
         if binds.len() > MAX_BINDINGS {
-            return Err(SopError::Limit { op: entry, detail: format!("{} bindings", binds.len()), limit: MAX_BINDINGS as u64 });
+            return Err(SopError::Limit {
+                op: entry,
+                detail: format!("{} bindings", binds.len()),
+                limit: MAX_BINDINGS as u64,
+            });
         }
         let started = std::time::Instant::now();
         // Uniform slots are 16-byte aligned in size.

@@ -9,7 +9,7 @@
 //! `run_gelu_backward` multiplies by GELU's derivative (the backward of `linear_gelu`'s GELU
 //! fused into the next layer's dx product).
 //!
-//! Why one file of about 500 lines: one op family, its six variants behind one `Params`,
+//! Why one file of about 530 lines: one op family, its six variants behind one `Params`,
 //! one launch path and one variant choice (rule, pin, override, autotune with its cache).
 
 use bytemuck::{Pod, Zeroable};

@@ -226,7 +226,8 @@ fn matmul_gelu_backward_epilogue_gives_the_bits_of_matmul_then_gelu_backward() {
     for &(m, n, k) in &[(1, 1, 1), (63, 65, 17), (130, 129, 1100)] {
         let a = gpu.upload_f32(&[m, k], &randn(&mut rng, m * k)).unwrap();
         let b = gpu.upload_f32(&[k, n], &randn(&mut rng, n * k)).unwrap();
-        let x = gpu.upload_f32(&[m, n], &(0..m * n).map(|_| rng.random_range(-6.0..6.0)).collect::<Vec<f32>>()).unwrap();
+        let x =
+            gpu.upload_f32(&[m, n], &(0..m * n).map(|_| rng.random_range(-6.0..6.0)).collect::<Vec<f32>>()).unwrap();
         for v in tested_variants(&gpu) {
             let mm = Matmul::new(&a, &b).variant(v);
             let plain = mm.run(&gpu).unwrap();

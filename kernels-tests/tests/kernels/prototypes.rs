@@ -180,7 +180,10 @@ fn check_draws(what: &str, got: &[u32], mut w: Vec<f64>, draws: &[f64], tol: f64
             let r = u * total;
             // The boundary between the two picks: the cumulative weight before the later one.
             let edge: f64 = w[..g.max(want as usize)].iter().sum();
-            assert!((r - edge).abs() <= tol * total, "{what}: draw {d} picked {g}, the f64 walk {want} (r {r}, edge {edge})");
+            assert!(
+                (r - edge).abs() <= tol * total,
+                "{what}: draw {d} picked {g}, the f64 walk {want} (r {r}, edge {edge})"
+            );
             ties += 1;
         }
         w[g] = 0.0;
@@ -266,8 +269,7 @@ fn inverse_cv_sampling_waits_for_nothing_and_keeps_the_host_choice() {
     let draws: Vec<f64> = (0..cfg.anchors / 2).map(|_| keep_rng.random::<f64>()).collect();
     // The member rows name the kept anchors: the first row of prototype j is perm[keep[j]].
     let rows = gpu.read_u32(&proto.member_rows).unwrap();
-    let keep: Vec<u32> = (0..proto.kept)
-        .map(|j| perm.iter().position(|&r| r == rows[j * cfg.experts]).unwrap() as u32)
-        .collect();
+    let keep: Vec<u32> =
+        (0..proto.kept).map(|j| perm.iter().position(|&r| r == rows[j * cfg.experts]).unwrap() as u32).collect();
     check_draws("inverse_cv build", &keep, w, &draws, 1e-5);
 }
