@@ -5,7 +5,7 @@
 //
 // Bindings (every entry point uses a prefix; the Rust op passes them in this order, binding
 // slot 3 to γ when β is unused):
-//   0 p      uniform Params { R, D, eps, chunk }
+//   0 p      uniform Params { R, D, eps, chunk, acc }
 //   1 x      read        (R, D)
 //   2 gamma  read        (D)
 //   3 beta   read        (D)
@@ -13,7 +13,9 @@
 //   5 rstd   read_write  (R)  likewise
 //   6 out    read_write  y (R, D) | dx (R, D) | dγ partial sums (ceil(R/chunk), D)
 //   7 dy     read        (R, D)
-//   8 out2   read_write  dβ partial sums (ceil(R/chunk), D)
+//   8 out2   read_write  dβ partial sums (ceil(R/chunk), D) | in the dx entry points with
+//                        acc = 1, the gradient dx accumulates onto: out = out2 + dx (the
+//                        bits of a separate `add`, one dispatch fewer; out2 is read only)
 // `mean` and `rstd` are read_write because one kernel writes what another reads and a file
 // has one declaration per binding; the Rust op binds them as writable in both.
 // The (R, D) and (D) arrays are declared as vec4<f32> (element e is x[e / 4][e % 4]): with
@@ -41,6 +43,7 @@
 
 struct Params {
     R: u32, D: u32, eps: f32, chunk: u32,
+    acc: u32, _p0: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -137,7 +140,9 @@ fn layernorm_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let mgx = hsum(sgx) / f32(p.D);
     for (var q = 0u; q < d4; q++) {
         let xh = (x[o + q] - m) * rs;
-        out[o + q] = rs * (dy[o + q] * gamma[q] - mg - xh * mgx);
+        var dx = rs * (dy[o + q] * gamma[q] - mg - xh * mgx);
+        if (p.acc != 0u) { dx = out2[o + q] + dx; }
+        out[o + q] = dx;
     }
 }
 
@@ -162,7 +167,9 @@ fn layernorm_backward_unaligned(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
         for (var j = 0u; j < p.D; j++) {
             let e = o + j;
             let xh = (x_at(e) - m) * rs;
-            out[e / 4u][e % 4u] = rs * (dy_at(e) * gamma_at(j) - mg - xh * mgx);
+            var dx = rs * (dy_at(e) * gamma_at(j) - mg - xh * mgx);
+            if (p.acc != 0u) { dx = out2[e / 4u][e % 4u] + dx; }
+            out[e / 4u][e % 4u] = dx;
         }
     }
 }

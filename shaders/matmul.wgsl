@@ -2,11 +2,15 @@
 //
 // Bindings: 0 params (uniform), 1 A (read), 2 B (read), 3 bias (read, length N; bound to
 // any buffer when unused), 4 C (read_write, (batch, M, N) row-major), 5 pre (read_write,
-// like C: the pre-activation when the GELU epilogue is on; bound to C itself when unused).
+// like C: the pre-activation the GELU epilogue writes or its backward reads; bound to C
+// itself when unused).
 // Transposes are strides: A[b, i, k] = a[b*a_bs + i*a_rs + k*a_cs], likewise B[b, k, j],
 // so A·B, Aᵀ·B and A·Bᵀ are one kernel. C[b, i, j] = c[b*c_bs + i*N + j].
 // flags: bit 0 adds bias[j], bit 1 accumulates into C (C += ..., used for gradients),
-// bit 2 the GELU epilogue (pre ← v, C ← GELU(v); Linear → GELU in one dispatch).
+// bit 2 the GELU epilogue (pre ← v, C ← GELU(v); Linear → GELU in one dispatch), bit 3
+// the GELU-backward epilogue (x = pre read, C ← v · (Φ(x) + x·φ(x)): the gradient reaching
+// a GELU's input, v the gradient of its output; gelu.wgsl's gelu_backward in the dispatch
+// that computes v).
 // Numerics: f32 accumulation in k order; no atomics, so results are deterministic.
 //
 // Entry points (variants share the math, differ in how work is tiled):

@@ -4,7 +4,9 @@
 // Params and bindings: see matmul.wgsl's header. finish(bi, i, j, acc) writes
 // C[bi, i, j] = alpha * acc [+ bias[j]] [+ C[bi, i, j]] as the flags say; with flag bit 2
 // (GELU epilogue) that value v goes to pre[idx] and C gets v · Φ(v), computed exactly as
-// gelu.wgsl's gelu_forward computes it (Φ from gelu_math.wgsl, prepended before this file).
+// gelu.wgsl's gelu_forward computes it (Φ from gelu_math.wgsl, prepended before this file);
+// with flag bit 3 (GELU-backward epilogue) C gets v · (Φ(x) + x·φ(x)), x = pre[idx], exactly
+// as gelu_backward computes dx from dy = v.
 
 struct Params {
     M: u32, N: u32, K: u32, batch: u32,
@@ -28,6 +30,11 @@ fn finish(bi: u32, i: u32, j: u32, acc: f32) {
     if ((p.flags & 4u) != 0u) {
         pre[idx] = v;
         v = v * normal_cdf(v);
+    }
+    if ((p.flags & 8u) != 0u) {
+        let x = pre[idx];
+        let density = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+        v = v * (normal_cdf(x) + x * density);
     }
     c[idx] = v;
 }

@@ -11,7 +11,7 @@
 //! Shapes use the legend of src/lib.rs (B images, T = 1 + N tokens, N patches, D width,
 //! p patch side); a product with a constant is matmul m×k · k×n.
 //!
-//! Why one file of about 520 lines: the tape is one `Op` enum and one reverse loop, and
+//! Why one file of about 560 lines: the tape is one `Op` enum and one reverse loop, and
 //! each forward method sits beside the arm that differentiates it (candle's layout).
 
 use std::collections::HashMap;
@@ -261,7 +261,9 @@ impl<'g> Tape<'g> {
     }
 
     /// GELU(x · Wᵀ + b) in one matmul (its GELU epilogue), recorded as `linear` then `gelu`:
-    /// the same values and the same backward, one dispatch fewer.
+    /// the same values and the same backward, one dispatch fewer. When the next record is a
+    /// Linear taking this output, the GELU's backward rides in that layer's dx product
+    /// (`gelu_below`).
     pub fn linear_gelu(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         let (x2, shape) = Self::linear_shapes(x, w)?;
         let mut mm = Matmul::new(&x2, &w.value).trans_b();
@@ -401,7 +403,13 @@ impl<'g> Tape<'g> {
                     accumulate(gpu, &mut grads, residual, dy.clone())?;
                     let out = w.shape[0];
                     let dy2 = dy.reshape(&[dy.numel() / out, out])?;
-                    if xid.is_some() {
+                    if let Some((pre, pre_id)) = self.gelu_below(xid, &grads) {
+                        // x = GELU(pre), its only gradient this product: d pre = (dy·W)·GELU'(pre)
+                        // in the product's epilogue, and the GELU record is done.
+                        self.nodes.pop();
+                        let dpre = Matmul::new(&dy2, &w).run_gelu_backward(gpu, &pre)?;
+                        accumulate(gpu, &mut grads, pre_id, dpre)?;
+                    } else if xid.is_some() {
                         accumulate(gpu, &mut grads, xid, Matmul::new(&dy2, &w).run(gpu)?)?;
                     }
                     if wid.is_some() {
@@ -417,9 +425,25 @@ impl<'g> Tape<'g> {
                 }
                 (Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] }, OutGrads::One(dy)) => {
                     // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) with ĝ = dy⊙γ; dγ = Σ dy⊙x̂; dβ = Σ dy.
+                    // dx lands on the gradient x already holds (a residual's) in the same
+                    // dispatch, unless that one shares a buffer with an input of the kernel.
                     let dy2 = dy.reshape(&x.shape)?;
-                    let (dx, dg, db) = layernorm::layernorm_backward(gpu, &dy2, &x, &gamma, &mean, &rstd)?;
-                    accumulate(gpu, &mut grads, xid, dx)?;
+                    let prev = xid.and_then(|id| grads.remove(&id));
+                    let onto = match &prev {
+                        Some(g) if !g.same_buffer(&dy2) && !g.same_buffer(&x) => Some(g.reshape(&x.shape)?),
+                        _ => None,
+                    };
+                    let (dx, dg, db) =
+                        layernorm::layernorm_backward_onto(gpu, &dy2, &x, &gamma, &mean, &rstd, onto.as_ref())?;
+                    match (prev, onto) {
+                        (Some(g), Some(_)) => accumulate(gpu, &mut grads, xid, dx.reshape(&g.shape)?)?,
+                        (prev, _) => {
+                            if let (Some(id), Some(g)) = (xid, prev) {
+                                grads.insert(id, g);
+                            }
+                            accumulate(gpu, &mut grads, xid, dx)?;
+                        }
+                    }
                     accumulate(gpu, &mut grads, gid, dg)?;
                     accumulate(gpu, &mut grads, bid, db)?;
                 }
@@ -503,6 +527,22 @@ impl<'g> Tape<'g> {
             }
         }
         Ok(Grads { map })
+    }
+}
+
+impl Tape<'_> {
+    /// When the record below the one being differentiated is a GELU whose output is `xid`
+    /// and that output has no gradient yet, its input (the saved pre-activation) and the
+    /// input's id: every other consumer of the GELU's output was recorded later and has
+    /// been differentiated already, so the product about to run gives its whole gradient.
+    fn gelu_below(&self, xid: Option<usize>, grads: &HashMap<usize, Tensor>) -> Option<(Tensor, Option<usize>)> {
+        let xid = xid?;
+        match self.nodes.last() {
+            Some(Node { outs, op: Op::Gelu { x, id } }) if outs[0].0 == xid && !grads.contains_key(&xid) => {
+                Some((x.clone(), *id))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ fn bench_step_reports_steady_state_steps_and_counters() {
     assert_eq!(r["buffers_created"].as_f64().unwrap(), 0.0, "{r}");
     assert_eq!(r["bind_groups_created"].as_f64().unwrap(), 0.0, "{r}");
     assert_eq!(r["host_waits"].as_f64().unwrap(), 0.0, "{r}");
+    assert!(r["host_ms"].as_f64().unwrap() > 0.0 && r["encode_ms"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]

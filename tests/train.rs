@@ -161,6 +161,12 @@ fn a_non_finite_step_found_late_stops_before_the_next_checkpoint() {
     assert_eq!(steps, vec![1]);
 }
 
+/// The lines of a run's metrics.jsonl.
+fn metric_lines(dir: &Path) -> Vec<serde_json::Value> {
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// Every step gets its line, in step order, though lines are written when the step's
 /// metrics come back; no step waits for the device (the waits are at the end of the run).
 #[test]
@@ -170,14 +176,32 @@ fn metrics_have_one_line_per_step_in_order_and_no_step_waits() {
     let mut cfg = tiny(&dir);
     cfg.optim.steps = Some(7);
     train(&gpu, cfg, None, false).unwrap();
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = metric_lines(&dir);
     let steps: Vec<u64> = lines.iter().map(|l| l["step"].as_u64().unwrap()).collect();
     assert_eq!(steps, (1..=7).collect::<Vec<_>>());
     for l in &lines {
         assert_eq!(l["host_waits"], 0, "{l}");
         assert!(l["loss"].as_f64().unwrap().is_finite() && l["dispatches"].as_u64().unwrap() > 0, "{l}");
         assert!(l["cls_bank_cos"].as_f64().is_some() && l["pace_waits"].as_u64().is_some(), "{l}");
+        assert!(l["host_ms"].as_f64().is_some() && l["encode_ms"].as_f64().is_some(), "{l}");
+    }
+}
+
+/// The 1/CV anchor keep draws on the device: a step with it waits for nothing either.
+#[test]
+fn a_step_with_inverse_cv_sampling_waits_for_nothing() {
+    let gpu = gpu();
+    let dir = tmp("inverse-cv-waits");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(3);
+    cfg.sop.anchor_sampling = sop::sop::prototypes::AnchorSampling::InverseCv;
+    assert!(cfg.sop.cls.experts > 1, "the [CLS] tasks must keep anchors for the rule to run");
+    train(&gpu, cfg, None, false).unwrap();
+    let lines = metric_lines(&dir);
+    assert_eq!(lines.len(), 3);
+    for l in &lines {
+        assert_eq!(l["host_waits"], 0, "{l}");
+        assert!(l["loss"].as_f64().unwrap().is_finite(), "{l}");
     }
 }
 

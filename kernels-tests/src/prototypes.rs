@@ -51,3 +51,51 @@ pub fn prototype_votes(weights: &[f64], experts: usize, kept: usize) -> Vec<f64>
     }
     y
 }
+
+/// Weight 1/CV of each of the P anchors' SE similarities `sims` (P, k) (shaders/anchor_keep.wgsl,
+/// step 1; docs/METHOD.md step 4): CV = std/mean · (1 + 1/(4·pool)), the std with k − 1 in
+/// the denominator (1 when k = 1); 0 where CV is not finite and positive; all 1 when none is
+/// positive.
+pub fn inverse_cv_weights(sims: &[f64], anchors: usize, k: usize, pool: usize) -> Vec<f64> {
+    assert_eq!(sims.len(), anchors * k, "sims must be (P, k)");
+    let mut w: Vec<f64> = (0..anchors)
+        .map(|a| {
+            let s = &sims[a * k..(a + 1) * k];
+            let mean = s.iter().sum::<f64>() / k as f64;
+            let var = s.iter().map(|&v| (v - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0).max(1.0);
+            let cv = var.sqrt() / mean * (1.0 + 1.0 / (4.0 * pool as f64));
+            if cv.is_finite() && cv > 0.0 {
+                1.0 / cv
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    if w.iter().all(|&x| x <= 0.0) {
+        w.iter_mut().for_each(|x| *x = 1.0);
+    }
+    w
+}
+
+/// Successive weighted draws without replacement (torch.multinomial's way), one per uniform
+/// u in `draws` ([0, 1)): r = u · Σ w, the first i with w_i > 0 and r < w_i after subtracting
+/// the w_j before it (the last positive one when r runs past them), then w_i = 0. Returns the
+/// picks in draw order.
+pub fn draw_without_replacement(mut w: Vec<f64>, draws: &[f64]) -> Vec<u32> {
+    let mut keep = Vec::with_capacity(draws.len());
+    for &u in draws {
+        let total: f64 = w.iter().sum();
+        let mut r = u * total;
+        let mut pick = w.iter().rposition(|&x| x > 0.0).unwrap_or(0);
+        for (i, &x) in w.iter().enumerate() {
+            if x > 0.0 && r < x {
+                pick = i;
+                break;
+            }
+            r -= x;
+        }
+        keep.push(pick as u32);
+        w[pick] = 0.0;
+    }
+    keep
+}

@@ -10,7 +10,7 @@ use super::{Case, Work};
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 use crate::sop::bank::Bank;
-use crate::sop::prototypes::{build, neighbours, PrototypeConfig};
+use crate::sop::prototypes::{build, neighbours, Keep, PrototypeConfig};
 
 const N: usize = 65_536;
 const W: usize = 256;
@@ -31,7 +31,7 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
         shape: format!("N{N} P64 E9 W{W}"),
         // The similarity matmul dominates: 2·P·(N−P)·W.
         work: Work::Flops(2.0 * 64.0 * (N - 64) as f64 * W as f64),
-        run: Box::new(move |gpu| build(gpu, &b2, &p2, &cfg, 0.1, |_| Ok(keep.clone())).map(|_| ())),
+        run: Box::new(move |gpu| build(gpu, &b2, &p2, &cfg, 0.1, |_| Ok(Keep::Listed(keep.clone()))).map(|_| ())),
         validate: Box::new(move |gpu| {
             let nb = neighbours(gpu, &b3, &p3, &cfg)?;
             let (nb_sims, nb_rows) = (nb.sims_host(gpu)?, nb.rows_host(gpu)?);

@@ -1,7 +1,8 @@
 //! `sop bench --step`: whole training steps, timed. Runs `sop train` (no k-NN, no
 //! checkpoints until the end) on a temporary run folder and reports the median of the steps
 //! after both banks filled, with the per-step counters of `metrics.jsonl` (dispatches, host
-//! waits, pace waits, bind groups and buffers created, uniform bytes, host recording time).
+//! waits, pace waits, bind groups and buffers created, uniform bytes, host recording time and
+//! wgpu's encoding time).
 
 use std::path::PathBuf;
 
@@ -38,6 +39,7 @@ pub struct StepBench {
     pub buffers_created: f64,
     pub uniform_bytes: f64,
     pub host_ms: f64,
+    pub encode_ms: f64,
 }
 
 /// The configuration `args` describe (crops follow the image and patch size).
@@ -116,6 +118,7 @@ pub fn run(gpu: &Gpu, args: &StepBenchArgs) -> Result<StepBench> {
         buffers_created: med("buffers_created"),
         uniform_bytes: med("uniform_bytes"),
         host_ms: med("host_ms"),
+        encode_ms: med("encode_ms"),
     })
 }
 
@@ -125,7 +128,8 @@ impl StepBench {
         format!(
             "adapter: {}\nmodel: {}, batch {}; median of {} steps after the banks filled\n\
              {:.2} ms per step, {:.1} images/s\nper step: {} dispatches, {} host waits, {} pace waits, {} bind groups and {} \
-             buffers created, {} uniform bytes, {:.3} ms host recording ({:.2} µs per dispatch)",
+             buffers created, {} uniform bytes, {:.3} ms host recording ({:.2} µs per dispatch) + {:.3} ms encoding in \
+             wgpu's finish ({:.2} µs per dispatch)",
             self.adapter,
             self.model,
             self.batch_size,
@@ -139,7 +143,9 @@ impl StepBench {
             self.buffers_created,
             self.uniform_bytes,
             self.host_ms,
-            1e3 * self.host_ms / self.dispatches.max(1.0)
+            1e3 * self.host_ms / self.dispatches.max(1.0),
+            self.encode_ms,
+            1e3 * self.encode_ms / self.dispatches.max(1.0)
         )
     }
 }

@@ -12,7 +12,7 @@ use super::AdapterArg;
 use crate::data::{Dataset, Split};
 use crate::model::vit::ForwardOptions;
 use crate::ops::attention::attention_cls_probs;
-use crate::sop::prototypes::{build, PrototypeConfig};
+use crate::sop::prototypes::{build, Keep, PrototypeConfig};
 use crate::tape::Tape;
 use crate::train::config::TrainConfig;
 
@@ -153,7 +153,7 @@ pub fn prototypes(args: PrototypesArgs) -> anyhow::Result<()> {
     // Every anchor kept, so prototype a's members are member_rows[a·E..(a+1)·E], the anchor
     // first. Not in a training step: the rows may come back to the host (a blocking read).
     let every_anchor: Vec<u32> = (0..pc.anchors as u32).collect();
-    let proto = build(&gpu, &bank, &perm, &pc, 0.0, |_| Ok(every_anchor))?;
+    let proto = build(&gpu, &bank, &perm, &pc, 0.0, |_| Ok(Keep::Listed(every_anchor)))?;
     let member_rows = gpu.read_u32(&proto.member_rows)?;
     let (e, tile) = (pc.experts, args.tile);
     let mut canvas = RgbImage::from_pixel(tile * e as u32, tile * pc.anchors as u32, Rgb([40, 40, 40]));

@@ -81,8 +81,11 @@ impl KernelChoices {
     }
 }
 
-/// Commands recorded since the last submit.
+/// Commands recorded since the last submit. Consecutive dispatches share one open compute
+/// pass (wgpu inserts the barriers between them); a copy or a submit ends it first.
 pub(crate) struct Pending {
+    /// The open pass, if any: ended (dropped) before `encoder` is used or finished.
+    pub pass: Option<wgpu::ComputePass<'static>>,
     pub encoder: Option<wgpu::CommandEncoder>,
     pub dispatches: usize,
     /// The params of the recorded dispatches, slot by slot, written to the uniform ring
@@ -220,6 +223,7 @@ impl Gpu {
             pool: Arc::new(Mutex::new(BufferPool::default())),
             pipelines: Mutex::new(PipelineCache::default()),
             pending: Mutex::new(Pending {
+                pass: None,
                 encoder: None,
                 dispatches: 0,
                 uniforms: Vec::with_capacity(UNIFORM_RING_BYTES),
@@ -249,6 +253,7 @@ impl Gpu {
     pub(crate) fn with_encoder<R>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> R) -> Result<R> {
         let (r, full) = {
             let mut p = self.pending.lock().unwrap();
+            self.end_pass(&mut p);
             let enc = p.encoder.get_or_insert_with(|| {
                 self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
             });
@@ -262,6 +267,16 @@ impl Gpu {
         Ok(r)
     }
 
+    /// End the open compute pass, if any (counted in the recording time with the dispatches
+    /// themselves).
+    fn end_pass(&self, p: &mut Pending) {
+        if let Some(pass) = p.pass.take() {
+            let started = std::time::Instant::now();
+            drop(pass);
+            Counters::add(&self.counters.record_ns, started.elapsed().as_nanos() as u64);
+        }
+    }
+
     /// Submit everything recorded so far (does not wait for it to finish).
     pub fn flush(&self) -> Result<()> {
         self.submit().map(|_| ())
@@ -271,6 +286,7 @@ impl Gpu {
     pub(crate) fn submit(&self) -> Result<Option<wgpu::SubmissionIndex>> {
         let enc = {
             let mut p = self.pending.lock().unwrap();
+            self.end_pass(&mut p);
             p.dispatches = 0;
             if !p.uniforms.is_empty() {
                 // Lands before this submit's commands and after every earlier submit's.
@@ -279,7 +295,13 @@ impl Gpu {
             }
             p.encoder.take()
         };
-        let index = enc.map(|enc| self.queue.submit([enc.finish()]));
+        // wgpu validates and encodes the recorded commands in `finish` (deferred encoding).
+        let index = enc.map(|enc| {
+            let started = std::time::Instant::now();
+            let commands = enc.finish();
+            Counters::add(&self.counters.encode_ns, started.elapsed().as_nanos() as u64);
+            self.queue.submit([commands])
+        });
         self.check_errors()?;
         Ok(index)
     }

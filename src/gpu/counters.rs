@@ -1,6 +1,7 @@
 //! What the host asks of the device, counted: dispatches recorded, blocking waits (and pace
 //! waits, see `gpu::readback`), bind
-//! groups and buffers created (tensors and readback staging, both pooled), uniform bytes written and host time spent recording.
+//! groups and buffers created (tensors and readback staging, both pooled), uniform bytes written and host time spent recording
+//! and encoding.
 //! `Gpu::counters()` takes a snapshot; the difference of two snapshots is one step's share
 //! (`metrics.jsonl`, `sop bench --step`).
 
@@ -14,6 +15,7 @@ pub(crate) struct Counters {
     pub bind_groups_created: AtomicU64,
     pub uniform_bytes: AtomicU64,
     pub record_ns: AtomicU64,
+    pub encode_ns: AtomicU64,
 }
 
 impl Counters {
@@ -34,8 +36,12 @@ pub struct CounterSnapshot {
     pub bind_groups_created: u64,
     pub buffers_created: u64,
     pub uniform_bytes: u64,
-    /// Host time spent recording dispatches (bind groups, uniforms, encoding), ms.
+    /// Host time spent recording dispatches (pipeline and bind group lookup, uniforms, the
+    /// pass commands), ms.
     pub host_ms: f64,
+    /// Host time in wgpu's `CommandEncoder::finish`, ms: wgpu validates and encodes the
+    /// recorded commands there (deferred encoding), so this is the rest of the recording cost.
+    pub encode_ms: f64,
 }
 
 impl CounterSnapshot {
@@ -49,6 +55,7 @@ impl CounterSnapshot {
             buffers_created: pool_buffers,
             uniform_bytes: get(&c.uniform_bytes),
             host_ms: get(&c.record_ns) as f64 * 1e-6,
+            encode_ms: get(&c.encode_ns) as f64 * 1e-6,
         }
     }
 
@@ -62,6 +69,7 @@ impl CounterSnapshot {
             buffers_created: self.buffers_created - earlier.buffers_created,
             uniform_bytes: self.uniform_bytes - earlier.uniform_bytes,
             host_ms: self.host_ms - earlier.host_ms,
+            encode_ms: self.encode_ms - earlier.encode_ms,
         }
     }
 }

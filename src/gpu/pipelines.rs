@@ -9,6 +9,10 @@
 //! Params go into one uniform ring buffer (a slot per dispatch, bound with a dynamic offset,
 //! written once per submit), so a bind group depends only on the buffers it binds and is
 //! cached: a training step that repeats the last one creates no bind groups or buffers.
+//! Consecutive dispatches are recorded into one open compute pass (`Pending::pass`; wgpu
+//! puts the barriers between them), ended before a copy or a submit.
+//! Why a file of about 400 lines: the cache keys, pipeline building and the one `dispatch`
+//! that every op goes through belong together.
 //! Shader and pipeline creation run inside an error scope: a bad shader is an error naming
 //! the file and entry point, not a panic.
 
@@ -16,7 +20,7 @@ use std::collections::HashMap;
 
 use crate::error::{Result, SopError};
 use crate::gpu::buffers::Tensor;
-use crate::gpu::context::{Gpu, MAX_PENDING_DISPATCHES, UNIFORM_RING_BYTES};
+use crate::gpu::context::{Gpu, Pending, MAX_PENDING_DISPATCHES, UNIFORM_RING_BYTES};
 use crate::gpu::counters::Counters;
 
 /// A WGSL file from `shaders/`.
@@ -90,20 +94,42 @@ impl Bind<'_> {
     }
 }
 
+/// Which storage bindings are read-only: bit i for binding 1 + i, and how many there are
+/// (a key without an allocation per dispatch).
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct Access {
+    read_only: u32,
+    count: u32,
+}
+
+impl Access {
+    fn of(binds: &[Bind]) -> Access {
+        let read_only = binds.iter().enumerate().fold(0, |m, (i, b)| m | (b.read_only() as u32) << i);
+        Access { read_only, count: binds.len() as u32 }
+    }
+    fn read_only(self, i: usize) -> bool {
+        self.read_only >> i & 1 == 1
+    }
+}
+
+/// The most storage bindings one dispatch may have (`Access` holds one bit each).
+const MAX_BINDINGS: usize = 32;
+
 #[derive(Hash, PartialEq, Eq, Clone)]
 struct PipelineKey {
     file: &'static str,
     entry: &'static str,
-    /// Override constants as (name, f64 bits): hashed without formatting on every dispatch.
+    /// Override constants as (name, f64 bits): hashed without formatting on every dispatch
+    /// (empty, and so without an allocation, for most kernels).
     constants: Vec<(&'static str, u64)>,
-    read_only: Vec<bool>,
+    access: Access,
 }
 
 /// A bind group is fixed by its layout, the size of its uniform slot and the storage
 /// buffers it binds; pooled buffers repeat from step to step, so groups are reused.
 #[derive(Hash, PartialEq, Eq)]
 struct BindKey {
-    read_only: Vec<bool>,
+    access: Access,
     uniform_size: u64,
     buffers: Vec<(wgpu::Buffer, Option<crate::gpu::buffers::View>)>,
 }
@@ -111,7 +137,7 @@ struct BindKey {
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
-    layouts: HashMap<Vec<bool>, wgpu::BindGroupLayout>,
+    layouts: HashMap<Access, wgpu::BindGroupLayout>,
     pipelines: HashMap<PipelineKey, wgpu::ComputePipeline>,
     bind_groups: HashMap<BindKey, wgpu::BindGroup>,
 }
@@ -127,10 +153,10 @@ fn scoped<T>(gpu: &Gpu, make: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
 }
 
 impl Gpu {
-    fn layout_for(&self, cache: &mut PipelineCache, read_only: &[bool]) -> wgpu::BindGroupLayout {
+    fn layout_for(&self, cache: &mut PipelineCache, access: Access) -> wgpu::BindGroupLayout {
         cache
             .layouts
-            .entry(read_only.to_vec())
+            .entry(access)
             .or_insert_with(|| {
                 let mut entries = vec![wgpu::BindGroupLayoutEntry {
                     binding: 0,
@@ -142,12 +168,12 @@ impl Gpu {
                     },
                     count: None,
                 }];
-                for (i, &ro) in read_only.iter().enumerate() {
+                for i in 0..access.count as usize {
                     entries.push(wgpu::BindGroupLayoutEntry {
                         binding: 1 + i as u32,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Storage { read_only: ro },
+                            ty: wgpu::BufferBindingType::Storage { read_only: access.read_only(i) },
                             has_dynamic_offset: false,
                             min_binding_size: None,
                         },
@@ -162,24 +188,42 @@ impl Gpu {
             .clone()
     }
 
-    fn pipeline(
+    /// The pipeline of `entry` with these constants and bindings, built on first use, and
+    /// its layout's bind group for `binds` (see `bind_group`), under one lock of the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn pipeline_and_group(
         &self,
         shader: &'static Shader,
         entry: &'static str,
         constants: &[(&'static str, f64)],
-        read_only: &[bool],
-    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout)> {
+        access: Access,
+        uniform_size: u64,
+        binds: &[Bind],
+    ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroup)> {
         let key = PipelineKey {
             file: shader.file,
             entry,
             constants: constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
-            read_only: read_only.to_vec(),
+            access,
         };
         let mut cache = self.pipelines.lock().unwrap();
-        let layout = self.layout_for(&mut cache, read_only);
-        if let Some(p) = cache.pipelines.get(&key) {
-            return Ok((p.clone(), layout));
-        }
+        let pipeline = match cache.pipelines.get(&key) {
+            Some(p) => p.clone(),
+            None => self.build_pipeline(&mut cache, shader, key)?,
+        };
+        let group = self.bind_group(&mut cache, access, uniform_size, binds);
+        Ok((pipeline, group))
+    }
+
+    fn build_pipeline(
+        &self,
+        cache: &mut PipelineCache,
+        shader: &'static Shader,
+        key: PipelineKey,
+    ) -> Result<wgpu::ComputePipeline> {
+        let entry = key.entry;
+        let constants: Vec<(&str, f64)> = key.constants.iter().map(|&(n, b)| (n, f64::from_bits(b))).collect();
+        let layout = self.layout_for(cache, key.access);
         if !cache.modules.contains_key(shader.file) {
             let (module, err) = scoped(self, || {
                 let desc = wgpu::ShaderModuleDescriptor {
@@ -212,7 +256,7 @@ impl Gpu {
                 module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
+                    constants: &constants,
                     zero_initialize_workgroup_memory: false,
                 },
                 cache: None,
@@ -225,30 +269,30 @@ impl Gpu {
             });
         }
         cache.pipelines.insert(key, pipeline.clone());
-        Ok((pipeline, layout))
+        Ok(pipeline)
     }
 
     /// The bind group for these storage buffers and a uniform slot of `uniform_size` bytes
     /// in the ring (its offset is given per dispatch), created on first use.
     fn bind_group(
         &self,
-        layout: &wgpu::BindGroupLayout,
-        read_only: Vec<bool>,
+        cache: &mut PipelineCache,
+        access: Access,
         uniform_size: u64,
         binds: &[Bind],
     ) -> wgpu::BindGroup {
         let key = BindKey {
-            read_only,
+            access,
             uniform_size,
             buffers: binds.iter().map(|b| (b.tensor().buffer().clone(), b.tensor().view_slot())).collect(),
         };
-        let mut cache = self.pipelines.lock().unwrap();
         if let Some(g) = cache.bind_groups.get(&key) {
             return g.clone();
         }
         if cache.bind_groups.len() >= MAX_CACHED_BIND_GROUPS {
             cache.bind_groups.clear();
         }
+        let layout = self.layout_for(cache, access);
         let uniform =
             wgpu::BufferBinding { buffer: &self.uniform_ring, offset: 0, size: wgpu::BufferSize::new(uniform_size) };
         let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(uniform) }];
@@ -257,7 +301,7 @@ impl Gpu {
         }
         let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("sop bind group"),
-            layout,
+            layout: &layout,
             entries: &entries,
         });
         Counters::add(&self.counters.bind_groups_created, 1);
@@ -296,9 +340,14 @@ impl Gpu {
                 });
             }
         }
+        if binds.len() > MAX_BINDINGS {
+            return Err(SopError::Limit {
+                op: entry,
+                detail: format!("{} bindings", binds.len()),
+                limit: MAX_BINDINGS as u64,
+            });
+        }
         let started = std::time::Instant::now();
-        let read_only: Vec<bool> = binds.iter().map(Bind::read_only).collect();
-        let (pipeline, layout) = self.pipeline(shader, entry, constants, &read_only)?;
         // Uniform slots are 16-byte aligned in size.
         let uniform_size = params.len().max(16).div_ceil(16) * 16;
         if uniform_size as u64 > self.uniform_stride {
@@ -308,7 +357,8 @@ impl Gpu {
                 limit: self.uniform_stride,
             });
         }
-        let group = self.bind_group(&layout, read_only, uniform_size as u64, binds);
+        let (pipeline, group) =
+            self.pipeline_and_group(shader, entry, constants, Access::of(binds), uniform_size as u64, binds)?;
         let profile = self.kernel_profile.get();
         if profile.is_some() {
             self.sync()?; // time this dispatch alone
@@ -321,16 +371,17 @@ impl Gpu {
             let offset = p.uniforms.len();
             p.uniforms.extend_from_slice(params);
             p.uniforms.resize(offset + self.uniform_stride as usize, 0);
-            let enc = p.encoder.get_or_insert_with(|| {
-                self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
+            let Pending { pass, encoder, .. } = &mut *p;
+            let pass = pass.get_or_insert_with(|| {
+                let enc = encoder.get_or_insert_with(|| {
+                    self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sop ops") })
+                });
+                let desc = wgpu::ComputePassDescriptor { label: Some("sop dispatches"), timestamp_writes: None };
+                enc.begin_compute_pass(&desc).forget_lifetime()
             });
-            {
-                let mut pass =
-                    enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(entry), timestamp_writes: None });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &group, &[offset as u32]);
-                pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
-            }
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[offset as u32]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
             p.dispatches += 1;
             p.dispatches >= MAX_PENDING_DISPATCHES || p.uniforms.len() >= UNIFORM_RING_BYTES
         };

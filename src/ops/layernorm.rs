@@ -39,6 +39,9 @@ struct Params {
     d: u32,
     eps: f32,
     chunk: u32,
+    /// 1: the dx entry points add their result onto the gradient bound at slot 8.
+    acc: u32,
+    _pad: [u32; 3],
 }
 
 /// The entry point for this width, and its invocation count for `r` rows: one per row with
@@ -52,7 +55,14 @@ fn row_entry(aligned: &'static Kernel, unaligned: &'static Kernel, r: usize, d: 
 }
 
 fn params(op: &'static str, r: usize, d: usize, eps: f32) -> Result<Params> {
-    Ok(Params { r: u32_of(op, "rows", r)?, d: u32_of(op, "width", d)?, eps, chunk: PARAM_CHUNK as u32 })
+    Ok(Params {
+        r: u32_of(op, "rows", r)?,
+        d: u32_of(op, "width", d)?,
+        eps,
+        chunk: PARAM_CHUNK as u32,
+        acc: 0,
+        _pad: [0; 3],
+    })
 }
 
 /// (R, D) of x, checking γ (and β) have D elements.
@@ -112,8 +122,29 @@ pub fn layernorm_backward(
     mean: &Tensor,
     rstd: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    layernorm_backward_onto(gpu, dy, x, gamma, mean, rstd, None)
+}
+
+/// `layernorm_backward` whose dx is `prev + dx` when `prev` (the gradient x already holds,
+/// shaped like x) is given: the bits of `add(prev, dx)` in the same dispatch. `prev` is only
+/// read; dx is a new tensor.
+pub fn layernorm_backward_onto(
+    gpu: &Gpu,
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    prev: Option<&Tensor>,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let op = "layernorm_backward";
     check_f32(op, &[("dy", dy), ("x", x), ("gamma", gamma), ("mean", mean), ("rstd", rstd)])?;
+    if let Some(prev) = prev {
+        check_f32(op, &[("prev", prev)])?;
+        if prev.numel() != x.numel() {
+            return Err(SopError::shape(op, format!("prev {:?} and x {:?} differ", prev.shape, x.shape)));
+        }
+    }
     let (r, d) = dims(op, x, gamma, None)?;
     if dy.shape != x.shape {
         return Err(SopError::shape(op, format!("dy {:?} and x {:?} differ", dy.shape, x.shape)));
@@ -121,7 +152,7 @@ pub fn layernorm_backward(
     if mean.numel() != r || rstd.numel() != r {
         return Err(SopError::shape(op, format!("mean {:?}, rstd {:?} for {r} rows", mean.shape, rstd.shape)));
     }
-    let p = params(op, r, d, 0.0)?;
+    let p = Params { acc: prev.is_some() as u32, ..params(op, r, d, 0.0)? };
     let dx = gpu.empty(&x.shape, DType::F32)?;
     // mean and rstd are writable bindings of the shader (the forward writes them); read here.
     let (kernel, invocations) = row_entry(&LAYERNORM_BACKWARD, &LAYERNORM_BACKWARD_UNALIGNED, r, d);
@@ -137,6 +168,8 @@ pub fn layernorm_backward(
             Bind::Write(rstd),
             Bind::Write(&dx),
             Bind::Read(dy),
+            // Slot 8 is read_write in the shader; the dx entry points only read it.
+            Bind::Write(prev.unwrap_or(&dx)),
         ],
         Grid::Items(invocations),
     )?;
@@ -180,5 +213,5 @@ pub fn layernorm_backward(
 
 /// The layout of `Params` for each shader that reads it (checked in `ops::tests`).
 pub fn params_layouts() -> Vec<ParamsLayout> {
-    vec![params_layout!(LAYERNORM, Params, [r, d, eps, chunk])]
+    vec![params_layout!(LAYERNORM, Params, [r, d, eps, chunk, acc])]
 }

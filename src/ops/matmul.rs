@@ -5,9 +5,11 @@
 //! same leading batch dims as A (a B without them is shared by every batch); C (…, M, N).
 //! Backward of C = A·B: dA = dC·Bᵀ, dB = Aᵀ·dC, dbias = Σ_rows dC (see `sum_rows`).
 //! Epilogues: `run_into(.., accumulate)` adds to C (a residual held there beforehand:
-//! `Tape::linear_residual`); `run_gelu` writes v and GELU(v) (`Tape::linear_gelu`).
+//! `Tape::linear_residual`); `run_gelu` writes v and GELU(v) (`Tape::linear_gelu`);
+//! `run_gelu_backward` multiplies by GELU's derivative (the backward of `linear_gelu`'s GELU
+//! fused into the next layer's dx product).
 //!
-//! Why one file of about 500 lines: one op family, its six variants behind one `Params`,
+//! Why one file of about 530 lines: one op family, its six variants behind one `Params`,
 //! one launch path and one variant choice (rule, pin, override, autotune with its cache).
 
 use bytemuck::{Pod, Zeroable};
@@ -214,6 +216,15 @@ fn split_k_chunk(batch: usize, k: usize, tiles: usize, bk: usize) -> Option<usiz
     (k.div_ceil(chunk) >= 2).then_some(chunk)
 }
 
+/// What the matmul's epilogue does with a product besides bias and accumulation (see
+/// shaders/matmul_common.wgsl): GELU with the pre-activation written to the tensor, or
+/// GELU's backward at the pre-activation the tensor holds.
+#[derive(Clone, Copy)]
+enum Epilogue<'t> {
+    Gelu(&'t Tensor),
+    GeluBackward(&'t Tensor),
+}
+
 /// One matmul call; build with `Matmul::new(a, b)` and the modifiers, then `run` or `run_into`.
 #[derive(Clone, Copy)]
 pub struct Matmul<'a> {
@@ -318,11 +329,24 @@ impl<'a> Matmul<'a> {
         let d = self.dims()?;
         let pre = gpu.empty(&d.out_shape, DType::F32)?;
         let out = gpu.empty(&d.out_shape, DType::F32)?;
-        self.encode(gpu, &d, &out, false, Some(&pre))?;
+        self.encode(gpu, &d, &out, false, Some(Epilogue::Gelu(&pre)))?;
         Ok((pre, out))
     }
 
-    fn encode(&self, gpu: &Gpu, d: &Dims, out: &Tensor, accumulate: bool, pre: Option<&Tensor>) -> Result<()> {
+    /// The product v (with its bias) times GELU's derivative at `x`, in one dispatch (the
+    /// backward epilogue): dx = v · (Φ(x) + x·φ(x)), the bits of `run` followed by
+    /// `gelu_backward(x, v)`. `x` (the GELU's input) has the product's shape.
+    pub fn run_gelu_backward(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        let d = self.dims()?;
+        if x.numel() != d.out_shape.iter().product::<usize>() || x.dtype != DType::F32 {
+            return Err(SopError::shape("matmul", format!("GELU input {:?}, expected {:?}", x.shape, d.out_shape)));
+        }
+        let out = gpu.empty(&d.out_shape, DType::F32)?;
+        self.encode(gpu, &d, &out, false, Some(Epilogue::GeluBackward(x)))?;
+        Ok(out)
+    }
+
+    fn encode(&self, gpu: &Gpu, d: &Dims, out: &Tensor, accumulate: bool, epi: Option<Epilogue>) -> Result<()> {
         let (m, n, k) = (d.m as u32, d.n as u32, d.k as u32);
         let (a_rs, a_cs) = if self.trans_a { (1, m) } else { (k, 1) };
         let (b_rs, b_cs) = if self.trans_b { (1, k) } else { (n, 1) };
@@ -338,7 +362,10 @@ impl<'a> Matmul<'a> {
             b_cs,
             b_bs: if d.b_batched { k * n } else { 0 },
             c_bs: m * n,
-            flags: self.bias.is_some() as u32 | (accumulate as u32) << 1 | (pre.is_some() as u32) << 2,
+            flags: self.bias.is_some() as u32
+                | (accumulate as u32) << 1
+                | (matches!(epi, Some(Epilogue::Gelu(_))) as u32) << 2
+                | (matches!(epi, Some(Epilogue::GeluBackward(_))) as u32) << 3,
             alpha: self.alpha,
             k_chunk: 0,
             _pad: [0; 2],
@@ -357,8 +384,12 @@ impl<'a> Matmul<'a> {
                 gpu.adapter_name()
             )));
         }
-        // `pre` takes the pre-activation with the GELU epilogue; otherwise C is bound there too.
-        let pre = pre.unwrap_or(out);
+        // Slot 5 holds the pre-activation the GELU epilogue writes or its backward reads;
+        // otherwise C is bound there too.
+        let pre = match epi {
+            Some(Epilogue::Gelu(t) | Epilogue::GeluBackward(t)) => t,
+            None => out,
+        };
         let binds = [
             Bind::Read(self.a),
             Bind::Read(self.b),

@@ -1,6 +1,7 @@
 //! One op family per file: shape checks, dispatch, and the backward with its derivation.
 
 pub mod adamw;
+pub mod anchor_keep;
 pub mod attention;
 pub mod attention_unfused;
 pub mod attention_variant;
@@ -32,6 +33,7 @@ mod tests {
     fn params_structs_match_their_shaders() {
         let all = [
             super::adamw::params_layouts(),
+            super::anchor_keep::params_layouts(),
             super::attention::params_layouts(),
             super::attention_unfused::params_layouts(),
             super::clip::params_layouts(),
@@ -53,7 +55,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 23, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 24, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

@@ -4,7 +4,8 @@
 //!
 //! - `teacher_cls_erank`, the effective rank of the teacher's [CLS] head outputs of the batch
 //!   (Roy & Vetterli 2007; RankMe, Garrido et al. 2023): Z (R, W), R = B rows (the first
-//!   global view of each image: views of one image would count it twice), is centred on its column mean, Zc = Z − 1·mean; with σ_i its singular values,
+//!   global view of each image: views of one image would count it twice), is centred on its column mean, Zc = Z − 1·mean
+//!   (one product H·Z, H = I − 11ᵀ/R); with σ_i its singular values,
 //!   p_i = σ_i / Σ_j σ_j and erank = exp(−Σ_i p_i ln p_i) (σ_i below 1e-3·σ_max, the f32
 //!   Gram matrix's rounding floor, count as 0: `effective_rank`), between 1 (every row on one line)
 //!   and min(R − 1, W) (a spread batch; 63 for the default batch of 64). The device computes the Gram matrix of Zc, (R, R) =
@@ -28,7 +29,6 @@
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::cross_entropy::cross_entropy_forward;
-use crate::ops::elementwise::{add_broadcast, scale};
 use crate::ops::matmul::Matmul;
 use crate::ops::reduce::sum_rows;
 
@@ -61,8 +61,9 @@ impl DiagnosticTensors {
             return Err(SopError::shape("diagnostics", detail));
         }
         let (r, w, rq) = (z.shape[0], z.shape[1], q.shape[0]);
-        let mean = scale(gpu, &sum_rows(gpu, z)?, -1.0 / r as f32)?;
-        let zc = add_broadcast(gpu, z, &mean)?;
+        // Zc = H·Z with the centring matrix H = I − 11ᵀ/R (R, R): one product.
+        let h: Vec<f32> = (0..r * r).map(|i| f32::from(u8::from(i / r == i % r)) - 1.0 / r as f32).collect();
+        let zc = Matmul::new(&gpu.upload_f32(&[r, r], &h)?, z).run(gpu)?;
         let gram = if r <= w { Matmul::new(&zc, &zc).trans_b() } else { Matmul::new(&zc, &zc).trans_a() }.run(gpu)?;
         // Σ_r (1/R) · −Σ_k q ln q, by the cross-entropy of q with itself (0 ln 0 = 0: the
         // clamped log meets a zero weight).

@@ -19,7 +19,7 @@ use crate::ops::matmul::Matmul;
 use crate::ops::soft_assign::{soft_assign_backward, soft_assign_forward};
 use crate::ops::topk::topk_forward;
 use crate::sop::bank::Bank;
-use crate::sop::prototypes::{build, PrototypeConfig, Prototypes};
+use crate::sop::prototypes::{build, Keep, PrototypeConfig, Prototypes};
 
 /// Hyper-parameters of the objective.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -226,14 +226,14 @@ pub struct TaskSet<'a> {
 
 /// The whole objective: `cls` and `patch` have one draw per task; a draw whose `keep` is
 /// None gets it from `choose_keep(neighbours, kind, task)`; the neighbours stay on the
-/// device, so a rule that reads them (1/CV) makes the step wait there.
+/// device (the 1/CV rule draws there too, `sop::prototypes::sample_keep`).
 pub fn sop_objective(
     gpu: &Gpu,
     cfg: &ObjectiveConfig,
     e: &Embeddings,
     cls: TaskSet,
     patch: TaskSet,
-    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
+    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Keep>,
 ) -> Result<ObjectiveOutput> {
     sop_objective_tensors(gpu, cfg, e, cls, patch, choose_keep)?.finish(gpu)
 }
@@ -333,7 +333,7 @@ pub fn sop_objective_tensors(
     e: &Embeddings,
     cls: TaskSet,
     patch: TaskSet,
-    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Vec<u32>>,
+    mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Keep>,
 ) -> Result<ObjectiveTensors> {
     let t = check("sop_objective", e)?;
     if cls.draws.len() != cfg.cls.tasks
@@ -358,7 +358,7 @@ pub fn sop_objective_tensors(
     for (k, terms) in kinds.iter().enumerate() {
         for (task, draw) in terms.set.draws.iter().enumerate() {
             let proto = build(gpu, terms.set.bank, &draw.perm, terms.protos, cfg.smoothing, |nb| match &draw.keep {
-                Some(keep) => Ok(keep.clone()),
+                Some(keep) => Ok(Keep::Listed(keep.clone())),
                 None => choose_keep(nb, terms.kind, task),
             })?;
             let (_, q) = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;

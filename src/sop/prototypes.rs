@@ -13,15 +13,17 @@
 //!   Y (M, P′), f32                           prototypes.wgsl: prototype_votes
 //!     Y[r, j(r)] = w_r, Y[r, j′≠j(r)] = (1 − w_r)/(P′ − 1), each row divided by its sum
 //!   D (M, W), M = P′·E, prototype-major      gather_rows of the member rows
-//! The keep list comes from the task's RNG on the host (`sample_keep`): the default
-//! `AnchorSampling::Uniform` draws it without looking at the similarities, so nothing is
-//! read back; `AnchorSampling::InverseCv` reads the SE similarities (one blocking read per
-//! task). `Neighbours::sims_host`, `Neighbours::rows_host` and `Prototypes::member_rows`
+//! The keep list comes from the task's RNG (`sample_keep`): the default
+//! `AnchorSampling::Uniform` draws it on the host without looking at the similarities;
+//! `AnchorSampling::InverseCv` uploads the same uniforms and draws on the device with the
+//! 1/CV weights of the SE similarities (`ops::anchor_keep`): neither reads anything back.
+//! `Neighbours::sims_host`, `Neighbours::rows_host` and `Prototypes::member_rows`
 //! give the rest to whoever asks (`sop prototypes`, the bench's validation), at a blocking
 //! read each.
 
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
+use crate::ops::anchor_keep::anchor_keep_inverse_cv;
 use crate::ops::gather::gather_rows;
 use crate::ops::matmul::Matmul;
 use crate::ops::prototypes::prototype_members_votes;
@@ -112,26 +114,32 @@ pub fn neighbours(gpu: &Gpu, bank: &Bank, perm: &[u32], cfg: &PrototypeConfig) -
 
 /// Build D and Y for one task without a blocking read of its own. When E > 1,
 /// `choose_keep` sees every anchor's SEs (on the device) and returns the anchors kept
-/// (indices in 0..P); when E = 1 all P anchors are kept.
+/// (indices in 0..P; a listed keep is checked, one on the device is trusted); when E = 1 all
+/// P anchors are kept.
 pub fn build(
     gpu: &Gpu,
     bank: &Bank,
     perm: &[u32],
     cfg: &PrototypeConfig,
     smoothing: f32,
-    choose_keep: impl FnOnce(&Neighbours) -> Result<Vec<u32>>,
+    choose_keep: impl FnOnce(&Neighbours) -> Result<Keep>,
 ) -> Result<Prototypes> {
     let (p, e) = (cfg.anchors, cfg.experts);
     let nb = neighbours(gpu, bank, perm, cfg)?;
-    let kept: Vec<u32> = if e > 1 { choose_keep(&nb)? } else { (0..p as u32).collect() };
-    if kept.len() < 2 || kept.iter().any(|&k| k as usize >= p) {
-        return Err(SopError::Invalid(format!("prototypes: keep list {kept:?} for {p} anchors")));
-    }
-    let keep = gpu.upload_u32(&[kept.len()], &kept)?;
+    let kept = if e > 1 { choose_keep(&nb)? } else { Keep::Listed((0..p as u32).collect()) };
+    let keep = match kept {
+        Keep::Listed(kept) => {
+            if kept.len() < 2 || kept.iter().any(|&k| k as usize >= p) {
+                return Err(SopError::Invalid(format!("prototypes: keep list {kept:?} for {p} anchors")));
+            }
+            gpu.upload_u32(&[kept.len()], &kept)?
+        }
+        Keep::OnDevice(t) => t,
+    };
     let topk = nb.sims.as_ref().zip(nb.pool_idx.as_ref());
     let out = prototype_members_votes(gpu, &nb.perm, topk, &keep, p, e, smoothing)?;
     let members = gather_rows(gpu, &bank.vectors, &out.rows)?;
-    Ok(Prototypes { members, votes: out.votes, member_rows: out.rows, neighbours: nb, kept: kept.len() })
+    Ok(Prototypes { members, votes: out.votes, member_rows: out.rows, neighbours: nb, kept: keep.numel() })
 }
 
 /// How the P/2 kept anchors are drawn when E > 1 (docs/METHOD.md "Building the prototypes",
@@ -141,60 +149,39 @@ pub fn build(
 pub enum AnchorSampling {
     /// Uniform without replacement (the default; what the authors' code does in effect).
     Uniform,
-    /// Weight 1/CV of each anchor's SE similarities, CV = std/mean·(1 + 1/(4n)), n = N_b − P.
-    /// Costs one blocking read per task and step (the similarities come back to the host), so
-    /// the step waits for the GPU there.
+    /// Weight 1/CV of each anchor's SE similarities, CV = std/mean·(1 + 1/(4n)), n = N_b − P,
+    /// computed and drawn on the device (`ops::anchor_keep`): nothing is read back.
     InverseCv,
 }
 
+/// The anchors a task keeps: a list drawn on the host, or one a kernel left on the device.
+pub enum Keep {
+    Listed(Vec<u32>),
+    /// (P′) u32, each < P (the kernel that wrote it guarantees it).
+    OnDevice(Tensor),
+}
+
 /// Draw P/2 anchors of P without replacement (successive weighted draws, like
-/// torch.multinomial without replacement). Uniform draws the same P/2 numbers from `rng`
-/// whatever the similarities and reads nothing back; InverseCv reads them (blocking).
+/// torch.multinomial without replacement) from P/2 uniforms of `rng`, drawn the same way
+/// whatever the rule. Uniform walks them on the host
+/// (`sop_reference::prototypes::draw_without_replacement`); InverseCv uploads them and draws
+/// on the device with the 1/CV weights (`ops::anchor_keep`, the f32 version of
+/// `sop_reference::prototypes::inverse_cv_weights` and the same walk). Neither waits.
 pub fn sample_keep(
     gpu: &Gpu,
     nb: &Neighbours,
     p: usize,
-    experts: usize,
     pool: usize,
     how: AnchorSampling,
     rng: &mut impl rand::Rng,
-) -> Result<Vec<u32>> {
-    let k = experts - 1;
-    // Only 1/CV looks at the similarities, and pays a blocking read for them.
-    let sims = if how == AnchorSampling::InverseCv { nb.sims_host(gpu)? } else { Vec::new() };
-    let mut w: Vec<f64> = (0..p)
-        .map(|a| match how {
-            AnchorSampling::Uniform => 1.0,
-            AnchorSampling::InverseCv => {
-                let s = &sims[a * k..(a + 1) * k];
-                let mean = s.iter().map(|&v| v as f64).sum::<f64>() / k as f64;
-                let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (k as f64 - 1.0).max(1.0);
-                let cv = var.sqrt() / mean * (1.0 + 1.0 / (4.0 * pool as f64));
-                if cv.is_finite() && cv > 0.0 {
-                    1.0 / cv
-                } else {
-                    0.0
-                }
-            }
-        })
-        .collect();
-    if w.iter().all(|&x| x <= 0.0) {
-        w.iter_mut().for_each(|x| *x = 1.0);
-    }
-    let mut keep = Vec::with_capacity(p / 2);
-    for _ in 0..p / 2 {
-        let total: f64 = w.iter().sum();
-        let mut r = rng.random::<f64>() * total;
-        let mut pick = w.iter().rposition(|&x| x > 0.0).unwrap_or(0);
-        for (i, &x) in w.iter().enumerate() {
-            if x > 0.0 && r < x {
-                pick = i;
-                break;
-            }
-            r -= x;
+) -> Result<Keep> {
+    let draws: Vec<f64> = (0..p / 2).map(|_| rng.random::<f64>()).collect();
+    match (how, &nb.sims) {
+        (AnchorSampling::InverseCv, Some(sims)) => {
+            let draws: Vec<f32> = draws.iter().map(|&u| u as f32).collect();
+            let draws = gpu.upload_f32(&[draws.len()], &draws)?;
+            Ok(Keep::OnDevice(anchor_keep_inverse_cv(gpu, sims, &draws, pool)?.keep))
         }
-        keep.push(pick as u32);
-        w[pick] = 0.0;
+        _ => Ok(Keep::Listed(sop_reference::prototypes::draw_without_replacement(vec![1.0; p], &draws))),
     }
-    Ok(keep)
 }

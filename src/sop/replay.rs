@@ -7,7 +7,7 @@ use crate::gpu::Gpu;
 use crate::sop::bank::Bank;
 use crate::sop::objective::{sop_objective, Embeddings, ObjectiveConfig, TaskDraw, TaskSet};
 use crate::sop::objective_io::{BankInputs, ObjectiveInputs, WIDTH};
-use crate::sop::prototypes::PrototypeConfig;
+use crate::sop::prototypes::{Keep, PrototypeConfig};
 
 /// The objective's outputs on the host.
 pub struct Replayed {
@@ -59,7 +59,7 @@ pub fn replay(gpu: &Gpu, inp: &ObjectiveInputs) -> Result<Replayed> {
     let (cls_draws, patch_draws) = (draws(&inp.cls), draws(&inp.patch));
     let (cls, patch) =
         (TaskSet { bank: &cls_bank, draws: &cls_draws }, TaskSet { bank: &patch_bank, draws: &patch_draws });
-    let out = sop_objective(gpu, &cfg, &emb, cls, patch, |_, _, _| Ok(Vec::new()))?;
+    let out = sop_objective(gpu, &cfg, &emb, cls, patch, |_, _, _| Ok(Keep::Listed(Vec::new())))?;
     Ok(Replayed {
         loss_cls: out.loss_cls,
         loss_mim: out.loss_mim,

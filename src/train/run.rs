@@ -186,7 +186,7 @@ pub(super) fn step_line(
         "images_per_sec": images_per_sec, "skipped_images": skipped,
         "step_ms": secs * 1e3, "dispatches": c.dispatches, "host_waits": c.host_waits, "pace_waits": c.pace_waits,
         "bind_groups_created": c.bind_groups_created, "buffers_created": c.buffers_created,
-        "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms,
+        "uniform_bytes": c.uniform_bytes, "host_ms": c.host_ms, "encode_ms": c.encode_ms,
     });
     for (name, value) in &m.extras {
         line[*name] = serde_json::json!(value);

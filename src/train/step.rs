@@ -412,7 +412,7 @@ impl Trainer<'_> {
                 TaskKind::Cls => (&obj_cfg.cls, &self.cls_bank),
                 TaskKind::Patch => (&obj_cfg.patch, &self.patch_bank),
             };
-            sample_keep(gpu, nb, pc.anchors, pc.experts, bank.len() - pc.anchors, sampling, &mut keep_rng)
+            sample_keep(gpu, nb, pc.anchors, bank.len() - pc.anchors, sampling, &mut keep_rng)
         })
     }
 

@@ -166,3 +166,32 @@ fn layernorm_rejects_bad_shapes() {
     let err = layernorm_backward(&gpu, &x, &x, &g5, &g4.reshape(&[4]).unwrap(), &g5).unwrap_err().to_string();
     assert!(err.contains("rstd"), "{err}");
 }
+
+/// `layernorm_backward_onto`: dx lands on a gradient x already holds, the bits of `add(prev,
+/// dx)` after the plain backward (the same arithmetic), aligned and unaligned widths, the
+/// output poisoned; dγ and dβ are those of the plain backward, and prev is left as it was.
+#[test]
+fn layernorm_backward_onto_gives_the_bits_of_backward_then_add() {
+    use sop::ops::elementwise::add;
+    use sop::ops::layernorm::layernorm_backward_onto;
+    let gpu = gpu();
+    let mut rng = rng();
+    for &(r, d) in &[(1, 1), (5, 12), (67, 33)] {
+        let x = gpu.upload_f32(&[r, d], &randn(&mut rng, r * d)).unwrap();
+        let gamma = gpu.upload_f32(&[d], &randn(&mut rng, d)).unwrap();
+        let beta = gpu.upload_f32(&[d], &randn(&mut rng, d)).unwrap();
+        let dy = gpu.upload_f32(&[r, d], &randn(&mut rng, r * d)).unwrap();
+        let prev_host = randn(&mut rng, r * d);
+        let prev = gpu.upload_f32(&[r, d], &prev_host).unwrap();
+        let (_, mean, rstd) = layernorm_forward(&gpu, &x, &gamma, &beta, 1e-5).unwrap();
+        let (dx, dg, db) = layernorm_backward(&gpu, &dy, &x, &gamma, &mean, &rstd).unwrap();
+        let want = gpu.read_u32(&add(&gpu, &prev, &dx).unwrap()).unwrap();
+        poison_pool(&gpu, &[&[r, d]]);
+        let (onto, dg2, db2) = layernorm_backward_onto(&gpu, &dy, &x, &gamma, &mean, &rstd, Some(&prev)).unwrap();
+        let what = format!("layernorm_backward_onto {r}x{d}");
+        assert_eq!(gpu.read_u32(&onto).unwrap(), want, "{what}: dx");
+        assert_eq!(gpu.read_u32(&dg2).unwrap(), gpu.read_u32(&dg).unwrap(), "{what}: dgamma");
+        assert_eq!(gpu.read_u32(&db2).unwrap(), gpu.read_u32(&db).unwrap(), "{what}: dbeta");
+        assert_eq!(gpu.read_f32(&prev).unwrap(), prev_host, "{what}: prev changed");
+    }
+}

@@ -214,6 +214,35 @@ fn a_pinned_variant_is_kept() {
     assert_eq!(MatmulVariant::for_adapter(&gpu).unwrap(), MatmulVariant::Naive);
 }
 
+/// The GELU-backward epilogue (`run_gelu_backward`): every variant, split-K included, gives
+/// the bits of `run` followed by `gelu_backward(x, ·)` (the same arithmetic), the output
+/// poisoned; x spans both approximations of Φ and its tails.
+#[test]
+fn matmul_gelu_backward_epilogue_gives_the_bits_of_matmul_then_gelu_backward() {
+    use rand::Rng;
+    use sop::ops::gelu::gelu_backward;
+    let gpu = gpu();
+    let mut rng = rng();
+    for &(m, n, k) in &[(1, 1, 1), (63, 65, 17), (130, 129, 1100)] {
+        let a = gpu.upload_f32(&[m, k], &randn(&mut rng, m * k)).unwrap();
+        let b = gpu.upload_f32(&[k, n], &randn(&mut rng, n * k)).unwrap();
+        let x =
+            gpu.upload_f32(&[m, n], &(0..m * n).map(|_| rng.random_range(-6.0..6.0)).collect::<Vec<f32>>()).unwrap();
+        for v in tested_variants(&gpu) {
+            let mm = Matmul::new(&a, &b).variant(v);
+            let plain = mm.run(&gpu).unwrap();
+            let want = gpu.read_u32(&gelu_backward(&gpu, &x, &plain).unwrap()).unwrap();
+            poison_pool(&gpu, &[&[m, n]]);
+            let got = mm.run_gelu_backward(&gpu, &x).unwrap();
+            assert_eq!(gpu.read_u32(&got).unwrap(), want, "{} GELU backward {m}x{n}x{k}", v.name());
+        }
+    }
+    let a = gpu.upload_f32(&[2, 3], &[0.0; 6]).unwrap();
+    let wrong = gpu.upload_f32(&[3, 3], &[0.0; 9]).unwrap();
+    let err = Matmul::new(&a, &wrong).run_gelu_backward(&gpu, &wrong).unwrap_err().to_string();
+    assert!(err.contains("GELU input"), "{err}");
+}
+
 /// The GELU epilogue (`run_gelu`): every variant, split-K included (130·129·1100 splits in
 /// the blocked ones), gives the pre-activation bit for bit as `run` and GELU of it bit for
 /// bit as `gelu_forward` on `run`'s output (the same arithmetic); both outputs poisoned.

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use sop::gpu::{DType, Gpu};
 use sop::ops::prototypes::prototype_members_votes;
 use sop::sop::bank::Bank;
-use sop::sop::prototypes::{build, sample_keep, AnchorSampling, Neighbours, PrototypeConfig};
+use sop::sop::prototypes::{build, sample_keep, AnchorSampling, Keep, Neighbours, PrototypeConfig};
 use sop_reference::prototypes as reference;
 
 struct Case {
@@ -124,7 +124,10 @@ fn build_with_uniform_sampling_does_no_blocking_read() {
         let keep_seed: u64 = rng.random();
         let draw = |nb: &Neighbours| {
             let mut keep_rng = rand::rngs::StdRng::seed_from_u64(keep_seed);
-            sample_keep(&gpu, nb, p, e, n - p, AnchorSampling::Uniform, &mut keep_rng)
+            match sample_keep(&gpu, nb, p, n - p, AnchorSampling::Uniform, &mut keep_rng)? {
+                Keep::Listed(keep) => Ok(Keep::Listed(keep)),
+                Keep::OnDevice(_) => panic!("Uniform draws on the host"),
+            }
         };
         gpu.sync().unwrap();
         let before = gpu.counters();
@@ -134,7 +137,10 @@ fn build_with_uniform_sampling_does_no_blocking_read() {
         assert!(during.dispatches > 0);
 
         // The same draws give the same keep list (Uniform does not look at the similarities).
-        let keep: Vec<u32> = if e > 1 { draw(&proto.neighbours).unwrap() } else { (0..p as u32).collect() };
+        let keep: Vec<u32> = match draw(&proto.neighbours).unwrap() {
+            Keep::Listed(keep) if e > 1 => keep,
+            _ => (0..p as u32).collect(),
+        };
         assert_eq!(proto.kept, keep.len());
         let (se_rows, se_sims) = (proto.neighbours.rows_host(&gpu).unwrap(), proto.se_sims_host(&gpu).unwrap());
         assert_eq!((se_rows.len(), se_sims.len()), (p * (e - 1), p * (e - 1)));
@@ -158,9 +164,87 @@ fn build_with_uniform_sampling_does_no_blocking_read() {
     }
 }
 
-/// 1/CV sampling needs the SE similarities on the host: exactly one blocking read per task.
+/// Check the device's draws `got` against the f64 walk (`reference::draw_without_replacement`)
+/// draw by draw with weights `w`: a pick may differ only where the f64 r lies within
+/// `tol`·Σw of the boundary between the two picks (the f32 sums' rounding); the walk then
+/// goes on from the device's pick. Returns the number of such near-ties.
+fn check_draws(what: &str, got: &[u32], mut w: Vec<f64>, draws: &[f64], tol: f64) -> usize {
+    assert_eq!(got.len(), draws.len(), "{what}: {} picks for {} draws", got.len(), draws.len());
+    let mut ties = 0;
+    for (d, (&g, &u)) in got.iter().zip(draws).enumerate() {
+        let want = reference::draw_without_replacement(w.clone(), &[u])[0];
+        let g = g as usize;
+        assert!(g < w.len() && w[g] > 0.0, "{what}: draw {d} picked {g}, not an anchor still in the pool");
+        if g != want as usize {
+            let total: f64 = w.iter().sum();
+            let r = u * total;
+            // The boundary between the two picks: the cumulative weight before the later one.
+            let edge: f64 = w[..g.max(want as usize)].iter().sum();
+            assert!(
+                (r - edge).abs() <= tol * total,
+                "{what}: draw {d} picked {g}, the f64 walk {want} (r {r}, edge {edge})"
+            );
+            ties += 1;
+        }
+        w[g] = 0.0;
+    }
+    ties
+}
+
+/// The 1/CV keep kernel against the f64 reference: weights on awkward P and k (P beyond two
+/// anchors per invocation, k = 1 where every CV is 0 and all weights become 1), draws
+/// against the f64 walk up to near-ties, both outputs poisoned. Tolerance of the weights:
+/// rtol 1e-4, the f32 mean and std of k values near each other (relative rounding ~k·2⁻²⁴
+/// of the mean, amplified by mean/std ≈ 5 here).
 #[test]
-fn inverse_cv_sampling_reads_the_similarities_once() {
+fn anchor_keep_inverse_cv_matches_the_reference() {
+    use sop::ops::anchor_keep::anchor_keep_inverse_cv;
+    let gpu = gpu();
+    let mut rng = rng();
+    for &(p, k) in &[(2, 3), (3, 1), (13, 4), (257, 7), (600, 2), (1031, 5)] {
+        let sims: Vec<f32> = (0..p * k).map(|_| rng.random_range(0.2f32..0.9)).collect();
+        let draws: Vec<f64> = (0..p / 2).map(|_| rng.random::<f64>()).collect();
+        let draws = if draws.is_empty() { vec![rng.random::<f64>()] } else { draws };
+        let pool = p + 17;
+        let draws32: Vec<f32> = draws.iter().map(|&u| u as f32).collect();
+        let st = gpu.upload_f32(&[p, k], &sims).unwrap();
+        let dt = gpu.upload_f32(&[draws.len()], &draws32).unwrap();
+        poison_pool(&gpu, &[&[p], &[p], &[draws.len()]]);
+        let out = anchor_keep_inverse_cv(&gpu, &st, &dt, pool).unwrap();
+        let what = format!("anchor_keep P {p} k {k}");
+        let want_w = reference::inverse_cv_weights(&f64s(&sims), p, k, pool);
+        let got_w = gpu.read_f32(&out.weights).unwrap();
+        assert_close(&format!("{what}: weights"), &got_w, &want_w, 0.0, 1e-4);
+        let keep = gpu.read_u32(&out.keep).unwrap();
+        let draws_used: Vec<f64> = draws32.iter().map(|&u| u as f64).collect();
+        let ties = check_draws(&what, &keep, f64s(&got_w), &draws_used, 1e-5);
+        assert!(ties * 20 <= keep.len().max(20), "{what}: {ties} near-ties in {} draws", keep.len());
+        let mut sorted = keep.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), keep.len(), "{what}: an anchor drawn twice");
+    }
+}
+
+/// Bad shapes are refused by name.
+#[test]
+fn anchor_keep_inverse_cv_checks_its_inputs() {
+    use sop::ops::anchor_keep::anchor_keep_inverse_cv;
+    let gpu = gpu();
+    let sims = gpu.upload_f32(&[4, 2], &[0.5; 8]).unwrap();
+    let draws = gpu.upload_f32(&[5], &[0.5; 5]).unwrap();
+    let err = |r: sop::Result<_>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err(anchor_keep_inverse_cv(&gpu, &sims, &draws, 10)).contains("1 <= P' <= P"));
+    let flat = gpu.upload_f32(&[8], &[0.5; 8]).unwrap();
+    assert!(err(anchor_keep_inverse_cv(&gpu, &flat, &draws, 10)).contains("want (P, k)"));
+}
+
+/// 1/CV sampling draws on the device: building a task's prototypes waits for nothing, and
+/// the anchors kept are those of the earlier host computation (f64 weights from the SE
+/// similarities, the same uniforms, `reference::inverse_cv_weights` and
+/// `draw_without_replacement`), up to near-ties of the f32 sums.
+#[test]
+fn inverse_cv_sampling_waits_for_nothing_and_keeps_the_host_choice() {
     let gpu = gpu();
     let mut rng = rng();
     let n = 120;
@@ -168,12 +252,24 @@ fn inverse_cv_sampling_reads_the_similarities_once() {
     let cfg = PrototypeConfig { anchors: 13, experts: 4, tasks: 1 };
     let mut perm: Vec<u32> = (0..n as u32).collect();
     perm.shuffle(&mut rng);
+    let keep_seed: u64 = rng.random();
     gpu.sync().unwrap();
     let before = gpu.counters();
     let proto = build(&gpu, &bank, &perm, &cfg, 0.1, |nb| {
-        sample_keep(&gpu, nb, cfg.anchors, cfg.experts, n - cfg.anchors, AnchorSampling::InverseCv, &mut rng)
+        let mut keep_rng = rand::rngs::StdRng::seed_from_u64(keep_seed);
+        sample_keep(&gpu, nb, cfg.anchors, n - cfg.anchors, AnchorSampling::InverseCv, &mut keep_rng)
     })
     .unwrap();
-    assert_eq!(gpu.counters().since(&before).host_waits, 1);
+    assert_eq!(gpu.counters().since(&before).host_waits, 0);
     assert_eq!(proto.kept, cfg.anchors / 2);
+    // The host computation this replaced: f64 weights of the similarities read back.
+    let sims = f64s(&proto.se_sims_host(&gpu).unwrap());
+    let w = reference::inverse_cv_weights(&sims, cfg.anchors, cfg.experts - 1, n - cfg.anchors);
+    let mut keep_rng = rand::rngs::StdRng::seed_from_u64(keep_seed);
+    let draws: Vec<f64> = (0..cfg.anchors / 2).map(|_| keep_rng.random::<f64>()).collect();
+    // The member rows name the kept anchors: the first row of prototype j is perm[keep[j]].
+    let rows = gpu.read_u32(&proto.member_rows).unwrap();
+    let keep: Vec<u32> =
+        (0..proto.kept).map(|j| perm.iter().position(|&r| r == rows[j * cfg.experts]).unwrap() as u32).collect();
+    check_draws("inverse_cv build", &keep, w, &draws, 1e-5);
 }
