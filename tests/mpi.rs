@@ -20,8 +20,10 @@ use sop::train::state;
 use support::{tiny, tmp, weights};
 
 /// Largest relative difference of the updates allowed: float rounding of the gradient sums
-/// (at most 2.4e-5 measured on lavapipe), well below what a wrong split gives.
-const UPDATE_TOLERANCE: f64 = 1e-3;
+/// (at most 2.5e-5 for the student and 1.7e-4 for the teacher, whose updates are near its
+/// own rounding, measured on lavapipe), far below what a wrong split gives (> 1: mutations
+/// of the drop-path keys or the bank rows' order).
+const UPDATE_TOLERANCE: f64 = 2e-3;
 
 fn sop_exe() -> &'static str {
     env!("CARGO_BIN_EXE_sop")
@@ -31,7 +33,10 @@ fn sop_exe() -> &'static str {
 fn config_file(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("tiny.toml");
-    std::fs::write(&p, tiny(&dir.join("unused")).to_toml()).unwrap();
+    let mut c = tiny(&dir.join("unused"));
+    // Two blocks, so that the second one drops paths (rate 0.3): per-image draws matter.
+    (c.model.depth, c.model.drop_path) = (2, 0.3);
+    std::fs::write(&p, c.to_toml()).unwrap();
     p
 }
 
