@@ -63,7 +63,7 @@ pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result
     if let Some(saved) = saved_ranks.filter(|&s| s != ranks) {
         let accum = cfg.optim.accumulate;
         let global = saved * cfg.data.batch_size * accum;
-        if global % (ranks * accum) != 0 {
+        if !global.is_multiple_of(ranks * accum) {
             return Err(SopError::Invalid(format!(
                 "{}: the run used {saved} ranks of batch {} (global batch {global}, accumulate {accum}); \
                  {ranks} ranks cannot split {global} images into equal batches, so the resume is refused \
