@@ -103,6 +103,15 @@ fn update_difference(init: &Path, a: &Path, b: &Path, file: &str) -> (f64, Strin
     worst
 }
 
+/// Student and teacher updates of runs `a` and `b` from `init` agree up to rounding (printed).
+fn updates_agree(init: &Path, a: &Path, b: &Path, what: &str) {
+    for file in [state::STUDENT, state::TEACHER] {
+        let (d, name) = update_difference(init, a, b, file);
+        println!("{file}: largest relative difference of the updates, {what}: {d:.3e} ({name})");
+        assert!(d < UPDATE_TOLERANCE, "{file} {name}: updates differ by {d:.3e}");
+    }
+}
+
 /// The banks of two runs' train states: rows up to rounding, sources exactly.
 fn banks_difference(a: &Path, b: &Path) -> f64 {
     let (sa, sb) = (weights(&a.join(state::STATE)), weights(&b.join(state::STATE)));
@@ -123,14 +132,23 @@ fn same_bytes(a: &Path, b: &Path) {
     }
 }
 
+/// A fresh folder `name` with the tiny config, its initial weights (`init/`) and `steps` steps
+/// of one process of batch 8 without mpirun (`one/`): (folder, config, init, one).
+fn reference_runs(name: &str, steps: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let dir = tmp(name);
+    let cfg = config_file(&dir);
+    let (init, one) = (dir.join("init"), dir.join("one"));
+    run_ok(train_cmd(0, &cfg, &["--steps", "0", "--out", init.to_str().unwrap()]));
+    // Without mpirun, a --features mpi binary is one rank.
+    let steps = steps.to_string();
+    run_ok(train_cmd(0, &cfg, &["--steps", &steps, "--batch-size", "8", "--out", one.to_str().unwrap()]));
+    (dir, cfg, init, one)
+}
+
 #[test]
 fn two_ranks_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
-    let dir = tmp("mpi-equal");
-    let cfg = config_file(&dir);
-    let (init, one, two) = (dir.join("init"), dir.join("one"), dir.join("two"));
-    run_ok(train_cmd(0, &cfg, &["--steps", "0", "--out", init.to_str().unwrap()]));
-    // Without mpirun, a --features mpi binary is one rank of batch 8.
-    run_ok(train_cmd(0, &cfg, &["--steps", "5", "--batch-size", "8", "--out", one.to_str().unwrap()]));
+    let (dir, cfg, init, one) = reference_runs("mpi-equal", 5);
+    let two = dir.join("two");
     let out = run_ok(train_cmd(2, &cfg, &["--steps", "5", "--batch-size", "4", "--out", two.to_str().unwrap()]));
     // Rank 0 alone reports the run.
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -138,11 +156,7 @@ fn two_ranks_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
 
     // Both ranks hold the same bits.
     same_bytes(&two, &two.join("rank-1"));
-    for file in [state::STUDENT, state::TEACHER] {
-        let (d, name) = update_difference(&init, &one, &two, file);
-        println!("{file}: largest relative difference of the updates, 1 rank x 8 vs 2 ranks x 4: {d:.3e} ({name})");
-        assert!(d < UPDATE_TOLERANCE, "{file} {name}: updates differ by {d:.3e}");
-    }
+    updates_agree(&init, &one, &two, "1 rank x 8 vs 2 ranks x 4");
     let d = banks_difference(&one, &two);
     println!("banks: largest relative difference of the rows: {d:.3e}");
     assert!(d < UPDATE_TOLERANCE, "banks differ by {d:.3e}");
@@ -154,21 +168,14 @@ fn two_ranks_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
 
 #[test]
 fn a_resume_on_another_rank_count_keeps_the_global_batch() {
-    let dir = tmp("mpi-resume");
-    let cfg = config_file(&dir);
-    let (init, one, split) = (dir.join("init"), dir.join("one"), dir.join("split"));
-    run_ok(train_cmd(0, &cfg, &["--steps", "0", "--out", init.to_str().unwrap()]));
-    run_ok(train_cmd(0, &cfg, &["--steps", "4", "--batch-size", "8", "--out", one.to_str().unwrap()]));
+    let (dir, cfg, init, one) = reference_runs("mpi-resume", 4);
+    let split = dir.join("split");
     // 2 steps on 2 ranks of 4, then 2 more on one rank, which takes batch 8.
     run_ok(train_cmd(2, &cfg, &["--steps", "2", "--batch-size", "4", "--out", split.to_str().unwrap()]));
     let out = run_ok(sop_cmd(0, &["train", "--resume", split.to_str().unwrap(), "--steps", "4", "--quiet"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("batch 4 per rank becomes 8"), "{stderr}");
-    for file in [state::STUDENT, state::TEACHER] {
-        let (d, name) = update_difference(&init, &one, &split, file);
-        println!("{file}: 2 ranks then 1 vs 1 rank throughout: largest relative difference {d:.3e} ({name})");
-        assert!(d < UPDATE_TOLERANCE, "{file} {name}: updates differ by {d:.3e}");
-    }
+    updates_agree(&init, &one, &split, "1 rank throughout vs 2 ranks then 1");
 
     // A global batch of 3 cannot be split over 2 ranks: refused, naming why.
     let odd = dir.join("odd");

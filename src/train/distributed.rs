@@ -148,6 +148,14 @@ impl Trainer<'_> {
         if !d.is_distributed() {
             return Ok(());
         }
+        if d.is_root() {
+            let n = self.model.student.flat.numel();
+            eprintln!(
+                "data parallel: {n} gradient values ({:.1} MB in f32) averaged per step, in {} buckets",
+                4.0 * n as f64 / 1e6,
+                n.div_ceil(device::BUCKET)
+            );
+        }
         device::broadcast_tensors(self.gpu, d, &self.replicated())?;
         let mut host: Vec<i64> = vec![self.cls_bank.ptr as i64, self.patch_bank.ptr as i64, self.opt.step as i64];
         host.extend(&self.cls_bank.sources);

@@ -11,8 +11,9 @@
 //!    [CLS] rows and one random patch row per image: all on the device, skipped there after
 //!    a non-finite step (the step's flag).
 //!
-//! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
-//! the uninterrupted one exactly.
+//! Every random draw comes from (seed, step, micro-batch or the image's place in the step's
+//! global batch, purpose), so a resumed run repeats the uninterrupted one exactly, and a run
+//! split over data-parallel ranks (`distributed`) makes the same draws as one process.
 //!
 //! A step never waits for the device: its metrics come back asynchronously (`inflight`) and
 //! are written a step or two later; the run blocks only in `InFlight::settle` (pacing, and
