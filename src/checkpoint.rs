@@ -253,8 +253,31 @@ pub fn save(path: &Path, tensors: &TensorMap, metadata: &BTreeMap<String, String
     let meta: std::collections::HashMap<String, String> = metadata.clone().into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: format!("serialising: {e}") })?;
-
+    let bytes = sorted_header(bytes)
+        .map_err(|e| CheckpointError::Corrupt { path: path.into(), reason: format!("serialising: {e}") })?;
     write_atomic(path, &bytes)
+}
+
+/// `bytes` (a serialised safetensors file) with its JSON header's keys in sorted order:
+/// safetensors writes the metadata in a hash map's order, which differs between processes,
+/// so equal checkpoints would not be equal files (data-parallel ranks compare theirs byte
+/// for byte). The header is padded with spaces to its old length's 8-byte alignment; the
+/// data offsets are relative to the data, so they stay.
+fn sorted_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or("no header length")?.try_into().expect("8 bytes")) as usize;
+    let header = bytes.get(8..8 + n).ok_or("header beyond the end")?;
+    let mut top: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    if let Some(meta) = top.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> = serde_json::from_value(meta.take()).map_err(|e| e.to_string())?;
+        *meta = serde_json::to_value(sorted).map_err(|e| e.to_string())?;
+    }
+    let mut json = serde_json::to_vec(&top).map_err(|e| e.to_string())?;
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (same directory, so the

@@ -5,6 +5,8 @@
 //!
 //! Two families, with the words each mixes:
 //! - training steps (`step_rng`): (seed, step, micro-batch, purpose), purposes below;
+//! - images of a training step (`image_rng`): (seed, step, the image's place in the step's
+//!   global batch, purpose), so that how the ranks split a batch (`dist`) changes no draw;
 //! - data samples (`sample_rng`): (seed, epoch, sample index, stream), streams below.
 
 use rand::rngs::StdRng;
@@ -21,10 +23,12 @@ pub fn splitmix64(x: u64) -> u64 {
 /// Purposes of the per-step streams of `sop train`.
 /// The anchor permutations of the prototype tasks.
 pub const STEP_DRAWS: u64 = 1;
-/// Drop-path masks of the student.
-pub const STEP_DROP_PATH: u64 = 2;
-/// The patch row each image leaves in the patch bank.
-pub const STEP_BANK_PATCH: u64 = 3;
+/// Per image (`image_rng`): drop-path masks of the student on the global crops, and on the
+/// local crops.
+pub const IMAGE_DROP_PATH_GLOBAL: u64 = 2;
+pub const IMAGE_DROP_PATH_LOCAL: u64 = 5;
+/// Per image (`image_rng`): the patch row it leaves in the patch bank.
+pub const IMAGE_BANK_PATCH: u64 = 3;
 /// Initial weights and banks (step 0).
 pub const STEP_INIT: u64 = 4;
 /// The kept anchors of tasks with support embeddings (101 rather than 5: the value runs
@@ -43,6 +47,13 @@ pub fn stream_seed(seed: u64, a: u64, b: u64, c: u64) -> u64 {
 /// The stream of one purpose in one micro-batch of one step.
 pub fn step_rng(seed: u64, step: usize, micro: usize, purpose: u64) -> StdRng {
     StdRng::seed_from_u64(stream_seed(seed, step as u64, micro as u64, purpose))
+}
+
+/// The stream of one purpose for the image at `place` of one step's global batch
+/// (`dist::layout::Shard::image_place`). The third word's top bit keeps these streams apart
+/// from `step_rng`'s.
+pub fn image_rng(seed: u64, step: usize, place: u64, purpose: u64) -> StdRng {
+    StdRng::seed_from_u64(stream_seed(seed, step as u64, place, purpose | 1 << 63))
 }
 
 /// Streams of one data sample: view `v`'s crop and colour draws use `VIEW + v`, its mask

@@ -64,8 +64,14 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut cfg = resolve(&args)?;
-    let gpu = args.adapter.gpu()?;
-    eprintln!("adapter: {}", gpu.adapter_name());
+    // Data parallel: local rank i takes adapter i (`dist::adapter_for_rank`).
+    let adapter = crate::cli::AdapterArg { adapter: crate::dist::adapter_for_rank(args.adapter.adapter.as_deref()) };
+    let gpu = adapter.gpu()?;
+    let d = crate::dist::world();
+    match d.is_distributed() {
+        true => eprintln!("rank {} of {}: adapter {}", d.rank(), d.size(), gpu.adapter_name()),
+        false => eprintln!("adapter: {}", gpu.adapter_name()),
+    }
     if args.settings.auto_batch() {
         crate::train::memory::auto_batch(&gpu, &mut cfg)?;
     }
@@ -73,6 +79,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         gpu.enable_kernel_profile();
     }
     let summary = train::train(&gpu, cfg, args.resume.as_deref(), !args.quiet)?;
+    if !d.is_root() {
+        return Ok(()); // rank 0 reports the run
+    }
     println!(
         "trained {} steps in {:.1} s on {}; run folder {}",
         summary.steps,

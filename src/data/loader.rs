@@ -44,11 +44,14 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Decoding threads; 0 means one per core.
     pub threads: usize,
+    /// (rank, ranks) of data-parallel training: this loader reads places [rank·B, (rank+1)·B)
+    /// of every ranks·B of the epoch's order (`dist::layout::Shard`); (0, 1) reads it all.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        LoaderConfig { batch_size: 64, drop_last: true, shuffle: true, seed: 0, prefetch: 2, threads: 0 }
+        LoaderConfig { batch_size: 64, drop_last: true, shuffle: true, seed: 0, prefetch: 2, threads: 0, shard: (0, 1) }
     }
 }
 
@@ -312,6 +315,8 @@ fn produce_epoch(shared: &Shared, epoch: usize, tx: &SyncSender<Msg>, stop: &Ato
     if cfg.shuffle {
         order.shuffle(&mut sample_rng(cfg.seed, epoch as u64, 0, STREAM_SHUFFLE));
     }
+    let (rank, ranks) = cfg.shard;
+    let order = crate::dist::layout::Shard { rank, ranks, batch: cfg.batch_size }.of_order(&order);
     let mut summary = EpochSummary { epoch, batches: 0, samples: 0, skipped: 0 };
     let mut cursor = 0;
     while cursor < order.len() {

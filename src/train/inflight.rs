@@ -45,6 +45,8 @@ pub(super) struct Timing {
     pub counters: CounterSnapshot,
     /// The device memory held when the step was recorded.
     pub memory: MemoryStats,
+    /// Seconds of the step the host spent waiting on the other ranks (data parallel; 0 alone).
+    pub comm_secs: f64,
 }
 
 /// How long `settle` may block (it always writes the lines of the steps already back).
@@ -127,7 +129,11 @@ impl InFlight {
             };
             let images_per_sec = t.images as f64 / t.secs;
             let line = step_line(rec.step + 1, t.epoch, &m, images_per_sec, t.skipped, t.secs, &t.counters);
-            log.write(memory_fields(line, &t.memory))?;
+            let mut line = memory_fields(line, &t.memory);
+            if t.comm_secs > 0.0 {
+                line["comm_ms"] = (t.comm_secs * 1e3).into();
+            }
+            log.write(line)?;
             self.last_loss = Some(m.loss);
             on_line(rec.step + 1, &m);
         }

@@ -11,14 +11,16 @@
 //!    [CLS] rows and one random patch row per image: all on the device, skipped there after
 //!    a non-finite step (the step's flag).
 //!
-//! Every random draw comes from (seed, step, micro-batch, purpose), so a resumed run repeats
-//! the uninterrupted one exactly.
+//! Every random draw comes from (seed, step, micro-batch or the image's place in the step's
+//! global batch, purpose), so a resumed run repeats the uninterrupted one exactly, and a run
+//! split over data-parallel ranks (`distributed`) makes the same draws as one process.
 //!
 //! A step never waits for the device: its metrics come back asynchronously (`inflight`) and
 //! are written a step or two later; the run blocks only in `InFlight::settle` (pacing, and
 //! draining before a checkpoint, a k-NN evaluation and the end).
 
 pub mod config;
+pub mod distributed;
 mod heads;
 mod inflight;
 pub mod memory;
@@ -110,25 +112,30 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// Run (or resume) training as `cfg` says. `resume` is a run folder written by `sop train`.
 pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: bool) -> Result<TrainSummary> {
     let t0 = Instant::now();
-    let (cfg, resumed) = resolve_run(gpu, cfg, resume)?;
+    let (mut cfg, resumed) = resolve_run(gpu, cfg, resume)?;
+    // Data parallel: the ranks agree on the configuration; a resume reshards (`distributed`).
+    distributed::agree(&mut cfg, resumed.as_ref().map(|(_, r)| r.progress.ranks))?;
+    let root = distributed::is_root();
     // The memory plan, printed; a batch that cannot fit stops here, before any work.
     memory::check(gpu, &cfg)?;
     let out = cfg.run.out.clone();
     let in_place = resume.is_some_and(|dir| same_dir(dir, &out));
-    let knn_sets = if cfg.run.no_eval { None } else { knn_datasets(&cfg)? };
+    let knn_sets = if cfg.run.no_eval || !root { None } else { knn_datasets(&cfg)? };
     // Every refusal comes before the run folder is written, so a refused start leaves none.
     let dataset = Dataset::open(&cfg.data.path, Split::Train)?;
     let (b, accum) = (cfg.data.batch_size, cfg.optim.accumulate);
-    let steps_per_epoch = dataset.len() / b / accum;
+    // Images of one step over every rank.
+    let global = distributed::shard(b).global_batch() * accum;
+    let steps_per_epoch = dataset.len() / global;
     if steps_per_epoch == 0 {
         return Err(SopError::Invalid(format!(
-            "{}: {} images are fewer than one step of {} (batch {b} x accumulate {accum})",
+            "{}: {} images are fewer than one step of {global} (batch {b} x accumulate {accum} x {} ranks)",
             cfg.data.path.display(),
             dataset.len(),
-            b * accum
+            distributed::shard(b).ranks
         )));
     }
-    let config_toml = prepare_folder(&cfg, resumed.as_ref(), in_place)?;
+    let config_toml = if root { prepare_folder(&cfg, resumed.as_ref(), in_place)? } else { cfg.to_toml() };
     let schedule_steps = cfg.optim.epochs * steps_per_epoch;
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
     let (model, opt, cls_bank, patch_bank, centers, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
@@ -147,7 +154,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             k.top1, k.top5, k.k, k.n_train, k.n_val
         );
     }
-    let mut metrics = MetricsLog::open(&out)?;
+    let mut metrics = if root { MetricsLog::open(&out)? } else { MetricsLog::none(&out) };
     if let Some(k) = &knn_before {
         metrics.write(serde_json::json!({"step": 0, "knn_top1": k.top1, "knn_top5": k.top5}))?;
     }
@@ -168,6 +175,8 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         saved_step,
         flag: gpu.zeros(&[1], crate::gpu::DType::U32)?,
     };
+    // Rank 0's state on every rank (nothing with one rank).
+    trainer.broadcast_state()?;
     let summary = |steps, final_loss, knn_after| TrainSummary {
         steps,
         final_loss,
@@ -189,9 +198,10 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         seed: cfg.run.seed,
         prefetch: 3,
         threads: cfg.data.threads,
+        shard: (distributed::shard(b).rank, distributed::shard(b).ranks),
     };
     let mut loader = Loader::new(Arc::new(dataset), Views::Train(cfg.augment.clone()), loader_cfg)?;
-    let bar = progress_bar.then(|| new_progress_bar(total_steps, start_step));
+    let bar = (progress_bar && root).then(|| new_progress_bar(total_steps, start_step));
     let mut step = start_step;
     let mut pending: Vec<Batch> = Vec::with_capacity(accum);
     // Write the lines of the steps whose metrics are back (waiting as `until` says); a step
@@ -212,6 +222,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         }
     };
     let (mut recorded_at, mut counted) = (Instant::now(), gpu.counters());
+    let mut comm_before = crate::dist::world().comm_seconds();
     'epochs: for epoch in step / steps_per_epoch..total_steps.div_ceil(steps_per_epoch) {
         // Batches of this epoch consumed before a resume are decoded again and skipped.
         let skip = if epoch == step / steps_per_epoch { (step % steps_per_epoch) * accum } else { 0 };
@@ -232,15 +243,21 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
             let secs = now.duration_since(recorded_at).as_secs_f64();
             let counters = c.since(&counted);
             (recorded_at, counted) = (now, c);
+            let comm = crate::dist::world().comm_seconds();
+            let comm_secs = comm - std::mem::replace(&mut comm_before, comm);
+            let memory = gpu.memory();
             inflight.push(
                 rec,
-                Timing { epoch, images: b * accum, skipped: skipped_images, secs, counters, memory: gpu.memory() },
+                Timing { epoch, images: global, skipped: skipped_images, secs, counters, memory, comm_secs },
             );
             let checkpoint = cfg.run.checkpoint_every > 0 && step % cfg.run.checkpoint_every == 0 && step < total_steps;
             // Before a checkpoint every step's metrics are in: a non-finite step stops the
             // run before its weights could be saved.
             let until = if checkpoint { Until::Drained } else { Until::Paced };
             settle(&trainer, &mut inflight, &mut metrics, until)?;
+            if checkpoint || step % distributed::CHECK_EVERY == 0 {
+                trainer.verify_same(Some(step))?;
+            }
             if checkpoint {
                 trainer.save(step, &inflight)?;
             }
@@ -264,12 +281,16 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         bar.finish();
     }
     let final_loss = inflight.last_loss;
+    trainer.verify_same(Some(step))?;
     trainer.save(step, &inflight)?;
     let knn_after = knn(&trainer.model.vit, &trainer.model.teacher)?;
     if let Some(k) = &knn_after {
         metrics.write(serde_json::json!({"step": step, "knn_top1": k.top1, "knn_top5": k.top5, "final": true}))?;
     }
     // The curves beside the checkpoint; a picture that cannot be drawn loses nothing else.
+    if !root {
+        return Ok(summary(step, final_loss, knn_after));
+    }
     if let Err(e) = crate::plot::plot_run(&out, &out.join(state::PLOT)) {
         log::warn!("the run's plot was not written: {e}");
     }

@@ -96,6 +96,13 @@ impl AdamW {
     /// left alone) into the flat gradient buffer and record their sums of squares; returns
     /// the (T) tensor they land in (overwritten by the next step's).
     pub fn gather_grads(&mut self, gpu: &Gpu, grads: &[Option<Tensor>]) -> Result<&Tensor> {
+        self.copy_grads(gpu, grads)?;
+        self.sum_squares(gpu)
+    }
+
+    /// The first half of `gather_grads`: the gradients copied into the flat gradient buffer,
+    /// which is returned (data-parallel training averages it over the ranks in between).
+    pub fn copy_grads(&mut self, gpu: &Gpu, grads: &[Option<Tensor>]) -> Result<&Tensor> {
         if grads.len() != self.layout.len() {
             return Err(SopError::Invalid(format!("{} gradients for {} parameters", grads.len(), self.layout.len())));
         }
@@ -119,8 +126,19 @@ impl AdamW {
                 })?,
             }
         }
+        Ok(&self.grads.flat)
+    }
+
+    /// The second half of `gather_grads`: the flat gradients' sums of squares, the (T)
+    /// tensor returned.
+    pub fn sum_squares(&mut self, gpu: &Gpu) -> Result<&Tensor> {
         self.squares.run(gpu, &self.grads.flat)?;
         Ok(&self.squares.out)
+    }
+
+    /// The flat first and second moments (rank 0 broadcasts them to every rank).
+    pub fn moments_flat(&self) -> [&Tensor; 2] {
+        [&self.moments[0].flat, &self.moments[1].flat]
     }
 
     /// The step on the device after `gather_grads`: clipping factors from the sums of

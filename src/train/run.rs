@@ -150,8 +150,9 @@ pub(super) fn restore_or_init(
 }
 
 /// The run's `metrics.jsonl`, appended to one JSON object per line.
+/// None on ranks other than 0 of data-parallel training: rank 0 alone writes the metrics.
 pub(super) struct MetricsLog {
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     path: PathBuf,
 }
 
@@ -160,11 +161,19 @@ impl MetricsLog {
         let path = out.join(state::METRICS);
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| SopError::file(&path, e))?;
-        Ok(MetricsLog { file, path })
+        Ok(MetricsLog { file: Some(file), path })
+    }
+
+    /// A log that writes nothing (the ranks other than 0).
+    pub(super) fn none(out: &Path) -> MetricsLog {
+        MetricsLog { file: None, path: out.join(state::METRICS) }
     }
 
     pub(super) fn write(&mut self, line: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{line}").map_err(|e| SopError::file(&self.path, e))
+        match &mut self.file {
+            Some(f) => writeln!(f, "{line}").map_err(|e| SopError::file(&self.path, e)),
+            None => Ok(()),
+        }
     }
 }
 

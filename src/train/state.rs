@@ -30,6 +30,8 @@ pub struct Progress {
     /// Optimiser steps done.
     pub step: usize,
     pub seed: u64,
+    /// Data-parallel ranks the run had (`dist`; 1 in states written before it was recorded).
+    pub ranks: usize,
 }
 
 fn step_meta(step: usize) -> BTreeMap<String, String> {
@@ -83,6 +85,7 @@ pub fn save_all(
     }
     let mut meta = step_meta(progress.step);
     meta.insert("seed".into(), progress.seed.to_string());
+    meta.insert("ranks".into(), progress.ranks.to_string());
     meta.insert("adamw_step".into(), opt.step.to_string());
     meta.insert("cls_bank_ptr".into(), banks.0.ptr.to_string());
     meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
@@ -229,7 +232,14 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
     let config_toml =
         state.metadata.get("config").cloned().ok_or_else(|| SopError::file(&paths[0], "metadata config is missing"))?;
     Ok(Resumed {
-        progress: Progress { step, seed: meta_num(&paths[0], &state.metadata, "seed")? },
+        progress: Progress {
+            step,
+            seed: meta_num(&paths[0], &state.metadata, "seed")?,
+            ranks: match state.metadata.get("ranks") {
+                None => 1,
+                Some(_) => meta_num(&paths[0], &state.metadata, "ranks")?,
+            },
+        },
         config_toml,
         adamw_step: meta_num(&paths[0], &state.metadata, "adamw_step")?,
         bank_ptrs: (

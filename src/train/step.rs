@@ -19,7 +19,9 @@ use crate::model::vit::{ForwardOptions, ParamVars, Vit, Weights};
 use crate::ops::ema::ema_update_unless;
 use crate::ops::finite::finite_check;
 use crate::ops::gather::gather_rows;
-use crate::rng::{step_rng, STEP_BANK_PATCH, STEP_DRAWS, STEP_DROP_PATH, STEP_KEEP};
+use crate::rng::{
+    image_rng, step_rng, IMAGE_BANK_PATCH, IMAGE_DROP_PATH_GLOBAL, IMAGE_DROP_PATH_LOCAL, STEP_DRAWS, STEP_KEEP,
+};
 use crate::sop::bank::Bank;
 use crate::sop::diagnostics::{DiagnosticTensors, Diagnostics};
 use crate::sop::ibot::Centers;
@@ -30,6 +32,7 @@ use crate::sop::prototypes::sample_keep;
 use crate::tape::{Tape, Var};
 
 use super::config::TrainConfig;
+use super::distributed;
 use super::inflight::{InFlight, Recorded};
 use super::optimizer::AdamW;
 use super::scalars::StepScalars;
@@ -42,21 +45,40 @@ pub(super) struct Model {
     pub(super) teacher: Weights,
 }
 
-/// Per-block drop-path scales for `rows` samples (None when the rate is 0 everywhere).
-fn drop_path_scales(gpu: &Gpu, vit: &Vit, rows: usize, rng: &mut impl Rng) -> Result<Option<Vec<[Tensor; 2]>>> {
+/// Per-block drop-path scales for `views` views of the images at `places` (rows view-major,
+/// views·B), each image's draws from its own stream (`image_rng` of its place in the step's
+/// global batch), so how the ranks split the batch changes none. None when the rate is 0.
+fn drop_path_scales(
+    gpu: &Gpu,
+    vit: &Vit,
+    views: usize,
+    places: &[u64],
+    mut rng_of: impl FnMut(u64) -> rand::rngs::StdRng,
+) -> Result<Option<Vec<[Tensor; 2]>>> {
     let cfg = &vit.cfg;
     if cfg.drop_path <= 0.0 {
         return Ok(None);
     }
+    let b = places.len();
+    // keep[blk][half][v·B + i], drawn per image in (blk, half, view) order.
+    let mut keep = vec![[vec![0f32; views * b], vec![0f32; views * b]]; cfg.depth];
+    for (i, &place) in places.iter().enumerate() {
+        let mut rng = rng_of(place);
+        for (blk, pair) in keep.iter_mut().enumerate() {
+            let rate = cfg.drop_path_rate(blk);
+            for half in pair.iter_mut() {
+                for v in 0..views {
+                    half[v * b + i] =
+                        if rate > 0.0 && rng.random::<f64>() < rate { 0.0 } else { (1.0 / (1.0 - rate)) as f32 };
+                }
+            }
+        }
+    }
     let mut out = Vec::with_capacity(cfg.depth);
-    for blk in 0..cfg.depth {
-        let rate = cfg.drop_path_rate(blk);
+    for kp in &keep {
         let mut pair = Vec::with_capacity(2);
-        for _ in 0..2 {
-            let s: Vec<f32> = (0..rows)
-                .map(|_| if rate > 0.0 && rng.random::<f64>() < rate { 0.0 } else { (1.0 / (1.0 - rate)) as f32 })
-                .collect();
-            pair.push(gpu.upload_f32(&[rows], &s)?);
+        for s in kp {
+            pair.push(gpu.upload_f32(&[views * b], s)?);
         }
         let [a, b]: [Tensor; 2] = pair.try_into().map_err(|_| SopError::Invalid("drop path".into()))?;
         out.push([a, b]);
@@ -110,10 +132,10 @@ pub struct StepMetrics {
 }
 
 /// Teacher rows a micro-batch leaves for the banks: [CLS] (B, W) and one patch per image.
-struct BankRows {
-    cls: Tensor,
-    patch: Tensor,
-    sources: Vec<i64>,
+pub(super) struct BankRows {
+    pub(super) cls: Tensor,
+    pub(super) patch: Tensor,
+    pub(super) sources: Vec<i64>,
 }
 
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
@@ -186,9 +208,14 @@ impl Trainer<'_> {
                 inflight.len()
             )));
         }
+        // Rank 0 alone writes the run folder (data parallel, `distributed::save_folder`).
+        let Some(dir) = super::distributed::save_folder(&self.out) else {
+            self.saved_step = Some(step);
+            return Ok(());
+        };
         state::save_all(
             self.gpu,
-            &self.out,
+            &dir,
             &self.cfg.model,
             &self.config_toml,
             &self.model.student,
@@ -196,7 +223,7 @@ impl Trainer<'_> {
             &self.opt,
             (&self.cls_bank, &self.patch_bank),
             &self.centers.as_ref().map_or(vec![], |c| c.tensors().to_vec()),
-            &Progress { step, seed: self.cfg.run.seed },
+            &Progress { step, seed: self.cfg.run.seed, ranks: distributed::shard(0).ranks },
         )?;
         self.saved_step = Some(step);
         Ok(())
@@ -216,7 +243,8 @@ impl Trainer<'_> {
         let (gpu, cfg) = (self.gpu, self.cfg);
         gpu.settle_pool();
         let o = &cfg.optim;
-        let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
+        // The global batch (every rank's) scales the learning rate.
+        let scale_lr = (distributed::shard(cfg.data.batch_size).global_batch() * o.accumulate) as f64 / 256.0;
         let warmup = o.warmup_epochs * self.steps_per_epoch;
         let total = self.schedule_steps;
         let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
@@ -261,8 +289,11 @@ impl Trainer<'_> {
             scalars.extra("patch_bank_cos", &self.patch_bank.sum_norm_sq(gpu)?, cos(pn));
         }
 
+        // Every rank's gradients and loss words averaged (data parallel; nothing with one rank).
+        let flat = self.opt.copy_grads(gpu, &grads)?.clone();
+        distributed::mean_over_ranks(gpu, &flat, &checks)?;
         let checks = gpu.concat_rows(&checks.iter().collect::<Vec<_>>())?;
-        let sq = self.opt.gather_grads(gpu, &grads)?.clone();
+        let sq = self.opt.sum_squares(gpu)?.clone();
         drop(grads);
         let clip = (o.clip_grad > 0.0).then_some((o.clip_grad, o.clip_mode));
         let student = &self.model.student;
@@ -281,6 +312,7 @@ impl Trainer<'_> {
         }
         // The banks were read by the objective above; now they take this step's rows.
         for rows in bank_rows {
+            let rows = self.gather_bank_rows(rows)?;
             self.cls_bank.push_unless(gpu, &rows.cls, &rows.sources, Some(&self.flag))?;
             self.patch_bank.push_unless(gpu, &rows.patch, &rows.sources, Some(&self.flag))?;
         }
@@ -361,14 +393,15 @@ impl Trainer<'_> {
     ) -> Result<StudentOut> {
         let (gpu, vit) = (self.gpu, &self.model.vit);
         let (b, l, ls) = (batch.batch_size, batch.n_local, batch.local_size);
-        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_DROP_PATH);
-        let dp_g = drop_path_scales(gpu, vit, 2 * b, &mut rng)?;
+        let seed = self.cfg.run.seed;
+        let places: Vec<u64> = (0..b).map(|i| distributed::shard(b).image_place(mi, i)).collect();
+        let dp_g = drop_path_scales(gpu, vit, 2, &places, |g| image_rng(seed, step, g, IMAGE_DROP_PATH_GLOBAL))?;
         let x = tape.constant(globals);
         let tokens = vit.backbone(tape, p, &x, &ForwardOptions { mask: Some(masks), drop_path: dp_g.as_deref() })?;
         let h = self.head(tape, p, &tokens)?;
         let (cls_global, patch) = tape.tokens_split(&h)?;
         let cls_local = if l > 0 {
-            let dp_l = drop_path_scales(gpu, vit, l * b, &mut rng)?;
+            let dp_l = drop_path_scales(gpu, vit, l, &places, |g| image_rng(seed, step, g, IMAGE_DROP_PATH_LOCAL))?;
             let xl = tape.constant(gpu.upload_f32(&[l * b, 3, ls, ls], &batch.locals)?);
             let tokens = vit.backbone(tape, p, &xl, &ForwardOptions { mask: None, drop_path: dp_l.as_deref() })?;
             let (cls, _) = tape.tokens_split(&tokens)?;
@@ -417,13 +450,18 @@ impl Trainer<'_> {
     }
 
     /// Step 4, what the banks take after the step: the second view's teacher [CLS] rows and one
-    /// random teacher patch row per image.
+    /// random teacher patch row per image (drawn from the image's own stream).
     fn bank_rows(&self, step: usize, mi: usize, batch: &Batch, t_cls: &Tensor, t_patch: &Tensor) -> Result<BankRows> {
         let gpu = self.gpu;
         let (b, n, w) = (batch.batch_size, batch.grid.0 * batch.grid.1, self.cfg.model.head_bottleneck);
         let cls = gpu.slice_rows(t_cls, b, b)?;
-        let mut rng = step_rng(self.cfg.run.seed, step, mi, STEP_BANK_PATCH);
-        let pick: Vec<u32> = (0..b).map(|i| ((b + i) * n + rng.random_range(0..n)) as u32).collect();
+        let shard = distributed::shard(b);
+        let pick: Vec<u32> = (0..b)
+            .map(|i| {
+                let mut rng = image_rng(self.cfg.run.seed, step, shard.image_place(mi, i), IMAGE_BANK_PATCH);
+                ((b + i) * n + rng.random_range(0..n)) as u32
+            })
+            .collect();
         let patch = gather_rows(gpu, &t_patch.reshape(&[2 * b * n, w])?, &gpu.upload_u32(&[b], &pick)?)?;
         let sources = batch.indices.iter().map(|&i| i as i64).collect();
         Ok(BankRows { cls, patch, sources })

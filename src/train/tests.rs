@@ -38,6 +38,7 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
         seed: 0,
         prefetch: 1,
         threads: 1,
+        shard: (0, 1),
     };
     let mut loader = Loader::new(dataset, Views::Train(cfg.augment.clone()), loader_cfg).unwrap();
     let batches: Vec<Batch> = loader.epoch(0).take(4).map(|b| b.unwrap()).collect();
