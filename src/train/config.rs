@@ -92,6 +92,9 @@ pub struct SopConfig {
     pub warmup_teacher_temp: f32,
     pub warmup_teacher_temp_epochs: usize,
     pub anchor_sampling: AnchorSampling,
+    /// w of SOP.md's w·KoLeo on the student [CLS] of each global view (0 = off, the
+    /// authors' default; `ops::koleo`). SOP objective only.
+    pub koleo_weight: f32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ impl Default for SopConfig {
             warmup_teacher_temp: 0.04,
             warmup_teacher_temp_epochs: 0,
             anchor_sampling: AnchorSampling::Uniform,
+            koleo_weight: 0.0,
         }
     }
 }
@@ -438,6 +442,16 @@ impl TrainConfig {
                     self.sop.student_temp, ib.prototypes
                 ));
             }
+        }
+        let kw = self.sop.koleo_weight;
+        if !(kw.is_finite() && kw >= 0.0) || (kw > 0.0 && self.objective == Objective::Ibot) {
+            return bad(format!(
+                "sop.koleo_weight {kw} must be finite and >= 0, and 0 with objective ibot (KoLeo acts on \
+                 SOP's unit [CLS] embeddings)"
+            ));
+        }
+        if self.data.batch_size < 2 && kw > 0.0 {
+            return bad("sop.koleo_weight > 0 needs a batch of at least 2 images (a nearest neighbour)".into());
         }
         if !(0.0..1.0).contains(&self.sop.smoothing) {
             return bad(format!("sop.smoothing {} must be in [0, 1)", self.sop.smoothing));

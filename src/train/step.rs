@@ -117,8 +117,10 @@ struct BankRows {
 }
 
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
-/// word, its diagnostics, its bank rows (SOP only) and its parameter gradients.
-type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Vec<Option<Tensor>>);
+/// word, its diagnostics, its bank rows (SOP only), its KoLeo loss (1) when
+/// `sop.koleo_weight` > 0, and its parameter gradients.
+type MicroStep =
+    (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
 
 /// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
 /// pick, logged with the step's scalars.
@@ -145,14 +147,17 @@ struct StudentOut {
 }
 
 impl StudentOut {
-    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro):
-    /// the gradient of every student parameter.
+    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro),
+    /// plus `koleo`'s gradient of the global [CLS] rows (2B, W; already scaled) if any: the
+    /// gradient of every student parameter.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         gpu: &Gpu,
         tape: &mut Tape,
         p: &ParamVars,
         out: &ObjectiveTensors,
+        koleo: Option<&Tensor>,
         b: usize,
         n_micro: usize,
     ) -> Result<Vec<Option<Tensor>>> {
@@ -162,8 +167,12 @@ impl StudentOut {
             1 => Ok(t.clone()),
             _ => crate::ops::elementwise::scale(gpu, t, inv),
         };
+        let mut d_cls = scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?;
+        if let Some(k) = koleo {
+            d_cls = crate::ops::elementwise::add(gpu, &d_cls, k)?;
+        }
         let mut seeds = vec![
-            (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
+            (&self.cls_global, d_cls),
             (&self.patch, scale(&out.dstudent_patch)?),
         ];
         if let Some(sl) = &self.cls_local {
@@ -230,7 +239,7 @@ impl Trainer<'_> {
         let mut scalars = StepScalars::default();
         let mut checks = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_check, diag, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_check, diag, rows, koleo, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
@@ -250,6 +259,9 @@ impl Trainer<'_> {
             );
             checks.push(c);
             diagnostics(&mut scalars, &obj, diag);
+            if let Some(k) = koleo {
+                scalars.extra("loss_koleo", &k, |w| f32::from_bits(w[0]) as f64);
+            }
             bank_rows.extend(rows);
         }
         self.freeze_prototypes(step, &mut grads);
@@ -323,13 +335,29 @@ impl Trainer<'_> {
         // All four embeddings' finiteness as one word (+0.0 or NaN), checked with the step's
         // other scalars (`step`).
         let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
-        let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
+        let koleo = self.koleo(&student.cls_global.value, b, n_micro)?;
+        let (koleo_loss, koleo_grad) = koleo.map_or((None, None), |(l, g)| (Some(l), Some(g)));
+        let grads = student.backward(gpu, &mut tape, &p, &out, koleo_grad.as_ref(), b, n_micro)?;
         let diag = DiagnosticTensors::new(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?;
         let rows = match self.centers {
             None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
             Some(_) => None,
         };
-        Ok((out, embed_check, diag, rows, grads))
+        Ok((out, embed_check, diag, rows, koleo_loss, grads))
+    }
+
+    /// SOP.md's w·KoLeo on the student [CLS] rows of each global view (2B, W; one group of B
+    /// per view, the two views' terms summed as DINOv2 does): its loss (1, unweighted, logged
+    /// as `loss_koleo`) and its gradient w/n_micro · ∂KoLeo/∂rows. None when w is 0.
+    fn koleo(&self, cls_global: &Tensor, b: usize, n_micro: usize) -> Result<Option<(Tensor, Tensor)>> {
+        use crate::ops::koleo::{koleo_backward, koleo_forward, KOLEO_EPS};
+        let w = self.cfg.sop.koleo_weight;
+        if w == 0.0 {
+            return Ok(None);
+        }
+        let (loss, saved) = koleo_forward(self.gpu, cls_global, b, KOLEO_EPS)?;
+        let grad = koleo_backward(self.gpu, cls_global, &saved, b, KOLEO_EPS, w / n_micro as f32)?;
+        Ok(Some((loss, grad)))
     }
 
     /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches
