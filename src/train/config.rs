@@ -95,6 +95,9 @@ pub struct SopConfig {
     /// w of SOP.md's w·KoLeo on the student [CLS] of each global view (0 = off, the
     /// authors' default; `ops::koleo`). SOP objective only.
     pub koleo_weight: f32,
+    /// Centre the teacher [CLS] rows on their batch mean before the soft assignment (the
+    /// banks keep them uncentred). Off by default: a departure from SOP.md (docs/RECIPE.md).
+    pub center_teacher_cls: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -107,6 +110,9 @@ pub struct OptimConfig {
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_epochs: usize,
+    /// The lr warm-up in optimiser steps instead of `warmup_epochs` (a budget stated in
+    /// steps does not depend on the dataset's size).
+    pub warmup_steps: Option<usize>,
     pub weight_decay: f64,
     pub weight_decay_end: f64,
     /// Gradient clipping threshold (0 = off).
@@ -191,6 +197,7 @@ impl Default for SopConfig {
             warmup_teacher_temp_epochs: 0,
             anchor_sampling: AnchorSampling::Uniform,
             koleo_weight: 0.0,
+            center_teacher_cls: false,
         }
     }
 }
@@ -209,6 +216,7 @@ impl Default for OptimConfig {
             lr: 1e-3,
             min_lr: 1e-6,
             warmup_epochs: 1,
+            warmup_steps: None,
             weight_decay: 0.04,
             weight_decay_end: 0.4,
             clip_grad: 3.0,

@@ -64,6 +64,16 @@ fn drop_path_scales(gpu: &Gpu, vit: &Vit, rows: usize, rng: &mut impl Rng) -> Re
     Ok(Some(out))
 }
 
+/// x − mean of x's rows, for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
+/// centred on the batch before the soft assignment (a departure from SOP.md: it removes
+/// the part c every row shares, whose first-order term c·d would otherwise decide the
+/// targets once the bank crowds; docs/RECIPE.md). The banks keep the uncentred rows.
+fn center_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    use crate::ops::{elementwise, reduce};
+    let neg_mean = elementwise::scale(gpu, &reduce::sum_rows(gpu, x)?, -1.0 / x.shape[0] as f32)?;
+    elementwise::add_broadcast(gpu, x, &neg_mean)
+}
+
 fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
     use rand::seq::SliceRandom;
     let mut p: Vec<u32> = (0..n as u32).collect();
@@ -226,7 +236,7 @@ impl Trainer<'_> {
         gpu.settle_pool();
         let o = &cfg.optim;
         let scale_lr = (cfg.data.batch_size * o.accumulate) as f64 / 256.0;
-        let warmup = o.warmup_epochs * self.steps_per_epoch;
+        let warmup = o.warmup_steps.unwrap_or(o.warmup_epochs * self.steps_per_epoch);
         let total = self.schedule_steps;
         let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
         let wd = schedule::cosine(step, total, 0, o.weight_decay, o.weight_decay, o.weight_decay_end);
@@ -322,9 +332,13 @@ impl Trainer<'_> {
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
         let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
+        let t_cls_assign = match self.cfg.sop.center_teacher_cls && self.centers.is_none() {
+            true => center_rows(gpu, &t_cls)?,
+            false => t_cls.clone(),
+        };
         let emb = Embeddings {
             student_cls: &student.cls,
-            teacher_cls: &t_cls,
+            teacher_cls: &t_cls_assign,
             student_patch: &student.patch.value,
             teacher_patch: &t_patch,
             masks: &masks_host,
