@@ -129,8 +129,7 @@ struct BankRows {
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
 /// word, its diagnostics, its bank rows (SOP only), its KoLeo loss (1) when
 /// `sop.koleo_weight` > 0, and its parameter gradients.
-type MicroStep =
-    (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
+type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
 
 /// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
 /// pick, logged with the step's scalars.
@@ -181,10 +180,7 @@ impl StudentOut {
         if let Some(k) = koleo {
             d_cls = crate::ops::elementwise::add(gpu, &d_cls, k)?;
         }
-        let mut seeds = vec![
-            (&self.cls_global, d_cls),
-            (&self.patch, scale(&out.dstudent_patch)?),
-        ];
+        let mut seeds = vec![(&self.cls_global, d_cls), (&self.patch, scale(&out.dstudent_patch)?)];
         if let Some(sl) = &self.cls_local {
             let l = sl.value.shape[0];
             seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l)?)?));
