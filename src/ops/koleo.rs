@@ -46,7 +46,7 @@ pub struct KoleoSaved {
 
 fn params(op: &'static str, x: &Tensor, group: usize, eps: f32, scale: f32) -> Result<Params> {
     check_f32(op, &[("x", x)])?;
-    if x.shape.len() != 2 || group < 2 || x.shape[0] % group != 0 {
+    if x.shape.len() != 2 || group < 2 || !x.shape[0].is_multiple_of(group) {
         return Err(SopError::shape(op, format!("x {:?}: need (G·B, C) with groups of B = {group} ≥ 2 rows", x.shape)));
     }
     if eps.is_nan() || eps < 0.0 || !scale.is_finite() {
