@@ -124,6 +124,6 @@ fn koleo_rejects_bad_shapes() {
     }
     let (_, saved) = koleo_forward(&gpu, &x, 3, KOLEO_EPS).unwrap();
     let y = gpu.zeros(&[4, 4], DType::F32).unwrap();
-    let err = koleo_backward(&gpu, &y, &saved, 2, KOLEO_EPS, 1.0).err().expect("refused").to_string();
+    let err = koleo_backward(&gpu, &y, &saved, 2, KOLEO_EPS, 1.0).expect_err("refused").to_string();
     assert!(err.contains("koleo_backward"), "{err}");
 }
