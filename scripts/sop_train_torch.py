@@ -12,6 +12,10 @@ contrast jitter in random order, blur, solarize), vectorised over the batch.
 
 `--set objective=ibot` swaps the SOP objective for the parametric baseline (DINO/iBOT: a
 weight-normalised prototype layer, teacher centering and sharpening; docs/RECIPE.md).
+`--set koleo=W` adds W·KoLeo on the student [CLS] head rows of each global view (summed over
+the two views, as the engine's `sop.koleo_weight`); `--set sop_center=1` centres the
+teacher [CLS] rows on their batch mean before the soft assignment (a departure from SOP.md,
+docs/RECIPE.md); `--set warmup_steps=N` states the lr warm-up in steps (-1: warmup_epochs).
 Diagnostics (bank cosines, teacher [CLS] batch cosine and effective rank, teacher target
 entropy, prototypes receiving mass) are printed every --log-every steps and appended to
 --jsonl. One torch thread by default: on a shared 2-core machine two threads ran far slower.
@@ -41,7 +45,8 @@ DEFAULTS = dict(
     patch_E=1, patch_T=1, smoothing=0.1, tau_s=0.1, tau_t=0.04, scale_lo=0.4, scale_hi=1.0,
     blur_lo=0.1, blur_hi=0.5, mask_ratio=0.3, mask_var=0.0, mim=1.0, seed=0, steps=0,
     jitter_p=0.8, solarize_p=0.2, flip_p=0.5, local_crops=0, local_size=14, local_lo=0.05, local_hi=0.4,
-    tau_t_warm=0.04, tau_t_warm_epochs=0, objective="sop", ibot_K=1024, center_m=0.9,
+    tau_t_warm=0.04, tau_t_warm_epochs=0, objective="sop", ibot_K=1024, center_m=0.9, koleo=0.0, sop_center=0,
+    warmup_steps=-1,
 )
 
 
@@ -292,6 +297,17 @@ def load_checkpoint(path):
     return out
 
 
+def koleo(x, eps=1e-8):
+    """KoLeo (DINOv2) on unit rows x (n, W): -mean_i log(||x_i - x_nn(i)|| + eps), nn(i) the
+    row of largest dot product with x_i (j != i)."""
+    with torch.no_grad():
+        dots = x @ x.t()
+        dots.fill_diagonal_(-float("inf"))
+        nn_ = dots.argmax(1)
+    d = (x - x[nn_]).square().sum(-1).sqrt()
+    return -torch.log(d + eps).mean()
+
+
 def offdiag_cos(bank):
     """Mean cosine between distinct unit rows (the engine's cls_bank_cos / patch_bank_cos)."""
     n = bank.shape[0]
@@ -326,7 +342,10 @@ class SopObjective:
             D, Y = prototypes(self.cls_bank, c["cls_P"], c["cls_E"], c["smoothing"], g)
             ps = assign(s_cls, D, Y, c["tau_s"]).chunk(n_views)
             with torch.no_grad():
-                pt = assign(t_cls, D, Y, tau_t)
+                # sop_center 1: the teacher [CLS] rows centred on their batch mean before the
+                # assignment (a departure from SOP.md; removes the shared part c of the logits).
+                tc = t_cls - t_cls.mean(0, keepdim=True) if c["sop_center"] else t_cls
+                pt = assign(tc, D, Y, tau_t)
             if diag:
                 e, u = target_stats(pt)
                 ent.append(e), used.append(u)
@@ -481,7 +500,8 @@ def main():
         glob = normalise(torch.cat(views))  # (2B, 3, H, W)
         ratio = lambda: c["mask_ratio"] + c["mask_var"] * (2 * torch.rand((), generator=g).item() - 1)
         masks = torch.stack([block_mask(grid, ratio(), g) for _ in range(2 * B)])
-        lr = cosine(step, sched_total, lr_peak, c["min_lr"], c["warmup_epochs"] * per_epoch)
+        warm = c["warmup_steps"] if c["warmup_steps"] >= 0 else c["warmup_epochs"] * per_epoch
+        lr = cosine(step, sched_total, lr_peak, c["min_lr"], warm)
         wd = cosine(step, sched_total, c["wd"], c["wd_end"])
         m = cosine(step, sched_total, c["m"], c["m_end"])
         tau_t = c["tau_t_warm"] + (c["tau_t"] - c["tau_t_warm"]) * step / tt_warm if step < tt_warm else c["tau_t"]
@@ -500,6 +520,11 @@ def main():
         diag = step % args.log_every == 0 or step == total - 1
         loss_cls, loss_mim, d = obj.loss(s_cls, t_out[:, 0], s_out[:, 1:], t_out[:, 1:], masks, tau_t, diag)
         loss = loss_cls + loss_mim
+        if c["koleo"] > 0:
+            # w * KoLeo on the student [CLS] head rows of each global view, summed over the two
+            # views (DINOv2's convention).
+            loss_koleo = sum(koleo(v) for v in s_out[:, 0].chunk(2))
+            loss = loss + c["koleo"] * loss_koleo
         opt.zero_grad()
         loss.backward()
         if c["clip"] > 0:

@@ -12,6 +12,7 @@ pub mod ema;
 pub mod gather;
 pub mod gelu;
 pub mod ibot_objective;
+pub mod koleo;
 pub mod l2norm;
 pub mod layernorm;
 pub mod mask_tokens;

@@ -13,6 +13,7 @@ pub mod ema;
 pub mod finite;
 pub mod gather;
 pub mod gelu;
+pub mod koleo;
 pub mod l2norm;
 pub mod launch;
 pub mod layernorm;
@@ -43,6 +44,7 @@ mod tests {
             super::finite::params_layouts(),
             super::gather::params_layouts(),
             super::gelu::params_layouts(),
+            super::koleo::params_layouts(),
             super::l2norm::params_layouts(),
             super::layernorm::params_layouts(),
             super::mask_tokens::params_layouts(),
@@ -55,7 +57,7 @@ mod tests {
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 24, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 25, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

@@ -92,6 +92,12 @@ pub struct SopConfig {
     pub warmup_teacher_temp: f32,
     pub warmup_teacher_temp_epochs: usize,
     pub anchor_sampling: AnchorSampling,
+    /// w of SOP.md's w·KoLeo on the student [CLS] of each global view (0 = off, the
+    /// authors' default; `ops::koleo`). SOP objective only.
+    pub koleo_weight: f32,
+    /// Centre the teacher [CLS] rows on their batch mean before the soft assignment (the
+    /// banks keep them uncentred). Off by default: a departure from SOP.md (docs/RECIPE.md).
+    pub center_teacher_cls: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +110,9 @@ pub struct OptimConfig {
     pub lr: f64,
     pub min_lr: f64,
     pub warmup_epochs: usize,
+    /// The lr warm-up in optimiser steps instead of `warmup_epochs` (a budget stated in
+    /// steps does not depend on the dataset's size).
+    pub warmup_steps: Option<usize>,
     pub weight_decay: f64,
     pub weight_decay_end: f64,
     /// Gradient clipping threshold (0 = off).
@@ -187,6 +196,8 @@ impl Default for SopConfig {
             warmup_teacher_temp: 0.04,
             warmup_teacher_temp_epochs: 0,
             anchor_sampling: AnchorSampling::Uniform,
+            koleo_weight: 0.0,
+            center_teacher_cls: false,
         }
     }
 }
@@ -205,6 +216,7 @@ impl Default for OptimConfig {
             lr: 1e-3,
             min_lr: 1e-6,
             warmup_epochs: 1,
+            warmup_steps: None,
             weight_decay: 0.04,
             weight_decay_end: 0.4,
             clip_grad: 3.0,
@@ -438,6 +450,16 @@ impl TrainConfig {
                     self.sop.student_temp, ib.prototypes
                 ));
             }
+        }
+        let kw = self.sop.koleo_weight;
+        if !(kw.is_finite() && kw >= 0.0) || (kw > 0.0 && self.objective == Objective::Ibot) {
+            return bad(format!(
+                "sop.koleo_weight {kw} must be finite and >= 0, and 0 with objective ibot (KoLeo acts on \
+                 SOP's unit [CLS] embeddings)"
+            ));
+        }
+        if self.data.batch_size < 2 && kw > 0.0 {
+            return bad("sop.koleo_weight > 0 needs a batch of at least 2 images (a nearest neighbour)".into());
         }
         if !(0.0..1.0).contains(&self.sop.smoothing) {
             return bad(format!("sop.smoothing {} must be in [0, 1)", self.sop.smoothing));

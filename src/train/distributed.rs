@@ -49,8 +49,8 @@ pub(super) fn save_folder(out: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Before any work: the ranks' configurations agree (rank 0's seed is everyone's), `ibot`
-/// runs on one rank only, and a resumed run of `saved_ranks` ranks keeps its global batch:
+/// Before any work: the ranks' configurations agree (rank 0's seed is everyone's), `ibot`,
+/// KoLeo and the [CLS] centring run on one rank only, and a resumed run of `saved_ranks` ranks keeps its global batch:
 /// its per-rank batch becomes global / (ranks · accumulate), or the resume is refused.
 pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result<()> {
     let d = dist::world();
@@ -58,6 +58,12 @@ pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result
     if ranks > 1 && cfg.objective == Objective::Ibot {
         return Err(SopError::Invalid(format!(
             "--objective ibot runs on one rank only (its centres are not yet averaged over ranks); {ranks} were started"
+        )));
+    }
+    if ranks > 1 && (cfg.sop.koleo_weight > 0.0 || cfg.sop.center_teacher_cls) {
+        return Err(SopError::Invalid(format!(
+            "sop.koleo_weight > 0 and sop.center_teacher_cls run on one rank only (each is computed over the \
+             process's own batch, so {ranks} ranks would not train as one process of the whole batch)"
         )));
     }
     if let Some(saved) = saved_ranks.filter(|&s| s != ranks) {

@@ -86,6 +86,16 @@ fn drop_path_scales(
     Ok(Some(out))
 }
 
+/// x − mean of x's rows, for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
+/// centred on the batch before the soft assignment (a departure from SOP.md: it removes
+/// the part c every row shares, whose first-order term c·d would otherwise decide the
+/// targets once the bank crowds; docs/RECIPE.md). The banks keep the uncentred rows.
+fn center_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    use crate::ops::{elementwise, reduce};
+    let neg_mean = elementwise::scale(gpu, &reduce::sum_rows(gpu, x)?, -1.0 / x.shape[0] as f32)?;
+    elementwise::add_broadcast(gpu, x, &neg_mean)
+}
+
 fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
     use rand::seq::SliceRandom;
     let mut p: Vec<u32> = (0..n as u32).collect();
@@ -139,8 +149,9 @@ pub(super) struct BankRows {
 }
 
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
-/// word, its diagnostics, its bank rows (SOP only) and its parameter gradients.
-type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Vec<Option<Tensor>>);
+/// word, its diagnostics, its bank rows (SOP only), its KoLeo loss (1) when
+/// `sop.koleo_weight` > 0, and its parameter gradients.
+type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
 
 /// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
 /// pick, logged with the step's scalars.
@@ -167,14 +178,17 @@ struct StudentOut {
 }
 
 impl StudentOut {
-    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro):
-    /// the gradient of every student parameter.
+    /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro),
+    /// plus `koleo`'s gradient of the global [CLS] rows (2B, W; already scaled) if any: the
+    /// gradient of every student parameter.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         gpu: &Gpu,
         tape: &mut Tape,
         p: &ParamVars,
         out: &ObjectiveTensors,
+        koleo: Option<&Tensor>,
         b: usize,
         n_micro: usize,
     ) -> Result<Vec<Option<Tensor>>> {
@@ -184,10 +198,11 @@ impl StudentOut {
             1 => Ok(t.clone()),
             _ => crate::ops::elementwise::scale(gpu, t, inv),
         };
-        let mut seeds = vec![
-            (&self.cls_global, scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?),
-            (&self.patch, scale(&out.dstudent_patch)?),
-        ];
+        let mut d_cls = scale(&gpu.slice_rows(&out.dstudent_cls, 0, 2 * b)?)?;
+        if let Some(k) = koleo {
+            d_cls = crate::ops::elementwise::add(gpu, &d_cls, k)?;
+        }
+        let mut seeds = vec![(&self.cls_global, d_cls), (&self.patch, scale(&out.dstudent_patch)?)];
         if let Some(sl) = &self.cls_local {
             let l = sl.value.shape[0];
             seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l)?)?));
@@ -245,7 +260,7 @@ impl Trainer<'_> {
         let o = &cfg.optim;
         // The global batch (every rank's) scales the learning rate.
         let scale_lr = (distributed::shard(cfg.data.batch_size).global_batch() * o.accumulate) as f64 / 256.0;
-        let warmup = o.warmup_epochs * self.steps_per_epoch;
+        let warmup = o.warmup_steps.unwrap_or(o.warmup_epochs * self.steps_per_epoch);
         let total = self.schedule_steps;
         let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
         let wd = schedule::cosine(step, total, 0, o.weight_decay, o.weight_decay, o.weight_decay_end);
@@ -258,7 +273,7 @@ impl Trainer<'_> {
         let mut scalars = StepScalars::default();
         let mut checks = Vec::with_capacity(micro.len());
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_check, diag, rows, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
+            let (obj, embed_check, diag, rows, koleo, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
             for (acc, g) in grads.iter_mut().zip(g) {
                 *acc = match (acc.take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
@@ -278,6 +293,9 @@ impl Trainer<'_> {
             );
             checks.push(c);
             diagnostics(&mut scalars, &obj, diag);
+            if let Some(k) = koleo {
+                scalars.extra("loss_koleo", &k, |w| f32::from_bits(w[0]) as f64);
+            }
             bank_rows.extend(rows);
         }
         self.freeze_prototypes(step, &mut grads);
@@ -342,9 +360,13 @@ impl Trainer<'_> {
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
         let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
+        let t_cls_assign = match self.cfg.sop.center_teacher_cls && self.centers.is_none() {
+            true => center_rows(gpu, &t_cls)?,
+            false => t_cls.clone(),
+        };
         let emb = Embeddings {
             student_cls: &student.cls,
-            teacher_cls: &t_cls,
+            teacher_cls: &t_cls_assign,
             student_patch: &student.patch.value,
             teacher_patch: &t_patch,
             masks: &masks_host,
@@ -355,13 +377,29 @@ impl Trainer<'_> {
         // All four embeddings' finiteness as one word (+0.0 or NaN), checked with the step's
         // other scalars (`step`).
         let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
-        let grads = student.backward(gpu, &mut tape, &p, &out, b, n_micro)?;
+        let koleo = self.koleo(&student.cls_global.value, b, n_micro)?;
+        let (koleo_loss, koleo_grad) = koleo.map_or((None, None), |(l, g)| (Some(l), Some(g)));
+        let grads = student.backward(gpu, &mut tape, &p, &out, koleo_grad.as_ref(), b, n_micro)?;
         let diag = DiagnosticTensors::new(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?;
         let rows = match self.centers {
             None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
             Some(_) => None,
         };
-        Ok((out, embed_check, diag, rows, grads))
+        Ok((out, embed_check, diag, rows, koleo_loss, grads))
+    }
+
+    /// SOP.md's w·KoLeo on the student [CLS] rows of each global view (2B, W; one group of B
+    /// per view, the two views' terms summed as DINOv2 does): its loss (1, unweighted, logged
+    /// as `loss_koleo`) and its gradient w/n_micro · ∂KoLeo/∂rows. None when w is 0.
+    fn koleo(&self, cls_global: &Tensor, b: usize, n_micro: usize) -> Result<Option<(Tensor, Tensor)>> {
+        use crate::ops::koleo::{koleo_backward, koleo_forward, KOLEO_EPS};
+        let w = self.cfg.sop.koleo_weight;
+        if w == 0.0 {
+            return Ok(None);
+        }
+        let (loss, saved) = koleo_forward(self.gpu, cls_global, b, KOLEO_EPS)?;
+        let grad = koleo_backward(self.gpu, cls_global, &saved, b, KOLEO_EPS, w / n_micro as f32)?;
+        Ok(Some((loss, grad)))
     }
 
     /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches

@@ -13,6 +13,7 @@ mod ema;
 mod gather;
 mod gelu;
 mod ibot_objective;
+mod koleo;
 mod l2norm;
 mod layernorm;
 mod mask_tokens;
