@@ -7,6 +7,18 @@
 // 3 dp (read, (R, K); backward only, bound to any buffer in the forward),
 // 4 out (read_write): p (R, K) in the forward, dlogits (R, M) in the backward.
 //
+// Two families of entry points:
+// - dense Y (`tiled16`): any Y, described below.
+// - owned Y (`votes`, the `soft_assign_votes_*` entries at the end): SOP's vote matrix, where
+//   M = K·E, member m belongs to prototype o(m) = m / E, and every entry of row m off the owner
+//   column equals c_m = Y[m, (o(m) + 1) % K] (prototypes.wgsl writes them with one expression,
+//   so they are the same f32); d_m = Y[m, o(m)]. Then, exactly in real arithmetic,
+//     Σ_m a_m Y[m, q] = C + Σ_{m: o(m) = q} a_m (d_m − c_m),   C = Σ_m a_m c_m
+//     Σ_k dp_k Y[m, k] = c_m · Σ_k dp_k + (d_m − c_m) · dp_{o(m)}
+//   so the (R, M)·(M, K) product becomes O(M + K) work per row. One workgroup of WG lanes per
+//   row, lanes striding over m (neighbouring lanes read neighbouring logits), reductions
+//   through workgroup memory in a fixed order (deterministic).
+//
 // Dispatch (all barrier-free, one invocation per row or per row tile, loops inside; linear
 // invocation id t = (wid.x + wid.y·nwg.x)·WG + lid, from gpu.grid(ceil(R·tiles / WG))):
 //   soft_assign_forward     one invocation per (row, tile of 16 output columns): tiles =
@@ -28,7 +40,7 @@ struct Params {
     K: u32,
     tiles: u32,
     inv_tau: f32,
-    _p0: u32,
+    E: u32,
     _p1: u32,
     _p2: u32,
 }
@@ -136,5 +148,121 @@ fn soft_assign_backward(
     for (var m = 0u; m < p.M; m++) {
         let a = exp((logits[lb + m] - mx) * p.inv_tau) * inv_s;
         out[lb + m] = p.inv_tau * a * (out[lb + m] - g_bar);
+    }
+}
+
+// ---- owned Y (`votes`): see the header. One workgroup per row r = wid.x + wid.y·nwg.x, from
+// gpu.grid(R); the early return depends only on the workgroup, so barriers stay uniform.
+
+var<workgroup> red_a: array<f32, WG_VOTES>;
+var<workgroup> red_b: array<f32, WG_VOTES>;
+
+const WG_VOTES: u32 = 64u;
+
+// c_m: the value of row m off its owner's column (d_m when K = 1, where no such column exists).
+fn off_owner(m: u32) -> f32 {
+    return y[m * p.K + (m / p.E + 1u) % p.K];
+}
+
+// Lane `li` stores (a, b); after the barrier every lane sums all WG_VOTES pairs in lane order
+// (so every lane holds the same bits), then a second barrier frees the arrays for reuse.
+fn sum2(li: u32, a: f32, b: f32) -> vec2<f32> {
+    red_a[li] = a;
+    red_b[li] = b;
+    workgroupBarrier();
+    var s = vec2<f32>(0.0, 0.0);
+    for (var i = 0u; i < WG_VOTES; i++) {
+        s += vec2<f32>(red_a[i], red_b[i]);
+    }
+    workgroupBarrier();
+    return s;
+}
+
+// (max over the row's logits, Σ_k dp[r, k] when `db` names a dp row, else 0).
+fn row_max_lanes(li: u32, lb: u32, with_dp: bool, db: u32) -> vec2<f32> {
+    var mx = logits[lb + min(li, p.M - 1u)];
+    for (var m = li + WG_VOTES; m < p.M; m += WG_VOTES) {
+        mx = max(mx, logits[lb + m]);
+    }
+    var sd = 0.0;
+    if (with_dp) {
+        for (var k = li; k < p.K; k += WG_VOTES) {
+            sd += dp[db + k];
+        }
+    }
+    red_a[li] = mx;
+    red_b[li] = sd;
+    workgroupBarrier();
+    var out = vec2<f32>(red_a[0], red_b[0]);
+    for (var i = 1u; i < WG_VOTES; i++) {
+        out = vec2<f32>(max(out.x, red_a[i]), out.y + red_b[i]);
+    }
+    workgroupBarrier();
+    return out;
+}
+
+// p[r, q] = (C + Σ_{j<E} e_{qE+j} (d − c)_{qE+j}) / S with e_m = exp((l_m − max)/τ), S = Σ e_m,
+// C = Σ_m e_m c_m.
+@compute @workgroup_size(WG_VOTES)
+fn soft_assign_votes_forward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.R) { return; }
+    let lb = r * p.M;
+    let mx = row_max_lanes(li, lb, false, 0u).x;
+    var s = 0.0;
+    var c = 0.0;
+    for (var m = li; m < p.M; m += WG_VOTES) {
+        let e = exp((logits[lb + m] - mx) * p.inv_tau);
+        s += e;
+        c += e * off_owner(m);
+    }
+    let sc = sum2(li, s, c);
+    let inv_s = 1.0 / sc.x;
+    for (var q = li; q < p.K; q += WG_VOTES) {
+        var acc = sc.y;
+        for (var j = 0u; j < p.E; j++) {
+            let m = q * p.E + j;
+            let e = exp((logits[lb + m] - mx) * p.inv_tau);
+            acc += e * (y[m * p.K + q] - off_owner(m));
+        }
+        out[r * p.K + q] = acc * inv_s;
+    }
+}
+
+// g_m = c_m·Σ_k dp_k + (d_m − c_m)·dp_{o(m)}; dlogits_m = (1/τ)·a_m·(g_m − ḡ), ḡ = Σ_m a_m g_m
+// (the derivation above `soft_assign_backward`).
+@compute @workgroup_size(WG_VOTES)
+fn soft_assign_votes_backward(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let r = wid.x + wid.y * nwg.x;
+    if (r >= p.R) { return; }
+    let lb = r * p.M;
+    let db = r * p.K;
+    let ms = row_max_lanes(li, lb, true, db);
+    let mx = ms.x;
+    var s = 0.0;
+    var eg = 0.0;
+    for (var m = li; m < p.M; m += WG_VOTES) {
+        let e = exp((logits[lb + m] - mx) * p.inv_tau);
+        let c = off_owner(m);
+        let g = c * ms.y + (y[m * p.K + m / p.E] - c) * dp[db + m / p.E];
+        s += e;
+        eg += e * g;
+    }
+    let se = sum2(li, s, eg);
+    let inv_s = 1.0 / se.x;
+    let g_bar = se.y * inv_s;
+    for (var m = li; m < p.M; m += WG_VOTES) {
+        let a = exp((logits[lb + m] - mx) * p.inv_tau) * inv_s;
+        let c = off_owner(m);
+        let g = c * ms.y + (y[m * p.K + m / p.E] - c) * dp[db + m / p.E];
+        out[lb + m] = p.inv_tau * a * (g - g_bar);
     }
 }

@@ -38,6 +38,9 @@ macro_rules! shader {
         }
     };
     // `trusted`: see `Shader::trusted`.
+    (trusted $file:literal) => {
+        Shader { trusted: true, ..shader!($file) }
+    };
     (trusted $prelude:literal + $file:literal) => {
         Shader { trusted: true, ..shader!($prelude + $file) }
     };

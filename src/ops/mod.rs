@@ -18,6 +18,8 @@ pub mod matmul;
 pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;
+pub mod soft_assign_flash;
+pub mod soft_assign_variant;
 pub mod softmax;
 pub mod tokens;
 pub mod topk;
@@ -45,12 +47,13 @@ mod tests {
             super::prototypes::params_layouts(),
             super::reduce::params_layouts(),
             super::soft_assign::params_layouts(),
+            super::soft_assign_flash::params_layouts(),
             super::softmax::params_layouts(),
             super::tokens::params_layouts(),
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 21, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 22, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }
