@@ -15,9 +15,7 @@
 //   so they are the same f32); d_m = Y[m, o(m)]. Then, exactly in real arithmetic,
 //     Σ_m a_m Y[m, q] = C + Σ_{m: o(m) = q} a_m (d_m − c_m),   C = Σ_m a_m c_m
 //     Σ_k dp_k Y[m, k] = c_m · Σ_k dp_k + (d_m − c_m) · dp_{o(m)}
-//   so the (R, M)·(M, K) product becomes O(M + K) work per row. One workgroup of WG lanes per
-//   row, lanes striding over m (neighbouring lanes read neighbouring logits), reductions
-//   through workgroup memory in a fixed order (deterministic).
+//   so the (R, M)·(M, K) product becomes O(M + K) work per row, one invocation per row.
 //
 // Dispatch (all barrier-free, one invocation per row or per row tile, loops inside; linear
 // invocation id t = (wid.x + wid.y·nwg.x)·WG + lid, from gpu.grid(ceil(R·tiles / WG))):
@@ -151,118 +149,84 @@ fn soft_assign_backward(
     }
 }
 
-// ---- owned Y (`votes`): see the header. One workgroup per row r = wid.x + wid.y·nwg.x, from
-// gpu.grid(R); the early return depends only on the workgroup, so barriers stay uniform.
-
-var<workgroup> red_a: array<f32, WG_VOTES>;
-var<workgroup> red_b: array<f32, WG_VOTES>;
-
-const WG_VOTES: u32 = 64u;
+// ---- owned Y (`votes`): see the header. One invocation per row r, linear invocation id from
+// gpu.grid(ceil(R / WG)), no workgroup memory and no barriers (on lavapipe a barrier in a
+// one-row-per-workgroup layout cost more than the whole row's work). Loads per row: about
+// 4M + 2K in the forward, 5M + K in the backward, against M·(K + 1) for the dense kernels.
 
 // c_m: the value of row m off its owner's column (d_m when K = 1, where no such column exists).
 fn off_owner(m: u32) -> f32 {
     return y[m * p.K + (m / p.E + 1u) % p.K];
 }
 
-// Lane `li` stores (a, b); after the barrier every lane sums all WG_VOTES pairs in lane order
-// (so every lane holds the same bits), then a second barrier frees the arrays for reuse.
-fn sum2(li: u32, a: f32, b: f32) -> vec2<f32> {
-    red_a[li] = a;
-    red_b[li] = b;
-    workgroupBarrier();
-    var s = vec2<f32>(0.0, 0.0);
-    for (var i = 0u; i < WG_VOTES; i++) {
-        s += vec2<f32>(red_a[i], red_b[i]);
-    }
-    workgroupBarrier();
-    return s;
-}
-
-// (max over the row's logits, Σ_k dp[r, k] when `db` names a dp row, else 0).
-fn row_max_lanes(li: u32, lb: u32, with_dp: bool, db: u32) -> vec2<f32> {
-    var mx = logits[lb + min(li, p.M - 1u)];
-    for (var m = li + WG_VOTES; m < p.M; m += WG_VOTES) {
-        mx = max(mx, logits[lb + m]);
-    }
-    var sd = 0.0;
-    if (with_dp) {
-        for (var k = li; k < p.K; k += WG_VOTES) {
-            sd += dp[db + k];
-        }
-    }
-    red_a[li] = mx;
-    red_b[li] = sd;
-    workgroupBarrier();
-    var out = vec2<f32>(red_a[0], red_b[0]);
-    for (var i = 1u; i < WG_VOTES; i++) {
-        out = vec2<f32>(max(out.x, red_a[i]), out.y + red_b[i]);
-    }
-    workgroupBarrier();
-    return out;
-}
-
 // p[r, q] = (C + Σ_{j<E} e_{qE+j} (d − c)_{qE+j}) / S with e_m = exp((l_m − max)/τ), S = Σ e_m,
-// C = Σ_m e_m c_m.
-@compute @workgroup_size(WG_VOTES)
+// C = Σ_m e_m c_m. The owner sums go to `out` in the m loop (members of one prototype are
+// consecutive), and a last pass adds C and divides by S.
+@compute @workgroup_size(WG)
 fn soft_assign_votes_forward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = (wid.x + wid.y * nwg.x) * WG + li;
     if (r >= p.R) { return; }
     let lb = r * p.M;
-    let mx = row_max_lanes(li, lb, false, 0u).x;
+    let ob = r * p.K;
+    let mx = row_max(lb);
     var s = 0.0;
-    var c = 0.0;
-    for (var m = li; m < p.M; m += WG_VOTES) {
+    var c_sum = 0.0;
+    var own = 0.0;
+    for (var m = 0u; m < p.M; m++) {
         let e = exp((logits[lb + m] - mx) * p.inv_tau);
+        let q = m / p.E;
+        let c = off_owner(m);
         s += e;
-        c += e * off_owner(m);
-    }
-    let sc = sum2(li, s, c);
-    let inv_s = 1.0 / sc.x;
-    for (var q = li; q < p.K; q += WG_VOTES) {
-        var acc = sc.y;
-        for (var j = 0u; j < p.E; j++) {
-            let m = q * p.E + j;
-            let e = exp((logits[lb + m] - mx) * p.inv_tau);
-            acc += e * (y[m * p.K + q] - off_owner(m));
+        c_sum += e * c;
+        own += e * (y[m * p.K + q] - c);
+        if (m % p.E == p.E - 1u) {
+            out[ob + q] = own;
+            own = 0.0;
         }
-        out[r * p.K + q] = acc * inv_s;
+    }
+    let inv_s = 1.0 / s;
+    for (var q = 0u; q < p.K; q++) {
+        out[ob + q] = (c_sum + out[ob + q]) * inv_s;
     }
 }
 
 // g_m = c_m·Σ_k dp_k + (d_m − c_m)·dp_{o(m)}; dlogits_m = (1/τ)·a_m·(g_m − ḡ), ḡ = Σ_m a_m g_m
-// (the derivation above `soft_assign_backward`).
-@compute @workgroup_size(WG_VOTES)
+// (the derivation above `soft_assign_backward`). e_m is parked in `out` between the passes.
+@compute @workgroup_size(WG)
 fn soft_assign_votes_backward(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) li: u32,
 ) {
-    let r = wid.x + wid.y * nwg.x;
+    let r = (wid.x + wid.y * nwg.x) * WG + li;
     if (r >= p.R) { return; }
     let lb = r * p.M;
     let db = r * p.K;
-    let ms = row_max_lanes(li, lb, true, db);
-    let mx = ms.x;
+    let mx = row_max(lb);
+    var sd = 0.0;
+    for (var k = 0u; k < p.K; k++) {
+        sd += dp[db + k];
+    }
     var s = 0.0;
     var eg = 0.0;
-    for (var m = li; m < p.M; m += WG_VOTES) {
+    for (var m = 0u; m < p.M; m++) {
         let e = exp((logits[lb + m] - mx) * p.inv_tau);
         let c = off_owner(m);
-        let g = c * ms.y + (y[m * p.K + m / p.E] - c) * dp[db + m / p.E];
+        let q = m / p.E;
         s += e;
-        eg += e * g;
+        eg += e * (c * sd + (y[m * p.K + q] - c) * dp[db + q]);
+        out[lb + m] = e;
     }
-    let se = sum2(li, s, eg);
-    let inv_s = 1.0 / se.x;
-    let g_bar = se.y * inv_s;
-    for (var m = li; m < p.M; m += WG_VOTES) {
-        let a = exp((logits[lb + m] - mx) * p.inv_tau) * inv_s;
+    let inv_s = 1.0 / s;
+    let g_bar = eg * inv_s;
+    for (var m = 0u; m < p.M; m++) {
         let c = off_owner(m);
-        let g = c * ms.y + (y[m * p.K + m / p.E] - c) * dp[db + m / p.E];
-        out[lb + m] = p.inv_tau * a * (g - g_bar);
+        let q = m / p.E;
+        let g = c * sd + (y[m * p.K + q] - c) * dp[db + q];
+        out[lb + m] = p.inv_tau * (out[lb + m] * inv_s) * (g - g_bar);
     }
 }

@@ -84,10 +84,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
     let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?.name();
+    let soft = crate::ops::soft_assign_variant::SoftAssignVariant::for_adapter(&gpu)?.name();
+    let defaults = format!("default matmul variant: {matmul}; default soft-assign variant: {soft}");
     if args.json {
-        eprintln!("adapter: {adapter}; default matmul variant: {matmul}");
+        eprintln!("adapter: {adapter}; {defaults}");
     } else {
-        println!("adapter: {adapter}; default matmul variant: {matmul}");
+        println!("adapter: {adapter}; {defaults}");
         println!("{}", bench::TABLE_HEADER);
     }
     let results = bench::run(&gpu, &opts, |m| {

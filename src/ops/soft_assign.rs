@@ -29,12 +29,8 @@ pub static SOFT_ASSIGN: Shader = shader!("soft_assign.wgsl");
 const SOFT_ASSIGN_FORWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_forward", wg: WG };
 const SOFT_ASSIGN_BACKWARD_G: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_backward_g", wg: WG };
 const SOFT_ASSIGN_BACKWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_backward", wg: WG };
-// One workgroup of 64 lanes per row (`WG_VOTES` in the shader).
-const SOFT_ASSIGN_VOTES_FORWARD: Kernel =
-    Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_votes_forward", wg: WG_VOTES };
-const SOFT_ASSIGN_VOTES_BACKWARD: Kernel =
-    Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_votes_backward", wg: WG_VOTES };
-const WG_VOTES: u32 = 64;
+const SOFT_ASSIGN_VOTES_FORWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_votes_forward", wg: WG };
+const SOFT_ASSIGN_VOTES_BACKWARD: Kernel = Kernel { shader: &SOFT_ASSIGN, entry: "soft_assign_votes_backward", wg: WG };
 
 /// How Y is laid out (what the `Votes` route may assume).
 #[derive(Clone, Copy, Debug)]
@@ -176,7 +172,7 @@ pub fn soft_assign_forward_with(
     let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(logits), Bind::Write(&p)];
     if route == LogitsRoute::Votes {
         let prm = Params { e: experts_of(votes, &d)?, ..params(&d, 1, tau) };
-        launch(gpu, &SOFT_ASSIGN_VOTES_FORWARD, &prm, &binds, Grid::Items(d.r * WG_VOTES as usize))?;
+        launch(gpu, &SOFT_ASSIGN_VOTES_FORWARD, &prm, &binds, Grid::Items(d.r))?;
         return Ok(p);
     }
     let tiles = d.k.div_ceil(TILE);
@@ -200,7 +196,7 @@ pub fn soft_assign_backward_with(
         let dlogits = gpu.empty(&logits.shape, DType::F32)?;
         let binds = [Bind::Read(logits), Bind::Read(y), Bind::Read(dp), Bind::Write(&dlogits)];
         let prm = Params { e: experts_of(votes, &d)?, ..params(&d, 1, tau) };
-        launch(gpu, &SOFT_ASSIGN_VOTES_BACKWARD, &prm, &binds, Grid::Items(d.r * WG_VOTES as usize))?;
+        launch(gpu, &SOFT_ASSIGN_VOTES_BACKWARD, &prm, &binds, Grid::Items(d.r))?;
         return Ok(dlogits);
     }
     let dlogits = if route == LogitsRoute::Matmul {
