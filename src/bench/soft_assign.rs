@@ -5,6 +5,7 @@
 //!   `matmul`, `votes`: logits by the adapter's matmul, then that route; `flash`: fused); the
 //!   backward from dp (R, K) to du (R, W). Work 2·R·M·(W + K) in either direction: the two
 //!   dense products a plain implementation does.
+//!
 //! The `votes` route does O(R·(M + K)) work instead of the R·M·K it is credited with: its
 //! GFLOP/s are dense-equivalent (the time a dense product of that size would have to beat).
 //! Shapes (R, M, K, E, W): the default small recipe's patch and [CLS] tasks (batch 64, 16
@@ -70,7 +71,11 @@ fn unit_rows(rng: &mut impl Rng, r: usize, w: usize) -> Vec<f32> {
     x
 }
 
-fn inputs(gpu: &Gpu, seed: u64, (r, m, k, e, w): (usize, usize, usize, usize, usize)) -> Result<(Rc<Host>, Rc<Device>)> {
+fn inputs(
+    gpu: &Gpu,
+    seed: u64,
+    (r, m, k, e, w): (usize, usize, usize, usize, usize),
+) -> Result<(Rc<Host>, Rc<Device>)> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let weights: Vec<f64> = (0..m).map(|i| if i % e == 0 { 0.9 } else { rng.random_range(0.0..1.0) }).collect();
     let y: Vec<f32> = reference::owned_votes(&weights, k, e).iter().map(|&v| v as f32).collect();
@@ -195,7 +200,8 @@ fn validate_rows(h: &Host, got: &[f32], logits: &[f32], backward: bool, whole: b
         };
         for (j, (&g, &w)) in got.iter().zip(&want).enumerate() {
             let g = g as f64;
-            if !((g - w).abs() <= atol + rtol * w.abs()) {
+            let close = (g - w).abs() <= atol + rtol * w.abs(); // false for NaN
+            if !close {
                 return Err(SopError::Invalid(format!("row {i}, column {j}: {g}, reference {w}")));
             }
         }

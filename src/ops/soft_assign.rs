@@ -128,10 +128,9 @@ fn params(d: &Dims, tiles: usize, tau: f32) -> Params {
 fn experts_of(votes: Votes, d: &Dims) -> Result<u32> {
     match votes {
         Votes::Owned { experts, .. } if experts >= 1 && d.k * experts == d.m => Ok(experts as u32),
-        Votes::Owned { experts, .. } => Err(SopError::shape(
-            "soft_assign",
-            format!("owned votes need M = K·E: M {}, K {}, E {experts}", d.m, d.k),
-        )),
+        Votes::Owned { experts, .. } => {
+            Err(SopError::shape("soft_assign", format!("owned votes need M = K·E: M {}, K {}, E {experts}", d.m, d.k)))
+        }
         Votes::Dense(_) => {
             Err(SopError::Invalid("soft_assign: the votes route needs an owned vote matrix (Votes::Owned)".into()))
         }

@@ -68,13 +68,15 @@ pub fn flash_forward(gpu: &Gpu, u: &Tensor, d: &Tensor, y: &Tensor, tau: f32) ->
     *shape.last_mut().expect("checked non-empty") = prm.k as usize;
     let p = gpu.empty(&shape, DType::F32)?;
     let lse = gpu.empty(&[prm.r as usize], DType::F32)?;
-    let binds = [Bind::Read(u), Bind::Read(d), Bind::Read(y), Bind::Read(u), Bind::Read(u), Bind::Write(&lse), Bind::Write(&p)];
+    let binds =
+        [Bind::Read(u), Bind::Read(d), Bind::Read(y), Bind::Read(u), Bind::Read(u), Bind::Write(&lse), Bind::Write(&p)];
     launch(gpu, &FLASH_FORWARD, &prm, &binds, Grid::Groups(gpu.grid((prm.r as usize).div_ceil(BR) as u32)))?;
     Ok((p, FlashSaved { lse }))
 }
 
 /// du (…, W) from dp (…, K), the forward's p and saved logsumexp: dlogits_m = (1/τ)·a_m·(g_m − ḡ)
 /// with g_m = Σ_k dp_k Y[m, k] and ḡ = dp·p, then du = dlogits·D (see the shader's header).
+#[allow(clippy::too_many_arguments)]
 pub fn flash_backward(
     gpu: &Gpu,
     u: &Tensor,
@@ -94,8 +96,15 @@ pub fn flash_backward(
         return Err(SopError::shape(OP, what));
     }
     let du = gpu.empty(&u.shape, DType::F32)?;
-    let binds =
-        [Bind::Read(u), Bind::Read(d), Bind::Read(y), Bind::Read(dp), Bind::Read(p), Bind::Write(&saved.lse), Bind::Write(&du)];
+    let binds = [
+        Bind::Read(u),
+        Bind::Read(d),
+        Bind::Read(y),
+        Bind::Read(dp),
+        Bind::Read(p),
+        Bind::Write(&saved.lse),
+        Bind::Write(&du),
+    ];
     launch(gpu, &FLASH_BACKWARD, &prm, &binds, Grid::Groups(gpu.grid(r.div_ceil(BR) as u32)))?;
     Ok(du)
 }

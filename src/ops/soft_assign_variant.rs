@@ -69,7 +69,10 @@ impl SoftAssignVariant {
             Err(_) => Ok(None),
             Ok(s) => SoftAssignVariant::parse(&s).map(Some).ok_or_else(|| {
                 let names: Vec<&str> = SoftAssignVariant::ALL.iter().map(|v| v.name()).collect();
-                SopError::Invalid(format!("SOP_SOFT_ASSIGN={s:?} is not a soft-assign variant (one of {})", names.join(", ")))
+                SopError::Invalid(format!(
+                    "SOP_SOFT_ASSIGN={s:?} is not a soft-assign variant (one of {})",
+                    names.join(", ")
+                ))
             }),
         }
     }
@@ -133,7 +136,7 @@ static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 /// `v`, or `flash` when `v` would store logits (R, M) larger than one storage binding.
 pub fn fitting(gpu: &Gpu, v: SoftAssignVariant, rows: usize, m: usize) -> SoftAssignVariant {
     let bytes = (rows * m * 4) as u64;
-    let limit = gpu.limits.max_storage_buffer_binding_size as u64;
+    let limit = gpu.limits.max_storage_buffer_binding_size;
     if v == SoftAssignVariant::Flash || bytes <= limit {
         return v;
     }
@@ -206,7 +209,10 @@ pub fn autotune(gpu: &Gpu, (r, m, k, w): (usize, usize, usize, usize)) -> Result
     let fill = |n: usize, s: usize| (0..n).map(|i| ((i * s) % 11) as f32 * 0.02 - 0.1).collect::<Vec<_>>();
     let u = gpu.upload_f32(&[r, w], &fill(r * w, 7))?;
     let d = gpu.upload_f32(&[m, w], &fill(m * w, 5))?;
-    let y = gpu.upload_f32(&[m, k], &(0..m * k).map(|i| if i / k == i % k { 0.9 } else { 0.1 / (k - 1).max(1) as f32 }).collect::<Vec<_>>())?;
+    let y = gpu.upload_f32(
+        &[m, k],
+        &(0..m * k).map(|i| if i / k == i % k { 0.9 } else { 0.1 / (k - 1).max(1) as f32 }).collect::<Vec<_>>(),
+    )?;
     let dp = gpu.upload_f32(&[r, k], &fill(r * k, 3))?;
     let votes = Votes::Owned { y: &y, experts: m / k };
     let mut timings = Vec::new();

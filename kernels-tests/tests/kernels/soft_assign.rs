@@ -15,10 +15,9 @@
 use crate::common::*;
 use sop::gpu::{DType, Gpu};
 use sop::ops::soft_assign::{
-    soft_assign_backward, soft_assign_backward_with, soft_assign_forward, soft_assign_forward_with, LogitsRoute,
-    Votes,
+    soft_assign_backward, soft_assign_backward_with, soft_assign_forward, soft_assign_forward_with, LogitsRoute, Votes,
 };
-use sop::ops::soft_assign_variant::{assign_backward, assign_forward, SoftAssignVariant};
+use sop::ops::soft_assign_variant::{assign_backward, assign_forward, autotune, fastest, fitting, SoftAssignVariant};
 use sop_reference::soft_assign as reference;
 
 fn poison(gpu: &Gpu, shape: &[usize]) {
@@ -162,7 +161,8 @@ fn soft_assign_routes_match_the_reference() {
         let gy = gpu.upload_f32(&[m, k], &y).unwrap();
         let gdp = gpu.upload_f32(&[r, k], &dp).unwrap();
         let votes = if owned { Votes::Owned { y: &gy, experts: e } } else { Votes::Dense(&gy) };
-        let routes: &[LogitsRoute] = if owned { &[LogitsRoute::Votes, LogitsRoute::Matmul] } else { &[LogitsRoute::Matmul] };
+        let routes: &[LogitsRoute] =
+            if owned { &[LogitsRoute::Votes, LogitsRoute::Matmul] } else { &[LogitsRoute::Matmul] };
         let want_p = reference::soft_assign_forward(&l64, &y64, r, m, k, tau as f64);
         let want_dl = reference::soft_assign_backward(&l64, &y64, &dp64, r, m, k, tau as f64);
         let g_max = (0..r * m)
@@ -222,7 +222,13 @@ fn soft_assign_variants_whole_assignment_match_the_reference() {
             let what = format!("{} R {r} M {m} K {k} W {w} tau {tau}", v.name());
             poison(&gpu, &[r, k]);
             let (p, saved) = assign_forward(&gpu, v, &gu, &gd, votes, tau).unwrap();
-            assert_close(&format!("p, {what}"), &gpu.read_f32(&p).unwrap(), &want_p, 1e-5 + m as f64 * 6e-8 + z_err, 0.0);
+            assert_close(
+                &format!("p, {what}"),
+                &gpu.read_f32(&p).unwrap(),
+                &want_p,
+                1e-5 + m as f64 * 6e-8 + z_err,
+                0.0,
+            );
             poison(&gpu, &[r, w]);
             let du = assign_backward(&gpu, v, &gu, &gd, votes, tau, &p, &saved, &gdp).unwrap();
             let atol = 2.0 * g_max / tau as f64 * (2e-5 + k as f64 * 1.2e-7 + m as f64 * 6e-8 + z_err) + 1e-30;
@@ -241,7 +247,8 @@ fn trusted_flash_equals_the_checked_build() {
     checked.force_runtime_checks();
     let mut rng = rng();
     for &(r, m, k, w) in &[(1, 1, 1, 1), (9, 65, 3, 70), (17, 130, 33, 129)] {
-        let (u, d, y, dp) = (randn(&mut rng, r * w), randn(&mut rng, m * w), randn(&mut rng, m * k), randn(&mut rng, r * k));
+        let (u, d, y, dp) =
+            (randn(&mut rng, r * w), randn(&mut rng, m * w), randn(&mut rng, m * k), randn(&mut rng, r * k));
         let run = |g: &sop::Gpu| {
             let (gu, gd) = (g.upload_f32(&[r, w], &u).unwrap(), g.upload_f32(&[m, w], &d).unwrap());
             let (gy, gdp) = (g.upload_f32(&[m, k], &y).unwrap(), g.upload_f32(&[r, k], &dp).unwrap());
@@ -273,4 +280,34 @@ fn assignment_reference_backward_matches_finite_differences() {
         // As the soft-assign test: truncation ~h²/τ³ with logits of size ~|u||D| ≤ 4.
         assert_close_f64(&format!("du tau {tau}"), &du, &fd, 1e-6, 1e-5);
     }
+}
+
+/// The choice: the autotune times every variant and `fastest` takes the least; on CPU
+/// adapters the rule (`votes`) applies untimed; a pin is kept; logits too large for one
+/// storage binding send a variant that stores them to `flash`.
+#[test]
+fn soft_assign_variant_choice() {
+    let gpu = gpu();
+    let timings = autotune(&gpu, (37, 19, 19, 23)).unwrap();
+    assert_eq!(timings.iter().map(|t| t.0).collect::<Vec<_>>(), SoftAssignVariant::ALL);
+    assert!(timings.iter().all(|t| t.1.is_finite() && t.1 > 0.0), "{timings:?}");
+    let best = fastest(&timings);
+    let best_ms = timings.iter().find(|t| t.0 == best).unwrap().1;
+    assert!(timings.iter().all(|t| t.1 >= best_ms), "{timings:?}");
+    if std::env::var("SOP_SOFT_ASSIGN").is_err() {
+        if gpu.is_cpu() {
+            // Stated here, not taken from the implementation, so a changed rule fails.
+            assert_eq!(SoftAssignVariant::for_adapter(&gpu).unwrap(), SoftAssignVariant::Votes);
+        }
+        let other = crate::common::gpu();
+        assert!(SoftAssignVariant::pin(&other, SoftAssignVariant::Matmul));
+        assert!(!SoftAssignVariant::pin(&other, SoftAssignVariant::Flash));
+        assert_eq!(SoftAssignVariant::for_adapter(&other).unwrap(), SoftAssignVariant::Matmul);
+    }
+    let limit = gpu.limits.max_storage_buffer_binding_size as usize;
+    let m = 512;
+    let rows_fit = limit / 4 / m;
+    assert_eq!(fitting(&gpu, SoftAssignVariant::Votes, rows_fit, m), SoftAssignVariant::Votes);
+    assert_eq!(fitting(&gpu, SoftAssignVariant::Votes, rows_fit + 1, m), SoftAssignVariant::Flash);
+    assert_eq!(fitting(&gpu, SoftAssignVariant::Tiled16, rows_fit + 1, m), SoftAssignVariant::Flash);
 }
