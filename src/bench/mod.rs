@@ -50,6 +50,7 @@ pub fn families() -> Vec<Family> {
         Family { kernel: "matmul", cases: matmul::cases },
         Family { kernel: "topk", cases: topk::cases },
         Family { kernel: "soft_assign", cases: soft_assign::cases },
+        Family { kernel: "assignment", cases: soft_assign::assignment_cases },
         Family { kernel: "prototypes", cases: prototypes::cases },
         Family { kernel: "attention", cases: attention::cases },
         Family { kernel: "layernorm", cases: elementwise::layernorm_cases },

@@ -94,6 +94,7 @@ fn inputs(
     Ok((Rc::new(h), Rc::new(dev)))
 }
 
+/// The `soft_assign` cases: stored logits, every route.
 pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
     let mut cases = Vec::new();
     for (i, (label, r, m, k, e, w)) in SHAPES.into_iter().enumerate() {
@@ -122,6 +123,15 @@ pub fn cases(gpu: &Gpu) -> Result<Vec<Case>> {
                 });
             }
         }
+    }
+    Ok(cases)
+}
+
+/// The `assignment` cases: the whole assignment from u, every variant.
+pub fn assignment_cases(gpu: &Gpu) -> Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    for (i, (label, r, m, k, e, w)) in SHAPES.into_iter().enumerate() {
+        let (h, dev) = inputs(gpu, 13 + i as u64, (r, m, k, e, w))?;
         for v in SoftAssignVariant::ALL {
             for backward in [false, true] {
                 let (dev, dev2, h) = (dev.clone(), dev.clone(), h.clone());

@@ -160,7 +160,7 @@ fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
 /// assignment per variant (dense-equivalent GFLOP/s: 4·R·M·(W + K)).
 fn soft_assign_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
     use crate::ops::soft_assign_variant::{autotune, fastest, SoftAssignVariant, AUTOTUNE_SHAPE, FAMILY};
-    let shape = if gpu.is_cpu() { (512, 512, 512, 256) } else { AUTOTUNE_SHAPE };
+    let shape = if gpu.is_cpu() { (256, 128, 128, 64) } else { AUTOTUNE_SHAPE };
     let timings = autotune(gpu, shape)?;
     let best = fastest(&timings);
     let (r, m, k, w) = shape;
