@@ -140,6 +140,14 @@ fn bad_input_gets_clear_errors() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("SOP_MATMUL") && err.contains("tiled_shared"), "{err}");
+    // Likewise the soft-assign override.
+    let out = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(["bench", "--filter", "soft_assign"])
+        .env("SOP_SOFT_ASSIGN", "vote")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("SOP_SOFT_ASSIGN") && err.contains("votes"), "{err}");
 }
 
 #[test]
@@ -193,7 +201,7 @@ fn preview_objective_and_bench_run() {
     for kernel in [
         "matmul",
         "attention.wgsl:attention_forward",
-        "soft_assign.wgsl:soft_assign_forward",
+        "soft_assign", // the adapter's variant: soft_assign.wgsl or soft_assign_flash.wgsl
         "adamw.wgsl:adamw_multi",
         "all kernels",
     ] {

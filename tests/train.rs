@@ -77,6 +77,8 @@ fn teacher_follows_the_ema_rule_and_banks_fill_in_fifo_order() {
         "{:?}",
         st.metadata.get("matmul")
     );
+    let soft = st.metadata.get("soft_assign").and_then(|v| sop::ops::soft_assign_variant::SoftAssignVariant::parse(v));
+    assert!(soft.is_some(), "{:?}", st.metadata.get("soft_assign"));
     let src = &st.tensors["cls_bank_sources"].data;
     assert!(src[..8].iter().all(|&s| s >= 0.0) && src[8..].iter().all(|&s| s == -1.0), "{src:?}");
     let bank = &st.tensors["cls_bank"].data;
@@ -114,6 +116,18 @@ fn corrupt_checkpoints_are_refused() {
     cfg.optim.steps = Some(1);
     let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
     assert!(err.contains("train_state.safetensors") && err.contains("blocked"), "{err}");
+
+    // Likewise a recorded soft-assign variant that is not one.
+    let dir = tmp("corrupt-soft-assign");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(0);
+    train(&gpu, cfg.clone(), None, false).unwrap();
+    let mut st = checkpoint::read(&dir.join(state::STATE)).unwrap();
+    st.metadata.insert("soft_assign".into(), "dense".into());
+    checkpoint::save(&dir.join(state::STATE), &st.tensors, &st.metadata).unwrap();
+    cfg.optim.steps = Some(1);
+    let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
+    assert!(err.contains("train_state.safetensors") && err.contains("soft_assign"), "{err}");
 }
 
 #[test]

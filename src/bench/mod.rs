@@ -50,6 +50,7 @@ pub fn families() -> Vec<Family> {
         Family { kernel: "matmul", cases: matmul::cases },
         Family { kernel: "topk", cases: topk::cases },
         Family { kernel: "soft_assign", cases: soft_assign::cases },
+        Family { kernel: "assignment", cases: soft_assign::assignment_cases },
         Family { kernel: "prototypes", cases: prototypes::cases },
         Family { kernel: "attention", cases: attention::cases },
         Family { kernel: "layernorm", cases: elementwise::layernorm_cases },
@@ -194,9 +195,24 @@ pub fn table_row(m: &Measurement) -> String {
 
 pub const TABLE_HEADER: &str = "kernel         variant        shape                        median time   throughput";
 
-/// For every (kernel, shape) measured with a `naive` variant: each other variant's speed-up.
+/// For every (kernel, shape) measured with a `naive` variant: each other variant's speed-up;
+/// then every other kernel's GFLOP/s as a fraction of the best matmul's in the same run.
 pub fn ratios(ms: &[Measurement]) -> Vec<String> {
     let mut lines = Vec::new();
+    let best_matmul = ms
+        .iter()
+        .filter(|m| m.kernel == "matmul")
+        .filter_map(|m| m.gflops().map(|g| (g, m)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((best, bm)) = best_matmul {
+        for m in ms.iter().filter(|m| m.kernel != "matmul") {
+            if let Some(g) = m.gflops() {
+                let (k, v, s) = (m.kernel, &m.variant, &m.shape);
+                let of = format!("{best:.2} GFLOP/s, {} {}", bm.variant, bm.shape);
+                lines.push(format!("{k} {v} {s}: {g:.2} GFLOP/s = {:.2} of the best matmul ({of})", g / best));
+            }
+        }
+    }
     for base in ms.iter().filter(|m| m.variant == "naive") {
         for m in ms.iter().filter(|m| m.kernel == base.kernel && m.shape == base.shape && m.variant != "naive") {
             lines.push(format!("{} {} {}: {:.2}x the naive kernel", m.kernel, m.shape, m.variant, base.ms / m.ms));

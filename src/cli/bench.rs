@@ -84,10 +84,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let adapter = gpu.adapter_name();
     let opts = Options { filter: args.filter.clone(), reps: args.reps, ..Options::default() };
     let matmul = crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?.name();
+    let soft = crate::ops::soft_assign_variant::SoftAssignVariant::for_adapter(&gpu)?.name();
+    let defaults = format!("default matmul variant: {matmul}; default soft-assign variant: {soft}");
     if args.json {
-        eprintln!("adapter: {adapter}; default matmul variant: {matmul}");
+        eprintln!("adapter: {adapter}; {defaults}");
     } else {
-        println!("adapter: {adapter}; default matmul variant: {matmul}");
+        println!("adapter: {adapter}; {defaults}");
         println!("{}", bench::TABLE_HEADER);
     }
     let results = bench::run(&gpu, &opts, |m| {
@@ -156,7 +158,8 @@ fn autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
         let file = crate::ops::autotune_cache::cache_file().map(|f| f.display().to_string()).unwrap_or_default();
         println!("stored {} ({best_ms:.3} ms) for this adapter in {file}", best.name());
     }
-    attention_autotune_table(gpu)
+    attention_autotune_table(gpu)?;
+    soft_assign_autotune_table(gpu)
 }
 
 /// The attention part of `sop bench --autotune`: the GPU autotune's table (stored in the
@@ -183,5 +186,31 @@ fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
     let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
     crate::ops::autotune_cache::store(gpu, FAMILY, best.name(), cache_shape(), &named);
     println!("stored {} for this adapter", best.name());
+    Ok(())
+}
+
+/// The soft-assign part of `sop bench --autotune`: forward + backward of the whole
+/// assignment per variant (dense-equivalent GFLOP/s: 4·R·M·(W + K)).
+fn soft_assign_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
+    use crate::ops::soft_assign_variant::{autotune, fastest, SoftAssignVariant, AUTOTUNE_SHAPE, FAMILY};
+    let shape = if gpu.is_cpu() { (256, 128, 128, 64) } else { AUTOTUNE_SHAPE };
+    let timings = autotune(gpu, shape)?;
+    let best = fastest(&timings);
+    let (r, m, k, w) = shape;
+    println!("soft assignment R {r}, M {m}, K {k}, W {w}, forward + backward, median of 3 samples");
+    for (v, ms) in &timings {
+        let gflops = 4.0 * (r * m * (w + k)) as f64 / (ms * 1e-3) / 1e9;
+        println!("{:<14} {ms:>10.3} ms {gflops:>9.2} GFLOP/s{}", v.name(), if *v == best { "  fastest" } else { "" });
+    }
+    if gpu.is_cpu() {
+        println!(
+            "CPU adapter: sop uses the rule's variant ({}) rather than this table",
+            SoftAssignVariant::cpu_rule().name()
+        );
+    } else {
+        let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
+        crate::ops::autotune_cache::store(gpu, FAMILY, best.name(), (r, m, w), &named);
+        println!("stored {} for this adapter", best.name());
+    }
     Ok(())
 }

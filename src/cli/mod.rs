@@ -32,11 +32,15 @@ pub struct AdapterArg {
 }
 
 impl AdapterArg {
-    /// The device, with a `SOP_MATMUL` override checked and fixed before any work.
+    /// The device, with `SOP_MATMUL` and `SOP_SOFT_ASSIGN` overrides checked and fixed before
+    /// any work.
     pub fn gpu(&self) -> anyhow::Result<crate::gpu::Gpu> {
         let gpu = crate::gpu::Gpu::new(self.adapter.as_deref())?;
         if std::env::var_os("SOP_MATMUL").is_some() {
             crate::ops::matmul::MatmulVariant::for_adapter(&gpu)?;
+        }
+        if std::env::var_os("SOP_SOFT_ASSIGN").is_some() {
+            crate::ops::soft_assign_variant::SoftAssignVariant::for_adapter(&gpu)?;
         }
         Ok(gpu)
     }

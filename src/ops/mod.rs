@@ -22,6 +22,8 @@ pub mod matmul;
 pub mod prototypes;
 pub mod reduce;
 pub mod soft_assign;
+pub mod soft_assign_flash;
+pub mod soft_assign_variant;
 pub mod softmax;
 pub mod tokens;
 pub mod topk;
@@ -52,12 +54,13 @@ mod tests {
             super::prototypes::params_layouts(),
             super::reduce::params_layouts(),
             super::soft_assign::params_layouts(),
+            super::soft_assign_flash::params_layouts(),
             super::softmax::params_layouts(),
             super::tokens::params_layouts(),
             super::topk::params_layouts(),
         ];
         let layouts: Vec<_> = all.into_iter().flatten().collect();
-        assert_eq!(layouts.len(), 25, "one layout per shader file with a Params struct");
+        assert_eq!(layouts.len(), 26, "one layout per shader file with a Params struct");
         let errors: Vec<String> = layouts.iter().filter_map(|l| l.check().err()).collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
     }

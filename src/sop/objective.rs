@@ -2,21 +2,24 @@
 //! SOP-MIM patch loss, averaged over tasks, with gradients for the student embeddings only.
 //!
 //! Shape letters as in src/lib.rs. Per task, with prototypes D (M, W) and Y (M, P′):
-//!   P(u) = softmax(u·Dᵀ/τ)·Y                       (matmul + soft_assign)
+//!   P(u) = softmax(u·Dᵀ/τ)·Y                       (ops::soft_assign_variant: matmul +
+//!                                                   soft_assign, or the fused flash kernel)
 //!   [CLS]: student rows ((2+L)·B) vs teacher rows (2B). Since H(q, p) is linear in q, the
 //!     sum over teacher views j ≠ i of H(q_j, p_i) is H(Σ_{j≠i} q_j, p_i): the targets are
 //!     Q = Sel·q_t with a 0/1 selection matrix Sel ((2+L)B, 2B), and the weights
 //!     1/(B · pairs · tasks), pairs = 2 + 2L.
 //!   MIM: student patch rows of masked view i vs teacher rows of the same view, weight
 //!     mask / max(1, masked count of that image) / (2B · tasks).
-//! Backward: dp = −w·q/p (cross_entropy), dlogits = soft_assign_backward, du = dlogits·D.
+//! Backward: dp = −w·q/p (cross_entropy), dlogits = soft_assign_backward, du = dlogits·D
+//! (or the flash backward, which fuses the last two).
 
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::ops::cross_entropy::{cross_entropy_backward, cross_entropy_forward};
 use crate::ops::elementwise::add;
 use crate::ops::matmul::Matmul;
-use crate::ops::soft_assign::{soft_assign_backward, soft_assign_forward};
+use crate::ops::soft_assign::Votes;
+use crate::ops::soft_assign_variant::{assign_backward, assign_forward, SoftAssignVariant};
 use crate::ops::topk::topk_forward;
 use crate::sop::bank::Bank;
 use crate::sop::prototypes::{build, Keep, PrototypeConfig, Prototypes};
@@ -158,11 +161,15 @@ pub struct ObjectiveOutput {
     pub prototypes_used: usize,
 }
 
-/// Logits u·Dᵀ (R, M) and the distribution P(u) (R, P′).
-fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<(Tensor, Tensor)> {
-    let logits = Matmul::new(u, &proto.members).trans_b().run(gpu)?;
-    let p = soft_assign_forward(gpu, &logits, &proto.votes, tau)?;
-    Ok((logits, p))
+/// Y as SOP builds it: member m of prototype m / E, one value off the owner's column.
+fn owned_votes(proto: &Prototypes) -> Votes<'_> {
+    Votes::Owned { y: &proto.votes, experts: proto.members.shape[0] / proto.kept.max(1) }
+}
+
+/// The distribution P(u) (R, P′) = softmax(u·Dᵀ/τ)·Y, by the adapter's soft-assign variant.
+fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<Tensor> {
+    let v = SoftAssignVariant::for_adapter(gpu)?;
+    Ok(assign_forward(gpu, v, u, &proto.members, owned_votes(proto), tau)?.0)
 }
 
 /// One cross-entropy term: loss (a (1) tensor), and du (R, W) of the student rows.
@@ -174,11 +181,12 @@ fn term(
     proto: &Prototypes,
     tau_s: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (logits, p_s) = assign(gpu, u_s, proto, tau_s)?;
+    let v = SoftAssignVariant::for_adapter(gpu)?;
+    let votes = owned_votes(proto);
+    let (p_s, saved) = assign_forward(gpu, v, u_s, &proto.members, votes, tau_s)?;
     let loss = cross_entropy_forward(gpu, target, &p_s, w)?;
     let dp = cross_entropy_backward(gpu, target, &p_s, w, 1.0)?;
-    let dlogits = soft_assign_backward(gpu, &logits, &proto.votes, tau_s, &dp)?;
-    let du = Matmul::new(&dlogits, &proto.members).run(gpu)?;
+    let du = assign_backward(gpu, v, u_s, &proto.members, votes, tau_s, &p_s, &saved, &dp)?;
     Ok((loss, du, p_s))
 }
 
@@ -361,7 +369,7 @@ pub fn sop_objective_tensors(
                 Some(keep) => Ok(Keep::Listed(keep.clone())),
                 None => choose_keep(nb, terms.kind, task),
             })?;
-            let (_, q) = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
+            let q = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
             let target = match &terms.select {
                 Some(sel) => Matmul::new(sel, &q).run(gpu)?,
                 None => q.clone(),

@@ -56,6 +56,11 @@ pub(super) fn resolve_run(
                     log::warn!("the run used the {} matmul; this process already uses another, so the resumed run may differ in rounding", v.name());
                 }
             }
+            if let Some(v) = r.soft_assign {
+                if !crate::ops::soft_assign_variant::SoftAssignVariant::pin(gpu, v) {
+                    log::warn!("the run used the {} soft assignment; this process already uses another, so the resumed run may differ in rounding", v.name());
+                }
+            }
             Some((dir.to_path_buf(), r))
         }
         None => None,

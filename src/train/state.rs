@@ -14,6 +14,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::config::VitConfig;
 use crate::model::vit::Weights;
+use crate::ops::soft_assign_variant::SoftAssignVariant;
 use crate::sop::bank::Bank;
 use crate::train::optimizer::AdamW;
 
@@ -91,6 +92,7 @@ pub fn save_all(
     meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
     meta.insert("config".into(), config_toml.to_string());
     meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu)?.name().to_string());
+    meta.insert("soft_assign".into(), SoftAssignVariant::for_adapter(gpu)?.name().to_string());
     // State first: if we crash before the weights are renamed, the step check refuses it.
     checkpoint::save(&dir.join(STATE), &map, &meta)?;
     save_weights(gpu, &dir.join(STUDENT), student, cfg, progress.step)?;
@@ -109,6 +111,8 @@ pub struct Resumed {
     pub bank_ptrs: (usize, usize),
     /// The matmul variant the run used (absent in states written before it was recorded).
     pub matmul: Option<crate::ops::matmul::MatmulVariant>,
+    /// The soft-assign variant the run used (absent in states written before it was recorded).
+    pub soft_assign: Option<SoftAssignVariant>,
 }
 
 fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key: &str) -> Result<T> {
@@ -250,6 +254,15 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
             None => None,
             Some(v) => Some(crate::ops::matmul::MatmulVariant::parse(v).ok_or_else(|| {
                 SopError::file(&paths[0], format!("metadata matmul {v:?} is not a matmul variant (a damaged file?)"))
+            })?),
+        },
+        soft_assign: match state.metadata.get("soft_assign") {
+            None => None,
+            Some(v) => Some(SoftAssignVariant::parse(v).ok_or_else(|| {
+                SopError::file(
+                    &paths[0],
+                    format!("metadata soft_assign {v:?} is not a soft-assign variant (a damaged file?)"),
+                )
             })?),
         },
         student: student.tensors,
