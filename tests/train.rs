@@ -79,6 +79,8 @@ fn teacher_follows_the_ema_rule_and_banks_fill_in_fifo_order() {
     );
     let soft = st.metadata.get("soft_assign").and_then(|v| sop::ops::soft_assign_variant::SoftAssignVariant::parse(v));
     assert!(soft.is_some(), "{:?}", st.metadata.get("soft_assign"));
+    // The attention choice is recorded for GPUs only: CPU adapters follow a rule of the shape.
+    assert_eq!(st.metadata.contains_key("attention"), !gpu.is_cpu(), "{:?}", st.metadata.get("attention"));
     let src = &st.tensors["cls_bank_sources"].data;
     assert!(src[..8].iter().all(|&s| s >= 0.0) && src[8..].iter().all(|&s| s == -1.0), "{src:?}");
     let bank = &st.tensors["cls_bank"].data;
@@ -128,6 +130,18 @@ fn corrupt_checkpoints_are_refused() {
     cfg.optim.steps = Some(1);
     let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
     assert!(err.contains("train_state.safetensors") && err.contains("soft_assign"), "{err}");
+
+    // Likewise a recorded attention variant that is not one.
+    let dir = tmp("corrupt-attention");
+    let mut cfg = tiny(&dir);
+    cfg.optim.steps = Some(0);
+    train(&gpu, cfg.clone(), None, false).unwrap();
+    let mut st = checkpoint::read(&dir.join(state::STATE)).unwrap();
+    st.metadata.insert("attention".into(), "flash3".into());
+    checkpoint::save(&dir.join(state::STATE), &st.tensors, &st.metadata).unwrap();
+    cfg.optim.steps = Some(1);
+    let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
+    assert!(err.contains("train_state.safetensors") && err.contains("flash3"), "{err}");
 }
 
 #[test]

@@ -140,6 +140,22 @@ impl AttentionVariant {
         })?;
         Ok(AttentionVariant::parse(name).expect("only variant names are stored"))
     }
+
+    /// What a checkpoint records so that a resume repeats the run bit for bit: the GPU's
+    /// timed choice (fixed for the device's lifetime). None on CPU adapters (there a rule of
+    /// the shape decides) and under `SOP_ATTENTION` (the user's choice holds on resume too).
+    pub fn recorded(gpu: &Gpu) -> Result<Option<AttentionVariant>> {
+        if gpu.is_cpu() || AttentionVariant::from_env()?.is_some() {
+            return Ok(None);
+        }
+        AttentionVariant::for_gpu(gpu).map(Some)
+    }
+
+    /// Use `v` on this (GPU) device from now on: a resumed run keeps the variant it started
+    /// with. False when another is already fixed. CPU adapters follow their rule regardless.
+    pub fn pin(gpu: &Gpu, v: AttentionVariant) -> bool {
+        gpu.kernel_choices.get_or_try_set(FAMILY, || Ok(v.name())).is_ok_and(|name| name == v.name())
+    }
 }
 
 /// `AUTOTUNE_SHAPE` as the cache records it: (B·H, T, Dh).

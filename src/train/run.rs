@@ -61,6 +61,11 @@ pub(super) fn resolve_run(
                     log::warn!("the run used the {} soft assignment; this process already uses another, so the resumed run may differ in rounding", v.name());
                 }
             }
+            if let Some(v) = r.attention {
+                if !crate::ops::attention_variant::AttentionVariant::pin(gpu, v) {
+                    log::warn!("the run used the {} attention; this process already uses another, so the resumed run may differ in rounding", v.name());
+                }
+            }
             Some((dir.to_path_buf(), r))
         }
         None => None,

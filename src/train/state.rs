@@ -14,6 +14,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
 use crate::model::config::VitConfig;
 use crate::model::vit::Weights;
+use crate::ops::attention_variant::AttentionVariant;
 use crate::ops::soft_assign_variant::SoftAssignVariant;
 use crate::sop::bank::Bank;
 use crate::train::optimizer::AdamW;
@@ -93,6 +94,9 @@ pub fn save_all(
     meta.insert("config".into(), config_toml.to_string());
     meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu)?.name().to_string());
     meta.insert("soft_assign".into(), SoftAssignVariant::for_adapter(gpu)?.name().to_string());
+    if let Some(v) = AttentionVariant::recorded(gpu)? {
+        meta.insert("attention".into(), v.name().to_string());
+    }
     // State first: if we crash before the weights are renamed, the step check refuses it.
     checkpoint::save(&dir.join(STATE), &map, &meta)?;
     save_weights(gpu, &dir.join(STUDENT), student, cfg, progress.step)?;
@@ -113,6 +117,9 @@ pub struct Resumed {
     pub matmul: Option<crate::ops::matmul::MatmulVariant>,
     /// The soft-assign variant the run used (absent in states written before it was recorded).
     pub soft_assign: Option<SoftAssignVariant>,
+    /// The attention variant a GPU run used (absent on CPU adapters, under `SOP_ATTENTION`,
+    /// and in states written before it was recorded).
+    pub attention: Option<AttentionVariant>,
 }
 
 fn meta_num<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key: &str) -> Result<T> {
@@ -262,6 +269,15 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
                 SopError::file(
                     &paths[0],
                     format!("metadata soft_assign {v:?} is not a soft-assign variant (a damaged file?)"),
+                )
+            })?),
+        },
+        attention: match state.metadata.get("attention") {
+            None => None,
+            Some(v) => Some(AttentionVariant::parse(v).ok_or_else(|| {
+                SopError::file(
+                    &paths[0],
+                    format!("metadata attention {v:?} is not an attention variant (a damaged file?)"),
                 )
             })?),
         },
