@@ -148,6 +148,27 @@ fn bad_input_gets_clear_errors() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("SOP_SOFT_ASSIGN") && err.contains("votes"), "{err}");
+
+    // Likewise the attention override, refused before `train` writes its run folder.
+    let dir = tmp("bad-attention");
+    let run = dir.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_sop"))
+        .args(["train", "--steps", "1", "--out", s(&run)])
+        .env("SOP_ATTENTION", "flash3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("SOP_ATTENTION") && err.contains("unfused"), "{err}");
+    assert!(!run.exists(), "a refused start writes no run folder");
+
+    // A new run does not replace a plot.png it did not draw.
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("plot.png"), b"the user's").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_sop")).args(["train", "--steps", "1", "--out", s(&run)]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("plot.png"), "{err}");
+    assert_eq!(std::fs::read(run.join("plot.png")).unwrap(), b"the user's");
 }
 
 #[test]

@@ -32,8 +32,8 @@ pub struct AdapterArg {
 }
 
 impl AdapterArg {
-    /// The device, with `SOP_MATMUL` and `SOP_SOFT_ASSIGN` overrides checked and fixed before
-    /// any work.
+    /// The device, with the `SOP_MATMUL`, `SOP_SOFT_ASSIGN` and `SOP_ATTENTION` overrides
+    /// checked (and the first two fixed) before any work.
     pub fn gpu(&self) -> anyhow::Result<crate::gpu::Gpu> {
         let gpu = crate::gpu::Gpu::new(self.adapter.as_deref())?;
         if std::env::var_os("SOP_MATMUL").is_some() {
@@ -42,6 +42,7 @@ impl AdapterArg {
         if std::env::var_os("SOP_SOFT_ASSIGN").is_some() {
             crate::ops::soft_assign_variant::SoftAssignVariant::for_adapter(&gpu)?;
         }
+        crate::ops::attention_variant::AttentionVariant::from_env()?;
         Ok(gpu)
     }
 }

@@ -169,7 +169,8 @@ pub fn check_new_run_folder(out: &Path) -> Result<()> {
             "already holds a training run: pass `--resume` with this folder to continue it, or `--out` a new folder",
         ));
     }
-    let present: Vec<&str> = RUN_FILES.iter().copied().filter(|f| out.join(f).exists()).collect();
+    // The run writes plot.png at its end too: a new run never replaces one it did not draw.
+    let present: Vec<&str> = RUN_FILES.iter().chain([&PLOT]).copied().filter(|f| out.join(f).exists()).collect();
     if present.is_empty() {
         Ok(())
     } else {
