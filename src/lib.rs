@@ -13,9 +13,10 @@
 //!   each with its shape checks, one `Kernel` constant per WGSL entry point of
 //!   `shaders/<op>.wgsl` recorded through `ops::launch`, and its backward with the
 //!   derivation. Start at `ops/launch.rs`, then `ops/layernorm.rs` as a typical pair. Ops
-//!   with variants choose one per adapter (rule, autotune, on-disk cache, env override):
-//!   `ops/matmul.rs`, and `ops/soft_assign_variant.rs` for the SOP soft assignment
-//!   (`soft_assign.rs` on stored logits, `soft_assign_flash.rs` fused).
+//!   with variants choose one per adapter (rule, autotune, on-disk cache, env override, a
+//!   resumed run's pin; the shared part in `ops/variant.rs`): `ops/matmul.rs`,
+//!   `ops/attention_variant.rs`, and `ops/soft_assign_variant.rs` for the SOP soft
+//!   assignment (`soft_assign.rs` on stored logits, `soft_assign_flash.rs` fused).
 //! - `tape`: the autograd tape (`tape.rs`): one `Op` enum, one reverse loop whose arms carry
 //!   their derivatives, saved tensors freed as soon as the backward used them. Read
 //!   `Tape::backward`.

@@ -54,7 +54,7 @@ pub struct Gpu {
 
 /// Kernel variants fixed for a device, one per op family ("matmul" -> "blocked_128"). The
 /// runtime only keeps them: the ops above it decide (an environment override, a resumed
-/// run's pin, a rule or an autotune; see `ops::matmul::MatmulVariant::for_adapter`).
+/// run's pin, a rule or an autotune; see `ops::variant`).
 #[derive(Default)]
 pub struct KernelChoices(Mutex<HashMap<&'static str, &'static str>>);
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
 use crate::ops::attention::{attention_backward_with, attention_forward_with, Dims};
-use crate::ops::autotune_cache;
+use crate::ops::variant::{self, Variant};
 
 /// The op family name under which the device keeps its (GPU) attention choice and the
 /// autotune cache its timings.
@@ -50,21 +50,12 @@ impl AttentionVariant {
     }
 
     pub fn parse(s: &str) -> Option<AttentionVariant> {
-        AttentionVariant::ALL.into_iter().find(|v| v.name() == s)
+        variant::parse(s)
     }
 
     /// `SOP_ATTENTION`, if set: a variant name, or an error that lists the valid ones.
     pub fn from_env() -> Result<Option<AttentionVariant>> {
-        match std::env::var("SOP_ATTENTION") {
-            Err(_) => Ok(None),
-            Ok(s) => AttentionVariant::parse(&s).map(Some).ok_or_else(|| {
-                let names: Vec<&str> = AttentionVariant::ALL.iter().map(|v| v.name()).collect();
-                SopError::Invalid(format!(
-                    "SOP_ATTENTION={s:?} is not an attention variant (one of {})",
-                    names.join(", ")
-                ))
-            }),
-        }
+        variant::from_env()
     }
 
     /// Bytes of one B·H·T² score matrix (`unfused` holds one in the forward, two in the
@@ -121,24 +112,7 @@ impl AttentionVariant {
     /// Other adapters: the cached choice, else the autotune's (stored for later runs), fixed
     /// for the device's lifetime.
     fn for_gpu(gpu: &Gpu) -> Result<AttentionVariant> {
-        let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
-            if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| AttentionVariant::parse(&n)) {
-                log::info!("attention variant for {}: {} (cached)", gpu.adapter_name(), v.name());
-                return Ok(v.name());
-            }
-            match autotune(gpu) {
-                Ok(timings) => {
-                    let named: Vec<_> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-                    if let Some(best) = autotune_cache::keep_fastest(gpu, FAMILY, &named, cache_shape()) {
-                        return Ok(best);
-                    }
-                    log::warn!("attention autotune timed nothing; using fused");
-                }
-                Err(e) => log::warn!("attention autotune failed ({e}); using fused"),
-            }
-            Ok(AttentionVariant::Fused.name())
-        })?;
-        Ok(AttentionVariant::parse(name).expect("only variant names are stored"))
+        variant::fixed(gpu, || Ok(variant::tuned(gpu)))
     }
 
     /// What a checkpoint records so that a resume repeats the run bit for bit: the GPU's
@@ -154,14 +128,34 @@ impl AttentionVariant {
     /// Use `v` on this (GPU) device from now on: a resumed run keeps the variant it started
     /// with. False when another is already fixed. CPU adapters follow their rule regardless.
     pub fn pin(gpu: &Gpu, v: AttentionVariant) -> bool {
-        gpu.kernel_choices.get_or_try_set(FAMILY, || Ok(v.name())).is_ok_and(|name| name == v.name())
+        variant::pin(gpu, v)
+    }
+}
+
+impl Variant for AttentionVariant {
+    const FAMILY: &'static str = FAMILY;
+    const ENV: &'static str = "SOP_ATTENTION";
+    const KIND: &'static str = "attention";
+    const OP: &'static str = "attention";
+    const FALLBACK: Self = AttentionVariant::Fused;
+    const TUNE_SHAPE: (usize, usize, usize) = {
+        let (b, t, h, dh) = AUTOTUNE_SHAPE;
+        (b * h, t, dh)
+    };
+    fn all() -> &'static [Self] {
+        &AttentionVariant::ALL
+    }
+    fn name(self) -> &'static str {
+        AttentionVariant::name(self)
+    }
+    fn autotune(gpu: &Gpu) -> Result<Vec<(Self, f64)>> {
+        autotune(gpu)
     }
 }
 
 /// `AUTOTUNE_SHAPE` as the cache records it: (B·H, T, Dh).
 pub fn cache_shape() -> (usize, usize, usize) {
-    let (b, t, h, dh) = AUTOTUNE_SHAPE;
-    (b * h, t, dh)
+    <AttentionVariant as Variant>::TUNE_SHAPE
 }
 
 /// Timed forward + backward passes per sample (a single pass would time the wait).
@@ -181,30 +175,11 @@ pub fn autotune(gpu: &Gpu) -> Result<Vec<(AttentionVariant, f64)>> {
         let (out, lse) = attention_forward_with(gpu, &qkv, h, v)?;
         attention_backward_with(gpu, [&qkv, &out, &lse, &dout], h, v).map(|_| ())
     };
-    let mut timings = Vec::new();
-    for v in AttentionVariant::ALL {
-        if v.check_fits(gpu, &dm).is_err() {
-            continue;
-        }
-        pass(v)?;
-        gpu.sync()?;
-        let mut ms: Vec<f64> = (0..3)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                for _ in 0..AUTOTUNE_ITERS {
-                    pass(v)?;
-                }
-                gpu.sync()?;
-                Ok(t0.elapsed().as_secs_f64() * 1e3 / AUTOTUNE_ITERS as f64)
-            })
-            .collect::<Result<_>>()?;
-        ms.sort_by(f64::total_cmp);
-        timings.push((v, ms[1]));
-    }
-    Ok(timings)
+    let fitting = AttentionVariant::ALL.into_iter().filter(|v| v.check_fits(gpu, &dm).is_ok());
+    fitting.map(|v| Ok((v, variant::median_ms(gpu, AUTOTUNE_ITERS, || pass(v))?))).collect()
 }
 
 /// The variant with the smallest time (`fused` when none was timed).
 pub fn fastest(timings: &[(AttentionVariant, f64)]) -> AttentionVariant {
-    timings.iter().copied().fold((AttentionVariant::Fused, f64::INFINITY), |b, t| if t.1 < b.1 { t } else { b }).0
+    variant::fastest(timings).0
 }

@@ -75,21 +75,6 @@ pub fn store(gpu: &Gpu, family: &str, choice: &str, shape: (usize, usize, usize)
     }
 }
 
-/// The fastest of an autotune's `(variant, median ms)` timings (the first on ties), logged
-/// with every timing and stored for this device; None when nothing was timed.
-pub fn keep_fastest(
-    gpu: &Gpu,
-    family: &str,
-    timings: &[(&'static str, f64)],
-    shape: (usize, usize, usize),
-) -> Option<&'static str> {
-    let best = timings.iter().copied().reduce(|b, t| if t.1 < b.1 { t } else { b })?.0;
-    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{v} {ms:.3} ms")).collect();
-    log::info!("{family} variant for {}: {best} ({})", gpu.adapter_name(), all.join(", "));
-    store(gpu, family, best, shape, timings);
-    Some(best)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,8 @@ use crate::error::{Result, SopError};
 use crate::gpu::params_layout::{params_layout, ParamsLayout};
 use crate::gpu::pipelines::shader;
 use crate::gpu::{Bind, DType, Gpu, Shader, Tensor};
-use crate::ops::autotune_cache;
 use crate::ops::launch::{launch, launch_with, Grid, Kernel};
+use crate::ops::variant::{self, Variant};
 
 pub static MATMUL: Shader = shader!("gelu_math.wgsl" + "matmul_common.wgsl" + "matmul.wgsl");
 pub static MATMUL_SUBGROUP: Shader = shader!("gelu_math.wgsl" + "matmul_common.wgsl" + "matmul_subgroup.wgsl");
@@ -102,7 +102,7 @@ impl MatmulVariant {
     /// available variant, timed once on first use (`autotune`). A `SOP_MATMUL` that is not a
     /// variant, or names one the adapter cannot run, is an error.
     pub fn for_adapter(gpu: &Gpu) -> Result<MatmulVariant> {
-        let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
+        variant::fixed(gpu, || {
             if let Some(v) = MatmulVariant::from_env()? {
                 if !v.available(gpu) {
                     return Err(SopError::Invalid(format!(
@@ -111,30 +111,10 @@ impl MatmulVariant {
                         gpu.adapter_name()
                     )));
                 }
-                return Ok(v.name());
+                return Ok(v);
             }
-            if gpu.is_cpu() {
-                return Ok(MatmulVariant::cpu_rule(gpu).name());
-            }
-            if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| MatmulVariant::parse(&n)) {
-                if v.available(gpu) {
-                    log::info!("matmul variant for {}: {} (cached)", gpu.adapter_name(), v.name());
-                    return Ok(v.name());
-                }
-            }
-            match autotune(gpu, AUTOTUNE_SHAPE) {
-                Ok(timings) => {
-                    let named: Vec<_> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-                    if let Some(best) = autotune_cache::keep_fastest(gpu, FAMILY, &named, AUTOTUNE_SHAPE) {
-                        return Ok(best);
-                    }
-                    log::warn!("matmul autotune timed nothing; using tiled_shared");
-                }
-                Err(e) => log::warn!("matmul autotune failed ({e}); using tiled_shared"),
-            }
-            Ok(MatmulVariant::TiledShared.name())
-        })?;
-        Ok(MatmulVariant::parse(name).expect("only variant names are stored"))
+            Ok(if gpu.is_cpu() { MatmulVariant::cpu_rule(gpu) } else { variant::tuned(gpu) })
+        })
     }
 
     /// The variant CPU adapters use without timing: `subgroup_16x4` where subgroups of 8 or
@@ -151,18 +131,12 @@ impl MatmulVariant {
     /// orders, so a resumed run must keep the variant it started with to repeat the
     /// uninterrupted run bit for bit. False when another variant is already fixed.
     pub fn pin(gpu: &Gpu, v: MatmulVariant) -> bool {
-        gpu.kernel_choices.get_or_try_set(FAMILY, || Ok(v.name())).is_ok_and(|name| name == v.name())
+        variant::pin(gpu, v)
     }
 
     /// `SOP_MATMUL`, if set: a variant name, or an error that lists the valid ones.
     pub fn from_env() -> Result<Option<MatmulVariant>> {
-        match std::env::var("SOP_MATMUL") {
-            Err(_) => Ok(None),
-            Ok(s) => MatmulVariant::parse(&s).map(Some).ok_or_else(|| {
-                let names: Vec<&str> = MatmulVariant::ALL.iter().map(|v| v.name()).collect();
-                SopError::Invalid(format!("SOP_MATMUL={s:?} is not a matmul variant (one of {})", names.join(", ")))
-            }),
-        }
+        variant::from_env()
     }
     pub fn name(self) -> &'static str {
         match self {
@@ -175,7 +149,7 @@ impl MatmulVariant {
         }
     }
     pub fn parse(s: &str) -> Option<MatmulVariant> {
-        MatmulVariant::ALL.into_iter().find(|v| v.name() == s)
+        variant::parse(s)
     }
 
     /// The split-K slice length this variant uses for a (batch, M, N, K) product, if any.
@@ -191,6 +165,27 @@ impl MatmulVariant {
             MatmulVariant::Blocked64 => Some((64, 64, 16)),
             _ => None,
         }
+    }
+}
+
+impl Variant for MatmulVariant {
+    const FAMILY: &'static str = FAMILY;
+    const ENV: &'static str = "SOP_MATMUL";
+    const KIND: &'static str = "matmul";
+    const OP: &'static str = "matmul";
+    const FALLBACK: Self = MatmulVariant::TiledShared;
+    const TUNE_SHAPE: (usize, usize, usize) = AUTOTUNE_SHAPE;
+    fn all() -> &'static [Self] {
+        &MatmulVariant::ALL
+    }
+    fn name(self) -> &'static str {
+        MatmulVariant::name(self)
+    }
+    fn runs_on(self, gpu: &Gpu) -> bool {
+        self.available(gpu)
+    }
+    fn autotune(gpu: &Gpu) -> Result<Vec<(Self, f64)>> {
+        autotune(gpu, AUTOTUNE_SHAPE)
     }
 }
 
@@ -464,32 +459,19 @@ pub fn autotune(gpu: &Gpu, (m, k, n): (usize, usize, usize)) -> Result<Vec<(Matm
     let a = gpu.upload_f32(&[m, k], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>())?;
     let b = gpu.upload_f32(&[k, n], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>())?;
     let out = gpu.empty(&[m, n], DType::F32)?;
-    let mut timings = Vec::new();
-    for v in MatmulVariant::available_on(gpu) {
-        Matmul::new(&a, &b).variant(v).run_into(gpu, &out, false)?;
-        gpu.sync()?;
-        let mut ms: Vec<f64> = (0..3)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                for _ in 0..AUTOTUNE_ITERS {
-                    Matmul::new(&a, &b).variant(v).run_into(gpu, &out, false)?;
-                }
-                gpu.sync()?;
-                Ok(t0.elapsed().as_secs_f64() * 1e3 / AUTOTUNE_ITERS as f64)
-            })
-            .collect::<Result<_>>()?;
-        ms.sort_by(f64::total_cmp);
-        timings.push((v, ms[1]));
-    }
-    Ok(timings)
+    MatmulVariant::available_on(gpu)
+        .into_iter()
+        .map(|v| {
+            let ms =
+                variant::median_ms(gpu, AUTOTUNE_ITERS, || Matmul::new(&a, &b).variant(v).run_into(gpu, &out, false));
+            Ok((v, ms?))
+        })
+        .collect()
 }
 
 /// The variant with the smallest time (the first one on ties).
 pub fn fastest(timings: &[(MatmulVariant, f64)]) -> (MatmulVariant, f64) {
-    timings
-        .iter()
-        .copied()
-        .fold((MatmulVariant::TiledShared, f64::INFINITY), |best, t| if t.1 < best.1 { t } else { best })
+    variant::fastest(timings)
 }
 
 fn t(trans: bool) -> &'static str {

@@ -27,6 +27,7 @@ pub mod soft_assign_variant;
 pub mod softmax;
 pub mod tokens;
 pub mod topk;
+pub mod variant;
 
 #[cfg(test)]
 mod tests {

@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Result, SopError};
 use crate::gpu::{Gpu, Tensor};
-use crate::ops::autotune_cache;
 use crate::ops::matmul::Matmul;
 use crate::ops::soft_assign::{soft_assign_backward_with, soft_assign_forward_with, LogitsRoute, Votes};
 use crate::ops::soft_assign_flash::{flash_backward, flash_forward, FlashSaved};
+use crate::ops::variant::{self, Variant};
 
 /// The op family name under which the device keeps its choice.
 pub const FAMILY: &str = "soft_assign";
@@ -46,7 +46,7 @@ impl SoftAssignVariant {
     }
 
     pub fn parse(s: &str) -> Option<SoftAssignVariant> {
-        SoftAssignVariant::ALL.into_iter().find(|v| v.name() == s)
+        variant::parse(s)
     }
 
     /// Whether the variant can take this Y (`votes` needs SOP's owned vote matrix).
@@ -65,16 +65,7 @@ impl SoftAssignVariant {
 
     /// `SOP_SOFT_ASSIGN`, if set: a variant name, or an error that lists the valid ones.
     pub fn from_env() -> Result<Option<SoftAssignVariant>> {
-        match std::env::var("SOP_SOFT_ASSIGN") {
-            Err(_) => Ok(None),
-            Ok(s) => SoftAssignVariant::parse(&s).map(Some).ok_or_else(|| {
-                let names: Vec<&str> = SoftAssignVariant::ALL.iter().map(|v| v.name()).collect();
-                SopError::Invalid(format!(
-                    "SOP_SOFT_ASSIGN={s:?} is not a soft-assign variant (one of {})",
-                    names.join(", ")
-                ))
-            }),
-        }
+        variant::from_env()
     }
 
     /// The variant CPU adapters use without timing: `votes` (O(M + K) per row; the
@@ -86,40 +77,37 @@ impl SoftAssignVariant {
     /// The variant the objective uses on this device: `SOP_SOFT_ASSIGN`, else a pin, else on
     /// CPU adapters `cpu_rule`, else the cached autotune choice, else an autotune (stored).
     pub fn for_adapter(gpu: &Gpu) -> Result<SoftAssignVariant> {
-        let name = gpu.kernel_choices.get_or_try_set(FAMILY, || {
-            if let Some(v) = SoftAssignVariant::from_env()? {
-                return Ok(v.name());
-            }
-            if gpu.is_cpu() {
-                return Ok(SoftAssignVariant::cpu_rule().name());
-            }
-            if let Some(v) = autotune_cache::load(gpu, FAMILY).and_then(|n| SoftAssignVariant::parse(&n)) {
-                log::info!("soft-assign variant for {}: {} (cached)", gpu.adapter_name(), v.name());
-                return Ok(v.name());
-            }
-            Ok(match autotune(gpu, AUTOTUNE_SHAPE) {
-                Ok(timings) => {
-                    let best = fastest(&timings);
-                    let all: Vec<String> = timings.iter().map(|(v, ms)| format!("{} {ms:.3} ms", v.name())).collect();
-                    log::info!("soft-assign variant for {}: {} ({})", gpu.adapter_name(), best.name(), all.join(", "));
-                    let named: Vec<(&str, f64)> = timings.iter().map(|&(v, ms)| (v.name(), ms)).collect();
-                    let (r, m, _, w) = AUTOTUNE_SHAPE;
-                    autotune_cache::store(gpu, FAMILY, best.name(), (r, m, w), &named);
-                    best.name()
-                }
-                Err(e) => {
-                    log::warn!("soft-assign autotune failed ({e}); using flash");
-                    SoftAssignVariant::Flash.name()
-                }
+        variant::fixed(gpu, || {
+            Ok(match SoftAssignVariant::from_env()? {
+                Some(v) => v,
+                None if gpu.is_cpu() => SoftAssignVariant::cpu_rule(),
+                None => variant::tuned(gpu),
             })
-        })?;
-        Ok(SoftAssignVariant::parse(name).expect("only variant names are stored"))
+        })
     }
 
     /// Use `v` on this device from now on (a resumed run keeps the variant it started with,
     /// so it repeats the uninterrupted run bit for bit). False when another is already fixed.
     pub fn pin(gpu: &Gpu, v: SoftAssignVariant) -> bool {
-        gpu.kernel_choices.get_or_try_set(FAMILY, || Ok(v.name())).is_ok_and(|name| name == v.name())
+        variant::pin(gpu, v)
+    }
+}
+
+impl Variant for SoftAssignVariant {
+    const FAMILY: &'static str = FAMILY;
+    const ENV: &'static str = "SOP_SOFT_ASSIGN";
+    const KIND: &'static str = "soft-assign";
+    const OP: &'static str = "soft assignment";
+    const FALLBACK: Self = SoftAssignVariant::Flash;
+    const TUNE_SHAPE: (usize, usize, usize) = (AUTOTUNE_SHAPE.0, AUTOTUNE_SHAPE.1, AUTOTUNE_SHAPE.3);
+    fn all() -> &'static [Self] {
+        &SoftAssignVariant::ALL
+    }
+    fn name(self) -> &'static str {
+        SoftAssignVariant::name(self)
+    }
+    fn autotune(gpu: &Gpu) -> Result<Vec<(Self, f64)>> {
+        autotune(gpu, AUTOTUNE_SHAPE)
     }
 }
 
@@ -215,30 +203,15 @@ pub fn autotune(gpu: &Gpu, (r, m, k, w): (usize, usize, usize, usize)) -> Result
     )?;
     let dp = gpu.upload_f32(&[r, k], &fill(r * k, 3))?;
     let votes = Votes::Owned { y: &y, experts: m / k };
-    let mut timings = Vec::new();
-    for v in SoftAssignVariant::ALL {
-        let once = || -> Result<()> {
-            let (p, saved) = assign_forward(gpu, v, &u, &d, votes, 0.1)?;
-            assign_backward(gpu, v, &u, &d, votes, 0.1, &p, &saved, &dp)?;
-            Ok(())
-        };
-        once()?;
-        gpu.sync()?;
-        let mut ms: Vec<f64> = (0..3)
-            .map(|_| {
-                let t0 = std::time::Instant::now();
-                once()?;
-                gpu.sync()?;
-                Ok(t0.elapsed().as_secs_f64() * 1e3)
-            })
-            .collect::<Result<_>>()?;
-        ms.sort_by(f64::total_cmp);
-        timings.push((v, ms[1]));
-    }
-    Ok(timings)
+    let once = |v: SoftAssignVariant| -> Result<()> {
+        let (p, saved) = assign_forward(gpu, v, &u, &d, votes, 0.1)?;
+        assign_backward(gpu, v, &u, &d, votes, 0.1, &p, &saved, &dp)?;
+        Ok(())
+    };
+    SoftAssignVariant::ALL.into_iter().map(|v| Ok((v, variant::median_ms(gpu, 1, || once(v))?))).collect()
 }
 
 /// The fastest of `timings`.
 pub fn fastest(timings: &[(SoftAssignVariant, f64)]) -> SoftAssignVariant {
-    timings.iter().copied().fold((SoftAssignVariant::Flash, f64::INFINITY), |b, t| if t.1 < b.1 { t } else { b }).0
+    variant::fastest(timings).0
 }

@@ -10,6 +10,7 @@ use crate::error::{Result, SopError};
 use crate::gpu::{CounterSnapshot, Gpu};
 use crate::model::params::init_specs;
 use crate::model::vit::{Vit, Weights};
+use crate::ops::variant;
 use crate::rng::{stream_seed, STEP_INIT};
 use crate::sop::bank::Bank;
 use crate::sop::ibot::Centers;
@@ -32,7 +33,7 @@ fn weights_from_map(gpu: &Gpu, names: &[String], map: &TensorMap) -> Result<Weig
 
 /// The configuration a run uses: `cfg` for a fresh run; for a resumed one its own saved
 /// configuration (its architecture too), extended by `cfg`'s epochs, steps, folder and
-/// `no_eval`, with the matmul variant it started with pinned.
+/// `no_eval`, with the kernel variants it started with pinned (`ops::variant::pin_or_warn`).
 pub(super) fn resolve_run(
     gpu: &Gpu,
     mut cfg: TrainConfig,
@@ -49,23 +50,9 @@ pub(super) fn resolve_run(
             cfg.optim.steps = steps.or(cfg.optim.steps);
             cfg.run.out = out;
             cfg.run.no_eval |= no_eval;
-            if let Some(v) = r.matmul {
-                if !v.available(gpu) {
-                    log::warn!("the run used the {} matmul, which {} cannot run; continuing with its own, so the resumed run may differ in rounding", v.name(), gpu.adapter_name());
-                } else if !crate::ops::matmul::MatmulVariant::pin(gpu, v) {
-                    log::warn!("the run used the {} matmul; this process already uses another, so the resumed run may differ in rounding", v.name());
-                }
-            }
-            if let Some(v) = r.soft_assign {
-                if !crate::ops::soft_assign_variant::SoftAssignVariant::pin(gpu, v) {
-                    log::warn!("the run used the {} soft assignment; this process already uses another, so the resumed run may differ in rounding", v.name());
-                }
-            }
-            if let Some(v) = r.attention {
-                if !crate::ops::attention_variant::AttentionVariant::pin(gpu, v) {
-                    log::warn!("the run used the {} attention; this process already uses another, so the resumed run may differ in rounding", v.name());
-                }
-            }
+            variant::pin_or_warn(gpu, r.matmul);
+            variant::pin_or_warn(gpu, r.soft_assign);
+            variant::pin_or_warn(gpu, r.attention);
             Some((dir.to_path_buf(), r))
         }
         None => None,

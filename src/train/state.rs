@@ -16,6 +16,7 @@ use crate::model::config::VitConfig;
 use crate::model::vit::Weights;
 use crate::ops::attention_variant::AttentionVariant;
 use crate::ops::soft_assign_variant::SoftAssignVariant;
+use crate::ops::variant;
 use crate::sop::bank::Bank;
 use crate::train::optimizer::AdamW;
 
@@ -258,30 +259,9 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
             meta_num(&paths[0], &state.metadata, "cls_bank_ptr")?,
             meta_num(&paths[0], &state.metadata, "patch_bank_ptr")?,
         ),
-        matmul: match state.metadata.get("matmul") {
-            None => None,
-            Some(v) => Some(crate::ops::matmul::MatmulVariant::parse(v).ok_or_else(|| {
-                SopError::file(&paths[0], format!("metadata matmul {v:?} is not a matmul variant (a damaged file?)"))
-            })?),
-        },
-        soft_assign: match state.metadata.get("soft_assign") {
-            None => None,
-            Some(v) => Some(SoftAssignVariant::parse(v).ok_or_else(|| {
-                SopError::file(
-                    &paths[0],
-                    format!("metadata soft_assign {v:?} is not a soft-assign variant (a damaged file?)"),
-                )
-            })?),
-        },
-        attention: match state.metadata.get("attention") {
-            None => None,
-            Some(v) => Some(AttentionVariant::parse(v).ok_or_else(|| {
-                SopError::file(
-                    &paths[0],
-                    format!("metadata attention {v:?} is not an attention variant (a damaged file?)"),
-                )
-            })?),
-        },
+        matmul: variant::recorded(&paths[0], &state.metadata)?,
+        soft_assign: variant::recorded(&paths[0], &state.metadata)?,
+        attention: variant::recorded(&paths[0], &state.metadata)?,
         student: student.tensors,
         teacher: teacher.tensors,
         state: state.tensors,
