@@ -55,6 +55,11 @@ fn ibot_trains_and_resumes_bit_for_bit() {
         assert!(x[name].data.iter().any(|&c| c != 0.0), "{name} was never updated");
         assert_eq!(x[name].data, y[name].data, "{name} differs between the straight and the resumed run");
     }
+    // No soft assignment runs in ibot: none was chosen (on a GPU that would be an autotune)
+    // and none is recorded; the matmul still is.
+    assert_eq!(gpu.kernel_choices.get("soft_assign"), None);
+    let meta = sop::checkpoint::read(&a.join(state::STATE)).unwrap().metadata;
+    assert!(!meta.contains_key("soft_assign") && meta.contains_key("matmul"), "{meta:?}");
     // The banks are not used: still the random rows they started with.
     assert!(x["cls_bank_sources"].data.iter().all(|&s| s == -1.0));
     let line = std::fs::read_to_string(a.join(state::METRICS)).unwrap();

@@ -18,6 +18,7 @@ use crate::ops::attention_variant::AttentionVariant;
 use crate::ops::soft_assign_variant::SoftAssignVariant;
 use crate::ops::variant;
 use crate::sop::bank::Bank;
+use crate::train::config::Objective;
 use crate::train::optimizer::AdamW;
 
 pub const STUDENT: &str = "student.safetensors";
@@ -61,12 +62,15 @@ fn bank_tensors(gpu: &Gpu, map: &mut TensorMap, name: &str, bank: &Bank) -> Resu
     Ok(())
 }
 
-/// Write all three files for `step`.
+/// Write all three files for `step`. The metadata records the kernel variants a resume must
+/// keep: matmul, attention (GPU runs), and the soft assignment where the objective uses one
+/// (`sop`; an `ibot` run never runs it, so nothing is chosen, timed or recorded for it).
 #[allow(clippy::too_many_arguments)]
 pub fn save_all(
     gpu: &Gpu,
     dir: &Path,
     cfg: &VitConfig,
+    objective: Objective,
     config_toml: &str,
     student: &Weights,
     teacher: &Weights,
@@ -94,7 +98,9 @@ pub fn save_all(
     meta.insert("patch_bank_ptr".into(), banks.1.ptr.to_string());
     meta.insert("config".into(), config_toml.to_string());
     meta.insert("matmul".into(), crate::ops::matmul::MatmulVariant::for_adapter(gpu)?.name().to_string());
-    meta.insert("soft_assign".into(), SoftAssignVariant::for_adapter(gpu)?.name().to_string());
+    if objective == Objective::Sop {
+        meta.insert("soft_assign".into(), SoftAssignVariant::for_adapter(gpu)?.name().to_string());
+    }
     if let Some(v) = AttentionVariant::recorded(gpu)? {
         meta.insert("attention".into(), v.name().to_string());
     }
@@ -116,7 +122,8 @@ pub struct Resumed {
     pub bank_ptrs: (usize, usize),
     /// The matmul variant the run used (absent in states written before it was recorded).
     pub matmul: Option<crate::ops::matmul::MatmulVariant>,
-    /// The soft-assign variant the run used (absent in states written before it was recorded).
+    /// The soft-assign variant the run used (absent in `ibot` runs' states and in states
+    /// written before it was recorded).
     pub soft_assign: Option<SoftAssignVariant>,
     /// The attention variant a GPU run used (absent on CPU adapters, under `SOP_ATTENTION`,
     /// and in states written before it was recorded).

@@ -232,6 +232,7 @@ impl Trainer<'_> {
             self.gpu,
             &dir,
             &self.cfg.model,
+            self.cfg.objective,
             &self.config_toml,
             &self.model.student,
             &self.model.teacher,
