@@ -9,7 +9,7 @@
 //! (the effective rank, 1e-4) and still fails on a missing centring or a squared spectrum (errors of order 1e-1).
 
 use rand::{Rng, SeedableRng};
-use sop::sop::diagnostics::{effective_count, symmetric_eigenvalues, DiagnosticTensors};
+use sop::sop::diagnostics::{effective_count, symmetric_eigenvalues, DiagnosticConstants, DiagnosticTensors};
 
 fn gpu() -> sop::Gpu {
     sop::Gpu::new(None).unwrap_or_else(|e| panic!("diagnostics tests need a GPU adapter: {e}"))
@@ -65,8 +65,8 @@ fn entropy(p: &[f64]) -> f64 {
 }
 
 /// Rows Z (R, W) = U·diag(σ)·Vᵀ + 1·μᵀ with zero-mean orthonormal U: after centring, the
-/// singular values are exactly σ.
-fn check_erank(gpu: &sop::Gpu, rng: &mut impl Rng, r: usize, w: usize, sigma: &[f64]) {
+/// singular values are exactly σ. `c`: the constants, kept between calls as in training.
+fn check_erank(gpu: &sop::Gpu, c: &DiagnosticConstants, rng: &mut impl Rng, r: usize, w: usize, sigma: &[f64]) {
     let k = sigma.len();
     let (u, v) = (orthonormal(rng, r, k, true), orthonormal(rng, w, k, false));
     let mu: Vec<f64> = (0..w).map(|_| rng.random_range(-2.0..2.0)).collect();
@@ -77,7 +77,7 @@ fn check_erank(gpu: &sop::Gpu, rng: &mut impl Rng, r: usize, w: usize, sigma: &[
     let want = entropy(&p).exp();
     // Targets: any valid rows; this test looks at the rank only.
     let q = gpu.upload_f32(&[3, 2], &[0.5, 0.5, 1.0, 0.0, 0.25, 0.75]).unwrap();
-    let d = DiagnosticTensors::new(gpu, &gpu.upload_f32(&[r, w], &z).unwrap(), &q).unwrap();
+    let d = c.diagnostics(gpu, &gpu.upload_f32(&[r, w], &z).unwrap(), &q).unwrap();
     let words = gpu.read_words(&d.tensors()).unwrap();
     let got = d.finish_words(&words).teacher_cls_erank;
     eprintln!("R {r} W {w} sigma {sigma:?}: erank {got} vs {want}");
@@ -88,9 +88,13 @@ fn check_erank(gpu: &sop::Gpu, rng: &mut impl Rng, r: usize, w: usize, sigma: &[
 fn effective_rank_matches_known_singular_values() {
     let gpu = gpu();
     let mut rng = rng();
-    check_erank(&gpu, &mut rng, 9, 16, &[3.0, 1.0, 0.5, 0.25]); // R ≤ W: the (R, R) Gram
-    check_erank(&gpu, &mut rng, 20, 6, &[1.0, 1.0, 1.0, 1.0, 1.0]); // R > W: the (W, W) Gram
-    check_erank(&gpu, &mut rng, 12, 5, &[2.0]); // rows on one line: rank 1
+    // One set of constants throughout: each new R must get its own centring matrix, and a
+    // repeated R reuses the kept one.
+    let c = DiagnosticConstants::default();
+    check_erank(&gpu, &c, &mut rng, 9, 16, &[3.0, 1.0, 0.5, 0.25]); // R ≤ W: the (R, R) Gram
+    check_erank(&gpu, &c, &mut rng, 9, 16, &[1.0, 1.0, 0.5]); // R ≤ W again, kept constants
+    check_erank(&gpu, &c, &mut rng, 20, 6, &[1.0, 1.0, 1.0, 1.0, 1.0]); // R > W: the (W, W) Gram
+    check_erank(&gpu, &c, &mut rng, 12, 5, &[2.0]); // rows on one line: rank 1
 }
 
 #[test]

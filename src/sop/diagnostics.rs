@@ -24,6 +24,11 @@
 //! - `prototypes_used` (in `ObjectiveOutput`): how many distinct prototypes are the most
 //!   likely one (arg-max) of at least one teacher row; 1 means all images share one.
 //!
+//! The constants they need (the centring matrix H, the entropy's row weights) are uploaded
+//! once per shape and kept (`DiagnosticConstants`): an upload ends the open command
+//! encoder, so one per micro-step would cost a submit each. Training computes the
+//! diagnostics only where metrics.jsonl is written (rank 0 of data-parallel training).
+//!
 //! Tests: tests/diagnostics.rs (each value against a plain CPU computation).
 
 use crate::error::{Result, SopError};
@@ -56,20 +61,7 @@ impl DiagnosticTensors {
 
     /// Diagnostics of teacher [CLS] rows z (R, W) and targets q (R_q, P′).
     pub fn new(gpu: &Gpu, z: &Tensor, q: &Tensor) -> Result<DiagnosticTensors> {
-        if z.shape.len() != 2 || q.shape.len() != 2 || z.shape[0] == 0 || q.shape[0] == 0 {
-            let detail = format!("z {:?} and targets {:?}: want (R, W), (R_q, P')", z.shape, q.shape);
-            return Err(SopError::shape("diagnostics", detail));
-        }
-        let (r, w, rq) = (z.shape[0], z.shape[1], q.shape[0]);
-        // Zc = H·Z with the centring matrix H = I − 11ᵀ/R (R, R): one product.
-        let h: Vec<f32> = (0..r * r).map(|i| f32::from(u8::from(i / r == i % r)) - 1.0 / r as f32).collect();
-        let zc = Matmul::new(&gpu.upload_f32(&[r, r], &h)?, z).run(gpu)?;
-        let gram = if r <= w { Matmul::new(&zc, &zc).trans_b() } else { Matmul::new(&zc, &zc).trans_a() }.run(gpu)?;
-        // Σ_r (1/R) · −Σ_k q ln q, by the cross-entropy of q with itself (0 ln 0 = 0: the
-        // clamped log meets a zero weight).
-        let weights = gpu.upload_f32(&[rq], &vec![1.0 / rq as f32; rq])?;
-        let entropy = cross_entropy_forward(gpu, q, q, &weights)?;
-        Ok(DiagnosticTensors { gram, entropy, mass: sum_rows(gpu, q)? })
+        DiagnosticConstants::default().diagnostics(gpu, z, q)
     }
 
     pub fn tensors(&self) -> [&Tensor; Self::PARTS] {
@@ -80,6 +72,54 @@ impl DiagnosticTensors {
     pub fn finish_words(&self, words: &[Vec<u32>]) -> Diagnostics {
         let parts: Vec<&[u32]> = words.iter().map(Vec::as_slice).collect();
         Diagnostics::from_words(self.gram.shape[0], &parts)
+    }
+}
+
+/// The diagnostics' constant inputs, uploaded at first use and again only when a shape
+/// changes: the centring matrix H = I − 11ᵀ/R (R, R) and the entropy's row weights 1/R_q (R_q).
+#[derive(Default)]
+pub struct DiagnosticConstants {
+    centring: std::cell::RefCell<Option<Tensor>>,
+    weights: std::cell::RefCell<Option<Tensor>>,
+}
+
+impl DiagnosticConstants {
+    /// Diagnostics of teacher [CLS] rows z (R, W) and targets q (R_q, P′).
+    pub fn diagnostics(&self, gpu: &Gpu, z: &Tensor, q: &Tensor) -> Result<DiagnosticTensors> {
+        if z.shape.len() != 2 || q.shape.len() != 2 || z.shape[0] == 0 || q.shape[0] == 0 {
+            let detail = format!("z {:?} and targets {:?}: want (R, W), (R_q, P')", z.shape, q.shape);
+            return Err(SopError::shape("diagnostics", detail));
+        }
+        let (r, w, rq) = (z.shape[0], z.shape[1], q.shape[0]);
+        // Zc = H·Z with the centring matrix H = I − 11ᵀ/R (R, R): one product.
+        let h = kept(gpu, &self.centring, &[r, r], || {
+            (0..r * r).map(|i| f32::from(u8::from(i / r == i % r)) - 1.0 / r as f32).collect()
+        })?;
+        let zc = Matmul::new(&h, z).run(gpu)?;
+        let gram = if r <= w { Matmul::new(&zc, &zc).trans_b() } else { Matmul::new(&zc, &zc).trans_a() }.run(gpu)?;
+        // Σ_r (1/R) · −Σ_k q ln q, by the cross-entropy of q with itself (0 ln 0 = 0: the
+        // clamped log meets a zero weight).
+        let weights = kept(gpu, &self.weights, &[rq], || vec![1.0 / rq as f32; rq])?;
+        let entropy = cross_entropy_forward(gpu, q, q, &weights)?;
+        Ok(DiagnosticTensors { gram, entropy, mass: sum_rows(gpu, q)? })
+    }
+}
+
+/// The tensor in `slot` if it has `shape`, else `data()` uploaded and kept there.
+fn kept(
+    gpu: &Gpu,
+    slot: &std::cell::RefCell<Option<Tensor>>,
+    shape: &[usize],
+    data: impl FnOnce() -> Vec<f32>,
+) -> Result<Tensor> {
+    let mut slot = slot.borrow_mut();
+    match &*slot {
+        Some(t) if t.shape == shape => Ok(t.clone()),
+        _ => {
+            let t = gpu.upload_f32(shape, &data())?;
+            *slot = Some(t.clone());
+            Ok(t)
+        }
     }
 }
 

@@ -174,6 +174,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         config_toml,
         saved_step,
         flag: gpu.zeros(&[1], crate::gpu::DType::U32)?,
+        diagnostics: root.then(Default::default),
     };
     // Rank 0's state on every rank (nothing with one rank).
     trainer.broadcast_state()?;

@@ -23,7 +23,7 @@ use crate::rng::{
     image_rng, step_rng, IMAGE_BANK_PATCH, IMAGE_DROP_PATH_GLOBAL, IMAGE_DROP_PATH_LOCAL, STEP_DRAWS, STEP_KEEP,
 };
 use crate::sop::bank::Bank;
-use crate::sop::diagnostics::{DiagnosticTensors, Diagnostics};
+use crate::sop::diagnostics::{DiagnosticConstants, DiagnosticTensors, Diagnostics};
 use crate::sop::ibot::Centers;
 use crate::sop::objective::{
     prototypes_used, sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
@@ -122,6 +122,9 @@ pub(super) struct Trainer<'a> {
     /// The non-finite flag (1, u32): raised on the device by a step whose values are not
     /// finite, never lowered; AdamW, the EMA and the bank writes do nothing while it is set.
     pub(super) flag: Tensor,
+    /// The diagnostics' constants where this process writes metrics.jsonl (rank 0); None
+    /// elsewhere: the diagnostics are then not computed at all.
+    pub(super) diagnostics: Option<DiagnosticConstants>,
 }
 
 /// What one optimiser step logs.
@@ -149,9 +152,10 @@ pub(super) struct BankRows {
 }
 
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
-/// word, its diagnostics, its bank rows (SOP only), its KoLeo loss (1) when
-/// `sop.koleo_weight` > 0, and its parameter gradients.
-type MicroStep = (ObjectiveTensors, Tensor, DiagnosticTensors, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
+/// word, its diagnostics (where metrics are written), its bank rows (SOP only), its KoLeo
+/// loss (1) when `sop.koleo_weight` > 0, and its parameter gradients.
+type MicroStep =
+    (ObjectiveTensors, Tensor, Option<DiagnosticTensors>, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
 
 /// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
 /// pick, logged with the step's scalars.
@@ -293,7 +297,9 @@ impl Trainer<'_> {
                 [&obj.agreement_idx[0], &obj.agreement_idx[1]],
             );
             checks.push(c);
-            diagnostics(&mut scalars, &obj, diag);
+            if let Some(diag) = diag {
+                diagnostics(&mut scalars, &obj, diag);
+            }
             if let Some(k) = koleo {
                 scalars.extra("loss_koleo", &k, |w| f32::from_bits(w[0]) as f64);
             }
@@ -381,7 +387,10 @@ impl Trainer<'_> {
         let koleo = self.koleo(&student.cls_global.value, b, n_micro)?;
         let (koleo_loss, koleo_grad) = koleo.map_or((None, None), |(l, g)| (Some(l), Some(g)));
         let grads = student.backward(gpu, &mut tape, &p, &out, koleo_grad.as_ref(), b, n_micro)?;
-        let diag = DiagnosticTensors::new(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?;
+        let diag = match &self.diagnostics {
+            Some(c) => Some(c.diagnostics(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?),
+            None => None,
+        };
         let rows = match self.centers {
             None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
             Some(_) => None,

@@ -56,6 +56,7 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
         config_toml: String::new(),
         saved_step: None,
         flag: gpu.zeros(&[1], DType::U32).unwrap(),
+        diagnostics: Some(Default::default()),
     };
     // A finite step changes the state and raises no flag.
     let before = state_words(&gpu, &t);
