@@ -124,7 +124,9 @@ fn matmul_split_k_weight_gradient_shapes() {
 }
 
 /// The blocked variants run without naga's runtime checks (trusted shader): the same
-/// products, split-K included, built with checks on must give bit-identical results.
+/// products, split-K included, plain and with each epilogue (GELU, which also writes the
+/// pre-activation, and GELU's backward, which reads one), built with checks on must give
+/// bit-identical results.
 /// What this can and cannot see: it catches a guard whose absence changes a result (an
 /// out-of-range value that reaches C differs between the clamped and the unchecked read); it
 /// cannot see a removed guard on A's tile loads, since those values only ever meet B's
@@ -140,17 +142,27 @@ fn trusted_matmul_equals_the_checked_build() {
     for &(m, n, k, ta) in &[(1, 1, 1, false), (63, 130, 17, false), (130, 67, 257, true), (33, 65, 700, true)] {
         let a = randn(&mut rng, m * k);
         let b = randn(&mut rng, k * n);
+        // GELU's input: a view of the first M rows of M + 1, so that a read past it finds
+        // real values (the checked build's bounded read would then differ).
+        let x_gelu = randn(&mut rng, (m + 1) * n);
         let a_shape = if ta { [k, m] } else { [m, k] };
         for v in [MatmulVariant::Blocked128, MatmulVariant::Blocked64] {
+            // [plain, GELU's pre-activation, GELU, GELU-backward] outputs.
             let run = |g: &sop::Gpu| {
                 let ga = g.upload_f32(&a_shape, &a).unwrap();
                 let gb = g.upload_f32(&[k, n], &b).unwrap();
+                let gx = g.upload_f32(&[m + 1, n], &x_gelu).unwrap().view(0, &[m, n], m * n).unwrap();
                 let mut mm = Matmul::new(&ga, &gb).variant(v);
                 mm.trans_a = ta;
-                g.read_f32(&mm.run(g).unwrap()).unwrap()
+                let (pre, gelu) = mm.run_gelu(g).unwrap();
+                let outs = [mm.run(g).unwrap(), pre, gelu, mm.run_gelu_backward(g, &gx).unwrap()];
+                outs.map(|t| g.read_f32(&t).unwrap())
             };
             let (x, y) = (run(&unchecked), run(&checked));
-            assert!(x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()), "{} M {m} N {n} K {k}", v.name());
+            for (i, (x, y)) in x.iter().zip(&y).enumerate() {
+                let same = x.iter().zip(y).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{} M {m} N {n} K {k}: output {i} (plain, pre, gelu, gelu backward) differs", v.name());
+            }
         }
     }
 }
