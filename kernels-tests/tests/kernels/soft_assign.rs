@@ -20,8 +20,11 @@ use sop::ops::soft_assign::{
 use sop::ops::soft_assign_variant::{assign_backward, assign_forward, autotune, fastest, fitting, SoftAssignVariant};
 use sop_reference::soft_assign as reference;
 
+/// Poison the next few allocations of `shape` (the output checked next), not only the
+/// first: an op may allocate an intermediate of the same size first (the (R, M) logits
+/// when M = K, dlogits when M = W), which would take a single poisoned buffer.
 fn poison(gpu: &Gpu, shape: &[usize]) {
-    poison_pool(gpu, &[shape]);
+    poison_pool(gpu, &[shape; 4]);
 }
 
 fn check(gpu: &Gpu, rng: &mut impl rand::Rng, r: usize, m: usize, k: usize, tau: f32) {
