@@ -234,7 +234,7 @@ impl Trainer<'_> {
             eprintln!(
                 "data parallel: {n} gradient values ({:.1} MB in f32) averaged per step, in {} buckets",
                 4.0 * n as f64 / 1e6,
-                n.div_ceil(device::BUCKET)
+                n.div_ceil(device::bucket_elements()?)
             );
         }
         device::broadcast_tensors(self.gpu, d, &self.replicated())?;
