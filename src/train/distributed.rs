@@ -215,11 +215,14 @@ impl Trainer<'_> {
         })
     }
 
-    /// The tensors every rank must hold bit for bit: student, teacher, AdamW's moments and
-    /// both banks.
+    /// The tensors every rank must hold bit for bit: student, teacher, AdamW's moments, both
+    /// banks and iBOT's centres.
     fn replicated(&self) -> Vec<&Tensor> {
         let [m, v] = self.opt.moments_flat();
-        vec![&self.model.student.flat, &self.model.teacher.flat, m, v, &self.cls_bank.vectors, &self.patch_bank.vectors]
+        let mut all =
+            vec![&self.model.student.flat, &self.model.teacher.flat, m, v, &self.cls_bank.vectors, &self.patch_bank.vectors];
+        all.extend(self.centers.iter().flat_map(|c| [&c.cls, &c.patch]));
+        all
     }
 
     /// Rank 0's parameters, optimiser state and banks on every rank (at the start and on
