@@ -123,9 +123,10 @@ impl Op {
         let ids: Vec<Option<usize>> = match self {
             Op::Linear { ids, residual, .. } => vec![ids[0], ids[1], ids[2], *residual],
             Op::LayerNorm { ids, .. } => ids.to_vec(),
-            Op::Add { ids } | Op::AddBroadcast { ids, .. } | Op::MaskTokens { ids, .. } | Op::TokensJoin { ids, .. } => {
-                ids.to_vec()
-            }
+            Op::Add { ids }
+            | Op::AddBroadcast { ids, .. }
+            | Op::MaskTokens { ids, .. }
+            | Op::TokensJoin { ids, .. } => ids.to_vec(),
             Op::ConstMatmul { id, .. }
             | Op::Gelu { id, .. }
             | Op::Attention { id, .. }
@@ -152,7 +153,7 @@ struct Readiness {
 impl Readiness {
     fn new(nodes: &[Node], watched: &[Var]) -> Readiness {
         let mut first: HashMap<usize, usize> = HashMap::new();
-        for (k, node) in nodes.iter().enumerate().rev() {
+        for (k, node) in nodes.iter().enumerate().rev().filter(|_| !watched.is_empty()) {
             for id in node.op.inputs() {
                 first.insert(id, k);
             }

@@ -225,7 +225,11 @@ fn the_exchange_overlapped_with_the_backward_gives_the_same_bits() {
         let out = dir.join(name);
         let env = ["SOP_BUCKET_ELEMENTS=256", overlap];
         let args = ["--steps", "3", "--batch-size", "2", "--accumulate", "2", "--out", out.to_str().unwrap()];
-        run_ok(sop_cmd_env(2, &env, &[&["train", "--config", cfg.to_str().unwrap(), "--quiet", "--no-eval"][..], &args].concat()));
+        run_ok(sop_cmd_env(
+            2,
+            &env,
+            &[&["train", "--config", cfg.to_str().unwrap(), "--quiet", "--no-eval"][..], &args].concat(),
+        ));
         out
     };
     let (after, during) = (run("after", "SOP_GRAD_OVERLAP=0"), run("during", "SOP_GRAD_OVERLAP=1"));
@@ -239,7 +243,8 @@ fn the_exchange_overlapped_with_the_backward_gives_the_same_bits() {
         }
     }
     same_bytes(&during, &during.join("rank-1"));
-    let comm = |run: &Path| -> Vec<f64> { metric_lines(run).iter().map(|l| l["comm_ms"].as_f64().unwrap_or(0.0)).collect() };
+    let comm =
+        |run: &Path| -> Vec<f64> { metric_lines(run).iter().map(|l| l["comm_ms"].as_f64().unwrap_or(0.0)).collect() };
     println!("comm_ms per step: exchange after the backward {:?}, overlapped {:?}", comm(&after), comm(&during));
 }
 
@@ -270,7 +275,8 @@ fn a_global_batch_larger_than_the_banks_is_refused_at_the_start() {
     let cfg = config_file(&dir);
     // The tiny banks hold 64 and 48 rows: one rank of 32 fits, two write 64 per step.
     let run = dir.join("run");
-    let out = train_cmd(2, &cfg, &["--steps", "1", "--batch-size", "32", "--out", run.to_str().unwrap()]).output().unwrap();
+    let out =
+        train_cmd(2, &cfg, &["--steps", "1", "--batch-size", "32", "--out", run.to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("2 ranks x batch 32 x accumulate 1 write 64 rows into each bank"), "{stderr}");

@@ -1,4 +1,5 @@
-//! Tensors through the ranks' exchanges (`Dist`): the gradients' mean in buckets, bank rows
+//! Tensors through the ranks' exchanges (`Dist`): the gradients' mean in buckets (after the
+//! backward, `mean_in_place`, or started during it, `OverlappedMean`), bank rows
 //! all-gathered in rank order, rank 0's tensors broadcast, and a checksum that shows whether
 //! the ranks still hold the same bits. With one rank each is the identity and reads nothing.
 

@@ -219,8 +219,14 @@ impl Trainer<'_> {
     /// banks and iBOT's centres.
     fn replicated(&self) -> Vec<&Tensor> {
         let [m, v] = self.opt.moments_flat();
-        let mut all =
-            vec![&self.model.student.flat, &self.model.teacher.flat, m, v, &self.cls_bank.vectors, &self.patch_bank.vectors];
+        let mut all = vec![
+            &self.model.student.flat,
+            &self.model.teacher.flat,
+            m,
+            v,
+            &self.cls_bank.vectors,
+            &self.patch_bank.vectors,
+        ];
         all.extend(self.centers.iter().flat_map(|c| [&c.cls, &c.patch]));
         all
     }

@@ -120,7 +120,8 @@ impl AdamW {
         match g {
             Some(g) if g.shape == slot.shape => gpu.copy(g, slot),
             Some(g) => Err(SopError::shape("adamw", format!("gradient {:?} for parameter {:?}", g.shape, slot.shape))),
-            None => gpu.with_encoder(|enc| enc.clear_buffer(slot.buffer(), slot.offset(), Some(slot.bytes().div_ceil(4) * 4))),
+            None => gpu
+                .with_encoder(|enc| enc.clear_buffer(slot.buffer(), slot.offset(), Some(slot.bytes().div_ceil(4) * 4))),
         }
     }
 
