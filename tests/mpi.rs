@@ -190,6 +190,9 @@ fn two_ranks_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
     assert!(lines.contains("comm_ms"), "{lines}");
 }
 
+/// A change of the tiny configuration.
+type ConfigChange = dyn Fn(&mut TrainConfig);
+
 /// What is computed over the whole batch, not per image, follows the global batch on 2 ranks:
 /// iBOT's centres (batch means, averaged over the ranks), SOP's [CLS] centring (likewise)
 /// and KoLeo's nearest neighbours (over every rank's rows, gathered).
@@ -199,7 +202,7 @@ fn batch_wide_terms_train_on_two_ranks_as_on_one() {
         (c.objective, c.ibot.prototypes, c.ibot.freeze_last_layer_epochs) = (Objective::Ibot, 13, 0);
     };
     let koleo_centring = |c: &mut TrainConfig| (c.sop.koleo_weight, c.sop.center_teacher_cls) = (0.5, true);
-    let cases: [(&str, &dyn Fn(&mut TrainConfig)); 2] = [("mpi-ibot", &ibot), ("mpi-koleo-centring", &koleo_centring)];
+    let cases: [(&str, &ConfigChange); 2] = [("mpi-ibot", &ibot), ("mpi-koleo-centring", &koleo_centring)];
     for (name, change) in cases {
         let (dir, cfg, init, one) = reference_runs_with(name, 3, change);
         let two = dir.join("two");
