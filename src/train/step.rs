@@ -2,6 +2,9 @@
 //! tape, the objective and the backward (`micro_step` and its named parts), then AdamW, the
 //! EMA teacher and the bank writes, all on the device; the step's scalars go back
 //! asynchronously (`scalars`, `inflight`), so nothing in a step waits for the device.
+//! With several data-parallel ranks, each gradient goes to the flat buffer as the last
+//! backward finishes it and its bucket's exchange starts then (`distributed`); the step
+//! waits for the exchanges before AdamW.
 //!
 //! Over 400 lines because the step's parts share one `Trainer` and the one list of scalars
 //! (losses, finiteness, gradient norms, diagnostics) that the device checks and the host
