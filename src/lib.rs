@@ -44,9 +44,10 @@
 //! - `checkpoint`: safetensors checkpoints under the authors' names with the architecture in
 //!   the metadata, written atomically; `CheckpointError` names the file and the tensor.
 //! - `dist`: data-parallel training over MPI (`--features mpi`): the ranks of a run, the
-//!   MPI thread, the gradients' deterministic mean in buckets, bank rows all-gathered in rank
-//!   order, and how a global batch is sharded (`layout.rs`); `train/distributed.rs` places
-//!   the exchanges in the run. Without the feature (or without `mpirun`) it is one rank.
+//!   MPI thread, the gradients' deterministic mean in buckets (started during the backward,
+//!   `device::OverlappedMean`, as `Tape::backward_watching` finishes their parameters), bank
+//!   rows all-gathered in rank order, and how a global batch is sharded (`layout.rs`);
+//!   `train/distributed.rs` places the exchanges in the run. Without the feature (or without `mpirun`) it is one rank.
 //! - `cli`: one file per subcommand of the `sop` binary, each an argument struct and `run`.
 //! - `plot`: `sop plot`, a run's metrics.jsonl drawn as one PNG of curves (plotters).
 //! - `bench`: the validate-then-time harness behind `sop bench` and `cargo bench`, one file

@@ -11,8 +11,9 @@
 //! Shapes use the legend of src/lib.rs (B images, T = 1 + N tokens, N patches, D width,
 //! p patch side); a product with a constant is matmul m×k · k×n.
 //!
-//! Why one file of about 560 lines: the tape is one `Op` enum and one reverse loop, and
-//! each forward method sits beside the arm that differentiates it (candle's layout).
+//! Why one file of about 650 lines: the tape is one `Op` enum and one reverse loop, and
+//! each forward method sits beside the arm that differentiates it (candle's layout); the
+//! loop's `Readiness` says when a leaf's gradient is whole (data parallel overlaps there).
 
 use std::collections::HashMap;
 
@@ -114,6 +115,80 @@ enum Op {
 enum OutGrads {
     One(Tensor),
     Two(Option<Tensor>, Option<Tensor>),
+}
+
+impl Op {
+    /// The ids of the values this record reads that carry a gradient.
+    fn inputs(&self) -> Vec<usize> {
+        let ids: Vec<Option<usize>> = match self {
+            Op::Linear { ids, residual, .. } => vec![ids[0], ids[1], ids[2], *residual],
+            Op::LayerNorm { ids, .. } => ids.to_vec(),
+            Op::Add { ids }
+            | Op::AddBroadcast { ids, .. }
+            | Op::MaskTokens { ids, .. }
+            | Op::TokensJoin { ids, .. } => ids.to_vec(),
+            Op::ConstMatmul { id, .. }
+            | Op::Gelu { id, .. }
+            | Op::Attention { id, .. }
+            | Op::ScaleSamples { id, .. }
+            | Op::Patchify { id, .. }
+            | Op::TokensSplit { id }
+            | Op::L2Norm { id, .. }
+            | Op::Reshape { id, .. } => vec![*id],
+        };
+        ids.into_iter().flatten().collect()
+    }
+}
+
+/// When each watched leaf's gradient is whole (`backward_watching`): the leaves by the
+/// index of the first record that reads them, latest first. The backward pops records from
+/// the end, so once fewer than that many remain, nothing will add to the leaf's gradient.
+struct Readiness {
+    /// (first record reading the leaf, or 0 when none does; index in `watched`), the
+    /// latest first use first.
+    order: Vec<(usize, usize)>,
+    next: usize,
+}
+
+impl Readiness {
+    fn new(nodes: &[Node], watched: &[Var]) -> Readiness {
+        let mut first: HashMap<usize, usize> = HashMap::new();
+        for (k, node) in nodes.iter().enumerate().rev().filter(|_| !watched.is_empty()) {
+            for id in node.op.inputs() {
+                first.insert(id, k);
+            }
+        }
+        let mut order: Vec<(usize, usize)> = watched
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.id.and_then(|id| first.get(&id).copied()).unwrap_or(0), i))
+            .collect();
+        // Latest first use first; ties in `watched` order.
+        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        Readiness { order, next: 0 }
+    }
+
+    /// Hands `done` every watched leaf whose first use is among the records differentiated
+    /// (`remaining` records left), with its gradient (taken out of `grads`, leaf-shaped).
+    fn hand_over(
+        &mut self,
+        remaining: usize,
+        watched: &[Var],
+        grads: &mut HashMap<usize, Tensor>,
+        done: &mut impl FnMut(usize, Option<Tensor>) -> Result<()>,
+    ) -> Result<()> {
+        while let Some(&(first, i)) = self.order.get(self.next) {
+            // A leaf no record reads (first use 0 by convention) is handed over at the end.
+            if first < remaining {
+                break;
+            }
+            self.next += 1;
+            let v = &watched[i];
+            let g = v.id.and_then(|id| grads.remove(&id)).map(|g| g.reshape(v.shape())).transpose()?;
+            done(i, g)?;
+        }
+        Ok(())
+    }
 }
 
 /// One record: the op, and its outputs' ids and shapes (one output, or two for a split).
@@ -371,6 +446,21 @@ impl<'g> Tape<'g> {
     /// Reverse pass from the given output gradients (`seeds`: (output, dL/doutput)).
     /// Returns the gradients of the leaves; the tape is empty afterwards.
     pub fn backward(&mut self, seeds: Vec<(&Var, Tensor)>) -> Result<Grads> {
+        self.backward_watching(seeds, &[], |_, _| Ok(()))
+    }
+
+    /// `backward`, handing each leaf of `watched` to `done` (its index in `watched`, its
+    /// gradient or None) as soon as its gradient is whole: once every record that reads it
+    /// has been differentiated (a parameter read in several places, such as a block run on
+    /// the global and the local crops, waits for its first use). The leaves handed over are
+    /// not in the returned `Grads`. Data-parallel training starts each gradient bucket's
+    /// exchange this way while the rest of the backward is still recorded.
+    pub fn backward_watching(
+        &mut self,
+        seeds: Vec<(&Var, Tensor)>,
+        watched: &[Var],
+        mut done: impl FnMut(usize, Option<Tensor>) -> Result<()>,
+    ) -> Result<Grads> {
         let gpu = self.gpu;
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
         for (v, g) in seeds {
@@ -380,144 +470,11 @@ impl<'g> Tape<'g> {
             }
             accumulate(gpu, &mut grads, Some(id), g)?;
         }
+        let mut ready = Readiness::new(&self.nodes, watched);
+        ready.hand_over(self.nodes.len(), watched, &mut grads, &mut done)?;
         while let Some(node) = self.nodes.pop() {
-            // The gradients of the record's outputs; a record none of whose outputs got one
-            // contributes nothing.
-            let mut dys: Vec<Option<Tensor>> = Vec::with_capacity(node.outs.len());
-            for (out, shape) in &node.outs {
-                dys.push(grads.remove(out).map(|g| g.reshape(shape)).transpose()?);
-            }
-            if dys.iter().all(Option::is_none) {
-                continue;
-            }
-            let grads_of_outputs = match dys.len() {
-                1 => OutGrads::One(dys.pop().flatten().expect("a record with a gradient")),
-                _ => {
-                    let second = dys.pop().flatten();
-                    OutGrads::Two(dys.pop().flatten(), second)
-                }
-            };
-            match (node.op, grads_of_outputs) {
-                (Op::Linear { x, w, ids: [xid, wid, bid], residual }, OutGrads::One(dy)) => {
-                    // y = x·Wᵀ + b [+ r]: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy [, dr = dy].
-                    accumulate(gpu, &mut grads, residual, dy.clone())?;
-                    let out = w.shape[0];
-                    let dy2 = dy.reshape(&[dy.numel() / out, out])?;
-                    if let Some((pre, pre_id)) = self.gelu_below(xid, &grads) {
-                        // x = GELU(pre), its only gradient this product: d pre = (dy·W)·GELU'(pre)
-                        // in the product's epilogue, and the GELU record is done.
-                        self.nodes.pop();
-                        let dpre = Matmul::new(&dy2, &w).run_gelu_backward(gpu, &pre)?;
-                        accumulate(gpu, &mut grads, pre_id, dpre)?;
-                    } else if xid.is_some() {
-                        accumulate(gpu, &mut grads, xid, Matmul::new(&dy2, &w).run(gpu)?)?;
-                    }
-                    if wid.is_some() {
-                        accumulate(gpu, &mut grads, wid, Matmul::new(&dy2, &x).trans_a().run(gpu)?)?;
-                    }
-                    if bid.is_some() {
-                        accumulate(gpu, &mut grads, bid, reduce::sum_rows(gpu, &dy2)?)?;
-                    }
-                }
-                (Op::ConstMatmul { a, id }, OutGrads::One(dy)) => {
-                    // y = A·x: dx = Aᵀ·dy.
-                    accumulate(gpu, &mut grads, id, Matmul::new(&a, &dy).trans_a().run(gpu)?)?;
-                }
-                (Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] }, OutGrads::One(dy)) => {
-                    // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) with ĝ = dy⊙γ; dγ = Σ dy⊙x̂; dβ = Σ dy.
-                    // dx lands on the gradient x already holds (a residual's) in the same
-                    // dispatch, unless that one shares a buffer with an input of the kernel.
-                    let dy2 = dy.reshape(&x.shape)?;
-                    let prev = xid.and_then(|id| grads.remove(&id));
-                    let onto = match &prev {
-                        Some(g) if !g.same_buffer(&dy2) && !g.same_buffer(&x) => Some(g.reshape(&x.shape)?),
-                        _ => None,
-                    };
-                    let (dx, dg, db) =
-                        layernorm::layernorm_backward_onto(gpu, &dy2, &x, &gamma, &mean, &rstd, onto.as_ref())?;
-                    match (prev, onto) {
-                        (Some(g), Some(_)) => accumulate(gpu, &mut grads, xid, dx.reshape(&g.shape)?)?,
-                        (prev, _) => {
-                            if let (Some(id), Some(g)) = (xid, prev) {
-                                grads.insert(id, g);
-                            }
-                            accumulate(gpu, &mut grads, xid, dx)?;
-                        }
-                    }
-                    accumulate(gpu, &mut grads, gid, dg)?;
-                    accumulate(gpu, &mut grads, bid, db)?;
-                }
-                (Op::Gelu { x, id }, OutGrads::One(dy)) => {
-                    // dx = dy·(Φ(x) + x·φ(x)).
-                    accumulate(gpu, &mut grads, id, gelu::gelu_backward(gpu, &x, &dy)?)?;
-                }
-                (Op::Attention { qkv, out, lse, heads, id }, OutGrads::One(dy)) => {
-                    // Flash-attention backward (derivation in shaders/attention.wgsl).
-                    accumulate(gpu, &mut grads, id, attention::attention_backward(gpu, &qkv, &out, &lse, &dy, heads)?)?;
-                }
-                (Op::Add { ids: [a, b] }, OutGrads::One(dy)) => {
-                    // y = a + b: da = db = dy.
-                    if b.is_some() {
-                        accumulate(gpu, &mut grads, b, dy.clone())?;
-                    }
-                    accumulate(gpu, &mut grads, a, dy)?;
-                }
-                (Op::AddBroadcast { b_shape, ids: [x, b] }, OutGrads::One(dy)) => {
-                    // y = x + repeat(b): dx = dy, db = Σ over the repeats.
-                    if b.is_some() {
-                        let n: usize = b_shape.iter().product();
-                        let db = reduce::sum_rows(gpu, &dy.reshape(&[dy.numel() / n, n])?)?;
-                        accumulate(gpu, &mut grads, b, db.reshape(&b_shape)?)?;
-                    }
-                    accumulate(gpu, &mut grads, x, dy)?;
-                }
-                (Op::ScaleSamples { s, id }, OutGrads::One(dy)) => {
-                    // y = s·x per sample: dx = s·dy.
-                    accumulate(gpu, &mut grads, id, elementwise::scale_samples(gpu, &dy, &s)?)?;
-                }
-                (Op::MaskTokens { mask, ids: [x, token] }, OutGrads::One(dy)) => {
-                    // dx = dy off the mask, 0 on it; dtoken = Σ_masked dy.
-                    let (dx, dtoken) = mask_tokens::mask_tokens_backward(gpu, &dy, &mask)?;
-                    accumulate(gpu, &mut grads, x, dx)?;
-                    accumulate(gpu, &mut grads, token, dtoken)?;
-                }
-                (Op::Patchify { image_shape, patch, id }, OutGrads::One(dy)) => {
-                    // A permutation of pixels: the backward copies each entry back.
-                    accumulate(gpu, &mut grads, id, tokens::patchify_backward(gpu, &dy, &image_shape, patch)?)?;
-                }
-                (Op::TokensJoin { cls_shape, ids: [cls, x] }, OutGrads::One(dy)) => {
-                    // out = [cls; x]: (dcls_b, dx) = split(dy); a shared cls sums dcls_b over b.
-                    let (dc, dx) = tokens::tokens_split(gpu, &dy)?;
-                    if cls.is_some() {
-                        let d = dc.shape[1];
-                        let dc = if cls_shape.iter().product::<usize>() == d && dc.shape[0] != 1 {
-                            reduce::sum_rows(gpu, &dc)?
-                        } else {
-                            dc
-                        };
-                        accumulate(gpu, &mut grads, cls, dc.reshape(&cls_shape)?)?;
-                    }
-                    accumulate(gpu, &mut grads, x, dx)?;
-                }
-                (Op::TokensSplit { id }, OutGrads::Two(dc, dr)) => {
-                    // d/dx of split is join: dx = [dcls; drest], a missing output gradient zero.
-                    let zeros_or = |dy: Option<Tensor>, shape: &[usize]| match dy {
-                        Some(t) => Ok(t),
-                        None => gpu.zeros(shape, DType::F32),
-                    };
-                    let (dc, dr) = (zeros_or(dc, &node.outs[0].1)?, zeros_or(dr, &node.outs[1].1)?);
-                    accumulate(gpu, &mut grads, id, tokens::tokens_join(gpu, &dc, &dr)?)?;
-                }
-                (Op::L2Norm { x, norm, eps, id }, OutGrads::One(dy)) => {
-                    // y = x/n, n = max(‖x‖, eps): dx = (dy − y(y·dy))/n when ‖x‖ > eps, else dy/eps.
-                    let dy2 = dy.reshape(&x.shape)?;
-                    accumulate(gpu, &mut grads, id, l2norm::l2norm_backward(gpu, &dy2, &x, &norm, eps)?)?;
-                }
-                (Op::Reshape { from, id }, OutGrads::One(dy)) => {
-                    accumulate(gpu, &mut grads, id, dy.reshape(&from)?)?;
-                }
-                (_, _) => unreachable!("every op has one output but the split, which has two"),
-            }
+            self.backward_record(node, &mut grads)?;
+            ready.hand_over(self.nodes.len(), watched, &mut grads, &mut done)?;
         }
         let leaves = std::mem::take(&mut self.leaves);
         let mut map = HashMap::new();
@@ -527,6 +484,150 @@ impl<'g> Tape<'g> {
             }
         }
         Ok(Grads { map })
+    }
+
+    /// One record's backward: its outputs' gradients (taken from `grads`) pushed onto its
+    /// inputs' (`+=`).
+    fn backward_record(&mut self, node: Node, grads: &mut HashMap<usize, Tensor>) -> Result<()> {
+        let gpu = self.gpu;
+        // The gradients of the record's outputs; a record none of whose outputs got one
+        // contributes nothing.
+        let mut dys: Vec<Option<Tensor>> = Vec::with_capacity(node.outs.len());
+        for (out, shape) in &node.outs {
+            dys.push(grads.remove(out).map(|g| g.reshape(shape)).transpose()?);
+        }
+        if dys.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let grads_of_outputs = match dys.len() {
+            1 => OutGrads::One(dys.pop().flatten().expect("a record with a gradient")),
+            _ => {
+                let second = dys.pop().flatten();
+                OutGrads::Two(dys.pop().flatten(), second)
+            }
+        };
+        match (node.op, grads_of_outputs) {
+            (Op::Linear { x, w, ids: [xid, wid, bid], residual }, OutGrads::One(dy)) => {
+                // y = x·Wᵀ + b [+ r]: dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy [, dr = dy].
+                accumulate(gpu, grads, residual, dy.clone())?;
+                let out = w.shape[0];
+                let dy2 = dy.reshape(&[dy.numel() / out, out])?;
+                if let Some((pre, pre_id)) = self.gelu_below(xid, grads) {
+                    // x = GELU(pre), its only gradient this product: d pre = (dy·W)·GELU'(pre)
+                    // in the product's epilogue, and the GELU record is done.
+                    self.nodes.pop();
+                    let dpre = Matmul::new(&dy2, &w).run_gelu_backward(gpu, &pre)?;
+                    accumulate(gpu, grads, pre_id, dpre)?;
+                } else if xid.is_some() {
+                    accumulate(gpu, grads, xid, Matmul::new(&dy2, &w).run(gpu)?)?;
+                }
+                if wid.is_some() {
+                    accumulate(gpu, grads, wid, Matmul::new(&dy2, &x).trans_a().run(gpu)?)?;
+                }
+                if bid.is_some() {
+                    accumulate(gpu, grads, bid, reduce::sum_rows(gpu, &dy2)?)?;
+                }
+            }
+            (Op::ConstMatmul { a, id }, OutGrads::One(dy)) => {
+                // y = A·x: dx = Aᵀ·dy.
+                accumulate(gpu, grads, id, Matmul::new(&a, &dy).trans_a().run(gpu)?)?;
+            }
+            (Op::LayerNorm { x, gamma, mean, rstd, ids: [xid, gid, bid] }, OutGrads::One(dy)) => {
+                // dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ⊙x̂)) with ĝ = dy⊙γ; dγ = Σ dy⊙x̂; dβ = Σ dy.
+                // dx lands on the gradient x already holds (a residual's) in the same
+                // dispatch, unless that one shares a buffer with an input of the kernel.
+                let dy2 = dy.reshape(&x.shape)?;
+                let prev = xid.and_then(|id| grads.remove(&id));
+                let onto = match &prev {
+                    Some(g) if !g.same_buffer(&dy2) && !g.same_buffer(&x) => Some(g.reshape(&x.shape)?),
+                    _ => None,
+                };
+                let (dx, dg, db) =
+                    layernorm::layernorm_backward_onto(gpu, &dy2, &x, &gamma, &mean, &rstd, onto.as_ref())?;
+                match (prev, onto) {
+                    (Some(g), Some(_)) => accumulate(gpu, grads, xid, dx.reshape(&g.shape)?)?,
+                    (prev, _) => {
+                        if let (Some(id), Some(g)) = (xid, prev) {
+                            grads.insert(id, g);
+                        }
+                        accumulate(gpu, grads, xid, dx)?;
+                    }
+                }
+                accumulate(gpu, grads, gid, dg)?;
+                accumulate(gpu, grads, bid, db)?;
+            }
+            (Op::Gelu { x, id }, OutGrads::One(dy)) => {
+                // dx = dy·(Φ(x) + x·φ(x)).
+                accumulate(gpu, grads, id, gelu::gelu_backward(gpu, &x, &dy)?)?;
+            }
+            (Op::Attention { qkv, out, lse, heads, id }, OutGrads::One(dy)) => {
+                // Flash-attention backward (derivation in shaders/attention.wgsl).
+                accumulate(gpu, grads, id, attention::attention_backward(gpu, &qkv, &out, &lse, &dy, heads)?)?;
+            }
+            (Op::Add { ids: [a, b] }, OutGrads::One(dy)) => {
+                // y = a + b: da = db = dy.
+                if b.is_some() {
+                    accumulate(gpu, grads, b, dy.clone())?;
+                }
+                accumulate(gpu, grads, a, dy)?;
+            }
+            (Op::AddBroadcast { b_shape, ids: [x, b] }, OutGrads::One(dy)) => {
+                // y = x + repeat(b): dx = dy, db = Σ over the repeats.
+                if b.is_some() {
+                    let n: usize = b_shape.iter().product();
+                    let db = reduce::sum_rows(gpu, &dy.reshape(&[dy.numel() / n, n])?)?;
+                    accumulate(gpu, grads, b, db.reshape(&b_shape)?)?;
+                }
+                accumulate(gpu, grads, x, dy)?;
+            }
+            (Op::ScaleSamples { s, id }, OutGrads::One(dy)) => {
+                // y = s·x per sample: dx = s·dy.
+                accumulate(gpu, grads, id, elementwise::scale_samples(gpu, &dy, &s)?)?;
+            }
+            (Op::MaskTokens { mask, ids: [x, token] }, OutGrads::One(dy)) => {
+                // dx = dy off the mask, 0 on it; dtoken = Σ_masked dy.
+                let (dx, dtoken) = mask_tokens::mask_tokens_backward(gpu, &dy, &mask)?;
+                accumulate(gpu, grads, x, dx)?;
+                accumulate(gpu, grads, token, dtoken)?;
+            }
+            (Op::Patchify { image_shape, patch, id }, OutGrads::One(dy)) => {
+                // A permutation of pixels: the backward copies each entry back.
+                accumulate(gpu, grads, id, tokens::patchify_backward(gpu, &dy, &image_shape, patch)?)?;
+            }
+            (Op::TokensJoin { cls_shape, ids: [cls, x] }, OutGrads::One(dy)) => {
+                // out = [cls; x]: (dcls_b, dx) = split(dy); a shared cls sums dcls_b over b.
+                let (dc, dx) = tokens::tokens_split(gpu, &dy)?;
+                if cls.is_some() {
+                    let d = dc.shape[1];
+                    let dc = if cls_shape.iter().product::<usize>() == d && dc.shape[0] != 1 {
+                        reduce::sum_rows(gpu, &dc)?
+                    } else {
+                        dc
+                    };
+                    accumulate(gpu, grads, cls, dc.reshape(&cls_shape)?)?;
+                }
+                accumulate(gpu, grads, x, dx)?;
+            }
+            (Op::TokensSplit { id }, OutGrads::Two(dc, dr)) => {
+                // d/dx of split is join: dx = [dcls; drest], a missing output gradient zero.
+                let zeros_or = |dy: Option<Tensor>, shape: &[usize]| match dy {
+                    Some(t) => Ok(t),
+                    None => gpu.zeros(shape, DType::F32),
+                };
+                let (dc, dr) = (zeros_or(dc, &node.outs[0].1)?, zeros_or(dr, &node.outs[1].1)?);
+                accumulate(gpu, grads, id, tokens::tokens_join(gpu, &dc, &dr)?)?;
+            }
+            (Op::L2Norm { x, norm, eps, id }, OutGrads::One(dy)) => {
+                // y = x/n, n = max(‖x‖, eps): dx = (dy − y(y·dy))/n when ‖x‖ > eps, else dy/eps.
+                let dy2 = dy.reshape(&x.shape)?;
+                accumulate(gpu, grads, id, l2norm::l2norm_backward(gpu, &dy2, &x, &norm, eps)?)?;
+            }
+            (Op::Reshape { from, id }, OutGrads::One(dy)) => {
+                accumulate(gpu, grads, id, dy.reshape(&from)?)?;
+            }
+            (_, _) => unreachable!("every op has one output but the split, which has two"),
+        }
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use sop::train::config::{Objective, TrainConfig};
 use sop::train::state;
 use support::{tiny, tmp, weights};
 
@@ -31,11 +32,17 @@ fn sop_exe() -> &'static str {
 
 /// The tiny configuration as a file (every rank reads the same one).
 fn config_file(dir: &Path) -> PathBuf {
+    config_file_with(dir, |_| {})
+}
+
+/// `config_file` after `change`.
+fn config_file_with(dir: &Path, change: impl FnOnce(&mut TrainConfig)) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let p = dir.join("tiny.toml");
     let mut c = tiny(&dir.join("unused"));
     // Two blocks, so that the second one drops paths (rate 0.3): per-image draws matter.
     (c.model.depth, c.model.drop_path) = (2, 0.3);
+    change(&mut c);
     std::fs::write(&p, c.to_toml()).unwrap();
     p
 }
@@ -43,6 +50,11 @@ fn config_file(dir: &Path) -> PathBuf {
 /// `sop` with `args` as `ranks` MPI ranks (0: no mpirun at all), every rank saving its
 /// checkpoints.
 fn sop_cmd(ranks: usize, args: &[&str]) -> Command {
+    sop_cmd_env(ranks, &[], args)
+}
+
+/// `sop_cmd` with the environment variables `env` (`NAME=value`) set on every rank.
+fn sop_cmd_env(ranks: usize, env: &[&str], args: &[&str]) -> Command {
     if ranks == 0 {
         let mut c = Command::new(sop_exe());
         c.args(args);
@@ -50,6 +62,9 @@ fn sop_cmd(ranks: usize, args: &[&str]) -> Command {
     }
     let mut c = Command::new("mpirun");
     c.args(["-np", &ranks.to_string(), "--oversubscribe", "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1"]);
+    for e in env {
+        c.args(["-x", e]);
+    }
     c.args(["-x", "SOP_SAVE_EVERY_RANK=1", sop_exe()]).args(args);
     c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     c
@@ -135,8 +150,17 @@ fn same_bytes(a: &Path, b: &Path) {
 /// A fresh folder `name` with the tiny config, its initial weights (`init/`) and `steps` steps
 /// of one process of batch 8 without mpirun (`one/`): (folder, config, init, one).
 fn reference_runs(name: &str, steps: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    reference_runs_with(name, steps, |_| {})
+}
+
+/// `reference_runs` on the tiny config after `change`.
+fn reference_runs_with(
+    name: &str,
+    steps: usize,
+    change: impl FnOnce(&mut TrainConfig),
+) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let dir = tmp(name);
-    let cfg = config_file(&dir);
+    let cfg = config_file_with(&dir, change);
     let (init, one) = (dir.join("init"), dir.join("one"));
     run_ok(train_cmd(0, &cfg, &["--steps", "0", "--out", init.to_str().unwrap()]));
     // Without mpirun, a --features mpi binary is one rank.
@@ -166,6 +190,67 @@ fn two_ranks_of_half_the_batch_train_as_one_process_of_the_whole_batch() {
     assert!(lines.contains("comm_ms"), "{lines}");
 }
 
+/// A change of the tiny configuration.
+type ConfigChange = dyn Fn(&mut TrainConfig);
+
+/// What is computed over the whole batch, not per image, follows the global batch on 2 ranks:
+/// iBOT's centres (batch means, averaged over the ranks), SOP's [CLS] centring (likewise)
+/// and KoLeo's nearest neighbours (over every rank's rows, gathered).
+#[test]
+fn batch_wide_terms_train_on_two_ranks_as_on_one() {
+    let ibot = |c: &mut TrainConfig| {
+        (c.objective, c.ibot.prototypes, c.ibot.freeze_last_layer_epochs) = (Objective::Ibot, 13, 0);
+    };
+    let koleo_centring = |c: &mut TrainConfig| (c.sop.koleo_weight, c.sop.center_teacher_cls) = (0.5, true);
+    let cases: [(&str, &ConfigChange); 2] = [("mpi-ibot", &ibot), ("mpi-koleo-centring", &koleo_centring)];
+    for (name, change) in cases {
+        let (dir, cfg, init, one) = reference_runs_with(name, 3, change);
+        let two = dir.join("two");
+        run_ok(train_cmd(2, &cfg, &["--steps", "3", "--batch-size", "4", "--out", two.to_str().unwrap()]));
+        same_bytes(&two, &two.join("rank-1"));
+        updates_agree(&init, &one, &two, &format!("{name}: 1 rank x 8 vs 2 ranks x 4"));
+    }
+}
+
+/// Metric lines of a run folder.
+fn metric_lines(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join(state::METRICS)).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn the_exchange_overlapped_with_the_backward_gives_the_same_bits() {
+    let dir = tmp("mpi-overlap");
+    let cfg = config_file(&dir);
+    // Buckets of 256 elements: the tiny model's gradients make many, started as the last
+    // micro-batch's backward finishes them (with accumulation only the last one overlaps).
+    let run = |name: &str, overlap: &str| {
+        let out = dir.join(name);
+        let env = ["SOP_BUCKET_ELEMENTS=256", overlap];
+        let args = ["--steps", "3", "--batch-size", "2", "--accumulate", "2", "--out", out.to_str().unwrap()];
+        run_ok(sop_cmd_env(
+            2,
+            &env,
+            &[&["train", "--config", cfg.to_str().unwrap(), "--quiet", "--no-eval"][..], &args].concat(),
+        ));
+        out
+    };
+    let (after, during) = (run("after", "SOP_GRAD_OVERLAP=0"), run("during", "SOP_GRAD_OVERLAP=1"));
+    // Every tensor bit for bit (the saved configs differ in their run folder).
+    for f in [state::STUDENT, state::TEACHER, state::STATE] {
+        let (x, y) = (weights(&after.join(f)), weights(&during.join(f)));
+        assert_eq!(x.len(), y.len(), "{f}");
+        for (name, t) in &x {
+            let bits = |d: &[f32]| d.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(bits(&t.data) == bits(&y[name].data), "{f} {name}: the overlapped run differs");
+        }
+    }
+    same_bytes(&during, &during.join("rank-1"));
+    let comm =
+        |run: &Path| -> Vec<f64> { metric_lines(run).iter().map(|l| l["comm_ms"].as_f64().unwrap_or(0.0)).collect() };
+    println!("comm_ms per step: exchange after the backward {:?}, overlapped {:?}", comm(&after), comm(&during));
+}
+
 #[test]
 fn a_resume_on_another_rank_count_keeps_the_global_batch() {
     let (dir, cfg, init, one) = reference_runs("mpi-resume", 4);
@@ -185,6 +270,20 @@ fn a_resume_on_another_rank_count_keeps_the_global_batch() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("cannot split 3 images"), "{stderr}");
+}
+
+#[test]
+fn a_global_batch_larger_than_the_banks_is_refused_at_the_start() {
+    let dir = tmp("mpi-banks");
+    let cfg = config_file(&dir);
+    // The tiny banks hold 64 and 48 rows: one rank of 32 fits, two write 64 per step.
+    let run = dir.join("run");
+    let out =
+        train_cmd(2, &cfg, &["--steps", "1", "--batch-size", "32", "--out", run.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("2 ranks x batch 32 x accumulate 1 write 64 rows into each bank"), "{stderr}");
+    assert!(!run.join(state::STATE).exists(), "a refused run left a checkpoint");
 }
 
 /// The pids of the `sop` processes whose parent is `parent`.

@@ -362,3 +362,23 @@ fn bank_mean_cosine_matches_the_pairwise_mean() {
     let s = gpu.read_f32(&crowded.sum_norm_sq(&gpu).unwrap()).unwrap()[0] as f64;
     assert!((Bank::mean_cosine(s, n) - 1.0).abs() < 1e-5);
 }
+
+/// A train state whose recorded rank count is damaged ("0", or not a number) is refused
+/// naming the file, never a panic or a batch of 0 images.
+#[test]
+fn a_damaged_rank_count_is_refused_naming_the_file() {
+    let gpu = gpu();
+    for bad in ["0", "two"] {
+        let dir = tmp(&format!("corrupt-ranks-{bad}"));
+        let mut cfg = tiny(&dir);
+        cfg.optim.steps = Some(0);
+        train(&gpu, cfg.clone(), None, false).unwrap();
+        let path = dir.join(state::STATE);
+        let mut st = checkpoint::read(&path).unwrap();
+        st.metadata.insert("ranks".into(), bad.into());
+        checkpoint::save(&path, &st.tensors, &st.metadata).unwrap();
+        cfg.optim.steps = Some(1);
+        let err = train(&gpu, cfg, Some(&dir), false).unwrap_err().to_string();
+        assert!(err.contains("train_state.safetensors") && err.contains("ranks"), "{bad}: {err}");
+    }
+}

@@ -119,7 +119,8 @@ impl Dist {
         self.comm_micros.load(Ordering::Relaxed) as f64 * 1e-6
     }
 
-    fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    /// Runs `f`, its time counted as communication.
+    pub fn timed<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let t = Instant::now();
         let r = f();
         self.comm_micros.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -130,12 +131,35 @@ impl Dist {
     /// summed in rank order; `wait` on the returned handle gives it. Exchanges start in call
     /// order on the MPI thread, so the host can read the next bucket meanwhile.
     pub fn start_mean(&self, data: Vec<f32>) -> Pending<Vec<f32>> {
+        self.start_mean_of(data.len(), move || Ok(data))
+    }
+
+    /// `start_mean` of `len` values that the MPI thread first gets from `produce` (a
+    /// gradient bucket's read-back, waited for there, not by the training thread). Should
+    /// `produce` fail, this rank still takes part (with zeros, so no rank hangs) and the
+    /// error is the answer.
+    pub fn start_mean_of(
+        &self,
+        len: usize,
+        produce: impl FnOnce() -> Result<Vec<f32>> + Send + 'static,
+    ) -> Pending<Vec<f32>> {
         #[cfg(feature = "mpi")]
         if let Some(c) = &self.comm {
             let size = self.size;
-            return Pending { inner: PendingInner::Comm(c.call(move |w| comm::sum_chunks(w, &data, size))) };
+            return Pending {
+                inner: PendingInner::Comm(c.call(move |w| {
+                    let (data, failed) = match produce() {
+                        Ok(d) if d.len() == len => (d, None),
+                        Ok(d) => (vec![0.0; len], Some(SopError::Invalid(format!("{} values for {len}", d.len())))),
+                        Err(e) => (vec![0.0; len], Some(e)),
+                    };
+                    let mean = comm::sum_chunks(w, &data, size);
+                    failed.map_or(Ok(mean), Err)
+                })),
+            };
         }
-        Pending { inner: PendingInner::Ready(Ok(data)) }
+        let _ = len;
+        Pending { inner: PendingInner::Ready(produce()) }
     }
 
     /// Waits for an exchange `start_mean` began; the time counts as communication.
@@ -204,7 +228,7 @@ pub struct Pending<T> {
 enum PendingInner<T> {
     Ready(Result<T>),
     #[cfg(feature = "mpi")]
-    Comm(comm::Call<T>),
+    Comm(comm::Call<Result<T>>),
 }
 
 impl<T> Pending<T> {
@@ -212,7 +236,7 @@ impl<T> Pending<T> {
         match self.inner {
             PendingInner::Ready(r) => r,
             #[cfg(feature = "mpi")]
-            PendingInner::Comm(c) => c.wait(),
+            PendingInner::Comm(c) => c.wait()?,
         }
     }
 }

@@ -174,6 +174,17 @@ fn bucket(bytes: u64) -> u64 {
     bytes.max(1).div_ceil(256) * 256
 }
 
+impl BufferPool {
+    /// Keep an unmapped staging buffer for reuse (large ones are dropped).
+    pub(crate) fn return_staging(&mut self, staging: wgpu::Buffer, bucket_size: u64) {
+        if bucket_size <= MAX_POOLED_STAGING {
+            self.staging.entry(bucket_size).or_default().push(staging);
+        } else {
+            self.memory.pool_bytes -= bucket_size;
+        }
+    }
+}
+
 impl Gpu {
     /// A free buffer of this kind and bucket size from the pool, or a new one (counted).
     fn pooled_buffer(&self, kind: Kind, size: u64) -> wgpu::Buffer {
@@ -386,12 +397,7 @@ impl Gpu {
 
     /// Give an unmapped staging buffer back to the pool (large ones are dropped).
     pub(crate) fn return_staging(&self, staging: wgpu::Buffer, bucket_size: u64) {
-        let mut pool = self.pool.lock().unwrap();
-        if bucket_size <= MAX_POOLED_STAGING {
-            pool.staging.entry(bucket_size).or_default().push(staging);
-        } else {
-            pool.memory.pool_bytes -= bucket_size;
-        }
+        self.pool.lock().unwrap().return_staging(staging, bucket_size);
     }
 
     /// The raw 4-byte words of several tensors (any dtype) with one wait: they are copied

@@ -3,6 +3,9 @@
 //! blocking and hands the words over once the copy has run. A training step sends its
 //! metrics this way, so the host never makes the device wait for them.
 //!
+//! `AsyncRead::detach` hands a read to another thread (`DetachedRead`): the MPI thread of a
+//! data-parallel run waits there for each gradient bucket, so the training thread does not.
+//!
 //! `AsyncRead::wait` is the one blocking form, for the places a run must know the values
 //! now (before a checkpoint, k-NN evaluation, the end of the run): in a browser (WebGPU)
 //! build it is where the host would `await` the map.
@@ -10,6 +13,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Result, SopError};
+use crate::gpu::buffers::BufferPool;
 use crate::gpu::counters::Counters;
 use crate::gpu::{Gpu, Tensor};
 
@@ -83,20 +87,57 @@ impl AsyncRead {
     }
 
     fn take(&mut self, gpu: &Gpu) -> Result<Vec<u32>> {
+        let (bytes, staging) = self.take_bytes()?;
+        gpu.return_staging(staging, self.bucket);
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// The mapped bytes (the map has completed) and the unmapped staging buffer.
+    fn take_bytes(&mut self) -> Result<(Vec<u8>, wgpu::Buffer)> {
         let outcome = self.done.lock().unwrap().take();
         let staging = self.staging.take().expect("a read is taken once");
         outcome
             .ok_or_else(|| SopError::Gpu("readback map did not complete".into()))?
             .map_err(|e| SopError::Gpu(format!("readback map: {e}")))?;
-        let words = {
-            let range = staging
-                .slice(..self.size)
-                .get_mapped_range()
-                .map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?;
-            bytemuck::pod_collect_to_vec(&range)
-        };
+        let bytes = staging
+            .slice(..self.size)
+            .get_mapped_range()
+            .map_err(|e| SopError::Gpu(format!("readback range: {e:?}")))?
+            .to_vec();
         staging.unmap();
-        gpu.return_staging(staging, self.bucket);
-        Ok(words)
+        Ok((bytes, staging))
+    }
+}
+
+/// A read in flight that another thread finishes (`AsyncRead::detach`): it polls the
+/// device itself and gives the staging buffer back to the pool.
+pub struct DetachedRead {
+    device: wgpu::Device,
+    pool: Arc<Mutex<BufferPool>>,
+    read: AsyncRead,
+}
+
+impl AsyncRead {
+    /// This read, to be finished on another thread (`DetachedRead::wait`).
+    pub fn detach(self, gpu: &Gpu) -> DetachedRead {
+        DetachedRead { device: gpu.device.clone(), pool: gpu.pool.clone(), read: self }
+    }
+}
+
+impl DetachedRead {
+    /// The bytes, once the device has run the copy (blocks the calling thread only).
+    pub fn wait(mut self) -> Result<Vec<u8>> {
+        let r = &mut self.read;
+        // Another thread's poll may be running the map's callback: poll until it has.
+        while !r.ready() {
+            let wait = wgpu::PollType::Wait { submission_index: r.submission.clone(), timeout: None };
+            self.device.poll(wait).map_err(|e| SopError::Gpu(format!("poll: {e}")))?;
+            if !r.ready() {
+                std::thread::yield_now();
+            }
+        }
+        let (bytes, staging) = r.take_bytes()?;
+        self.pool.lock().unwrap().return_staging(staging, r.bucket);
+        Ok(bytes)
     }
 }

@@ -23,7 +23,8 @@
 //!   = (w/τ_s)(p·Σq − q).
 //! - Centres after each micro-batch, in place: c ← m·c + (1 − m)·mean of the 2B teacher
 //!   [CLS] rows, c2 likewise over the 2B·N teacher patch rows (`ema_update`), m =
-//!   `ibot.center_momentum` (0.9).
+//!   `ibot.center_momentum` (0.9). With several data-parallel ranks the two means are
+//!   averaged over the ranks first (`ibot_objective_tensors_over`): the global batch's.
 //!
 //! The reference is kernels-tests/src/ibot_objective.rs (f64), tested in
 //! kernels-tests/tests/kernels/ibot_objective.rs.
@@ -142,17 +143,28 @@ fn term(gpu: &Gpu, s: &Tensor, target: &Tensor, w: &Tensor, tau_s: f32) -> Resul
     Ok((loss, ds, p))
 }
 
-/// c ← m·c + (1 − m)·(column mean of x (R, K)), in place.
-fn update_center(gpu: &Gpu, c: &Tensor, x: &Tensor, m: f32) -> Result<()> {
-    let rows = x.numel() / c.numel();
-    let mean = crate::ops::elementwise::scale(gpu, &sum_rows(gpu, x)?, 1.0 / rows as f32)?;
-    ema_update(gpu, c, &mean, m)
+/// The column mean (K) of x (R, K).
+fn column_mean(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+    crate::ops::elementwise::scale(gpu, &sum_rows(gpu, x)?, 1.0 / x.shape[0] as f32)
 }
 
 /// The iBOT objective on logits `e` (widths K): losses, agreement and the student logits'
 /// gradients left on the device, as the SOP objective's; the centres are read for the
 /// targets, then updated in place.
 pub fn ibot_objective_tensors(gpu: &Gpu, hp: &IbotStep, e: &Embeddings, centers: &Centers) -> Result<ObjectiveTensors> {
+    ibot_objective_tensors_over(gpu, hp, e, centers, &|_| Ok(()))
+}
+
+/// `ibot_objective_tensors` where `over_ranks` replaces the two batch means the centres
+/// move towards (the teacher's [CLS] and patch logits', (K) each) by their mean over the
+/// data-parallel ranks, so the centres follow the global batch (the identity on one rank).
+pub fn ibot_objective_tensors_over(
+    gpu: &Gpu,
+    hp: &IbotStep,
+    e: &Embeddings,
+    centers: &Centers,
+    over_ranks: &dyn Fn(&[&Tensor]) -> Result<()>,
+) -> Result<ObjectiveTensors> {
     let n = check("ibot_objective", e)?;
     let (b, k) = (e.batch, e.teacher_cls.shape[1]);
     let (select, w_cls) = cls_pairing(gpu, b, e.local_views, 1)?;
@@ -164,8 +176,11 @@ pub fn ibot_objective_tensors(gpu: &Gpu, hp: &IbotStep, e: &Embeddings, centers:
     let w_mim = mim_weights(gpu, e.masks, b, n, 1)?;
     let (loss_mim, dpatch, _) = term(gpu, &e.student_patch.reshape(&[2 * b * n, k])?, &q2, &w_mim, hp.student_temp)?;
     let agreement_idx = argmax_pair(gpu, &p_cls, &q)?;
-    update_center(gpu, &centers.cls, e.teacher_cls, hp.center_momentum)?;
-    update_center(gpu, &centers.patch, &t_patch, hp.center_momentum)?;
+    // c ← m·c + (1 − m)·(column mean of the teacher rows), likewise c2.
+    let means = [column_mean(gpu, e.teacher_cls)?, column_mean(gpu, &t_patch)?];
+    over_ranks(&[&means[0], &means[1]])?;
+    ema_update(gpu, &centers.cls, &means[0], hp.center_momentum)?;
+    ema_update(gpu, &centers.patch, &means[1], hp.center_momentum)?;
     Ok(ObjectiveTensors {
         cls_losses: vec![loss_cls],
         mim_losses: vec![loss_mim],

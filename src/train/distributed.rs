@@ -4,7 +4,10 @@
 //! - start: the ranks agree on the configuration (their per-rank batch, accumulation, seed
 //!   and rank count), a resume with another rank count keeps the global batch (reshards) or
 //!   is refused, and rank 0 broadcasts parameters, optimiser state and banks;
-//! - each step: the gradients (and the loss words) averaged over ranks (`mean_over_ranks`),
+//! - each step: the batch means the step needs now (iBOT's centres, the [CLS] centring:
+//!   `mean_now`) and KoLeo's rows (`gather_views`), the gradients averaged over ranks,
+//!   bucket by bucket as the last backward finishes them (`overlapped_mean`,
+//!   `slot_written`), then the loss words (`mean_over_ranks`),
 //!   and the banks take every rank's teacher rows in rank order (`gather_bank_rows`);
 //! - every `CHECK_EVERY` steps and at each checkpoint the ranks compare a checksum of
 //!   parameters and banks (`verify_same`);
@@ -13,11 +16,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dist::{self, device, layout::Shard};
+use crate::dist::device::{self, OverlappedMean};
+use crate::dist::{self, layout::Shard};
 use crate::error::{Result, SopError};
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{FlatLayout, Gpu, Tensor};
 
-use super::config::{Objective, TrainConfig};
+use super::config::TrainConfig;
 use super::step::{BankRows, Trainer};
 
 /// Steps between two comparisons of the ranks' parameters and banks.
@@ -49,23 +53,13 @@ pub(super) fn save_folder(out: &Path) -> Option<PathBuf> {
     }
 }
 
-/// Before any work: the ranks' configurations agree (rank 0's seed is everyone's), `ibot`,
-/// KoLeo and the [CLS] centring run on one rank only, and a resumed run of `saved_ranks` ranks keeps its global batch:
-/// its per-rank batch becomes global / (ranks · accumulate), or the resume is refused.
+/// Before any work: the ranks' configurations agree (rank 0's seed is everyone's), the banks
+/// hold a step of every rank's rows, and a resumed run of `saved_ranks` ranks keeps its
+/// global batch: its per-rank batch becomes global / (ranks · accumulate), or the resume is
+/// refused.
 pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result<()> {
     let d = dist::world();
     let ranks = d.size();
-    if ranks > 1 && cfg.objective == Objective::Ibot {
-        return Err(SopError::Invalid(format!(
-            "--objective ibot runs on one rank only (its centres are not yet averaged over ranks); {ranks} were started"
-        )));
-    }
-    if ranks > 1 && (cfg.sop.koleo_weight > 0.0 || cfg.sop.center_teacher_cls) {
-        return Err(SopError::Invalid(format!(
-            "sop.koleo_weight > 0 and sop.center_teacher_cls run on one rank only (each is computed over the \
-             process's own batch, so {ranks} ranks would not train as one process of the whole batch)"
-        )));
-    }
     if let Some(saved) = saved_ranks.filter(|&s| s != ranks) {
         let accum = cfg.optim.accumulate;
         let global = saved * cfg.data.batch_size * accum;
@@ -85,6 +79,17 @@ pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result
             cfg.data.batch_size
         );
         cfg.data.batch_size = b;
+    }
+    // `validate` checked one rank's rows per step; the banks take every rank's.
+    let rows = ranks * cfg.data.batch_size * cfg.optim.accumulate;
+    let smallest = cfg.sop.cls_bank_size.min(cfg.sop.patch_bank_size);
+    if ranks > 1 && rows > smallest {
+        return Err(SopError::Invalid(format!(
+            "{ranks} ranks x batch {} x accumulate {} write {rows} rows into each bank per step, more than the \
+             banks hold (sop.cls_bank_size {}, sop.patch_bank_size {}): use fewer ranks, a smaller batch or \
+             larger banks",
+            cfg.data.batch_size, cfg.optim.accumulate, cfg.sop.cls_bank_size, cfg.sop.patch_bank_size
+        )));
     }
     if !d.is_distributed() {
         return Ok(());
@@ -112,17 +117,87 @@ pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result
     Ok(())
 }
 
-/// Every rank's gradients (the flat buffer) and loss words (`checks`, one tensor per
-/// micro-batch) replaced by their mean over the ranks: the sum a batch of every rank's
-/// images would give, since each rank's losses are means over its own images.
-pub(super) fn mean_over_ranks(gpu: &Gpu, grads: &Tensor, checks: &[Tensor]) -> Result<()> {
+/// Set to 0 to start the gradients' exchange after the whole backward (the comparison the
+/// tests make: the bits are the same), rather than bucket by bucket during it.
+pub const OVERLAP_ENV: &str = "SOP_GRAD_OVERLAP";
+
+/// The gradients' mean over ranks started during the last micro-batch's backward, bucket by
+/// bucket (`device::OverlappedMean`); None with one rank or `SOP_GRAD_OVERLAP=0`.
+pub(super) fn overlapped_mean(grads: &Tensor, layout: &FlatLayout) -> Result<Option<OverlappedMean>> {
+    if !dist::world().is_distributed() || std::env::var(OVERLAP_ENV).is_ok_and(|v| v.trim() == "0") {
+        return Ok(None);
+    }
+    Ok(Some(OverlappedMean::new(grads, layout, device::bucket_elements()?)?))
+}
+
+/// Parameter `i`'s gradient slot is recorded: the buckets it completes start their exchange.
+pub(super) fn slot_written(gpu: &Gpu, overlapped: Option<&mut OverlappedMean>, i: usize) -> Result<()> {
+    match overlapped {
+        Some(o) => o.slot_written(gpu, dist::world(), i),
+        None => Ok(()),
+    }
+}
+
+/// Every rank's gradients (the flat buffer; already under way when `overlapped`) and loss
+/// words (`checks`, one tensor per micro-batch) replaced by their mean over the ranks: the
+/// sum a batch of every rank's images would give, since each rank's losses are means over
+/// its own images.
+pub(super) fn mean_over_ranks(
+    gpu: &Gpu,
+    grads: &Tensor,
+    overlapped: Option<OverlappedMean>,
+    checks: &[Tensor],
+) -> Result<()> {
     let d = dist::world();
     if !d.is_distributed() {
         return Ok(());
     }
-    let mut all: Vec<&Tensor> = vec![grads];
-    all.extend(checks);
-    device::mean_in_place(gpu, d, &all)
+    match overlapped {
+        Some(o) => o.finish(gpu, d)?,
+        None => {
+            // The device's backward is compute, not communication.
+            gpu.sync()?;
+            device::mean_in_place(gpu, d, &[grads])?
+        }
+    }
+    mean_now(gpu, &checks.iter().collect::<Vec<_>>())
+}
+
+/// Each tensor replaced by its mean over the ranks now (the host waits for it): a batch mean
+/// this step still needs (iBOT's centres, the [CLS] centring), the global batch's since every
+/// rank's is over as many rows. Nothing with one rank.
+pub(super) fn mean_now(gpu: &Gpu, tensors: &[&Tensor]) -> Result<()> {
+    let d = dist::world();
+    if !d.is_distributed() {
+        return Ok(());
+    }
+    device::mean_in_place(gpu, d, tensors)
+}
+
+/// t (V·B, W), this rank's rows of `views` views, as the global batch's (V·R·B, W): view
+/// v's rows of rank 0, of rank 1, …, then view v + 1's (the rows one rank of the whole
+/// batch has). `t` itself with one rank.
+pub(super) fn gather_views(gpu: &Gpu, t: &Tensor, views: usize) -> Result<Tensor> {
+    let d = dist::world();
+    if !d.is_distributed() {
+        return Ok(t.clone());
+    }
+    let all = device::all_gather_rows(gpu, d, t)?;
+    let b = t.shape[0] / views;
+    let starts: Vec<usize> = (0..views).flat_map(|v| (0..d.size()).map(move |r| (r * views + v) * b)).collect();
+    let parts = starts.iter().map(|&at| gpu.slice_rows(&all, at, b)).collect::<Result<Vec<_>>>()?;
+    gpu.concat_rows(&parts.iter().collect::<Vec<_>>())
+}
+
+/// This rank's rows of `gather_views`' layout (V·R·B, W): (V·B, W), view-major.
+pub(super) fn own_views(gpu: &Gpu, t: &Tensor, views: usize) -> Result<Tensor> {
+    let d = dist::world();
+    if !d.is_distributed() {
+        return Ok(t.clone());
+    }
+    let b = t.shape[0] / (views * d.size());
+    let parts = (0..views).map(|v| gpu.slice_rows(t, (v * d.size() + d.rank()) * b, b)).collect::<Result<Vec<_>>>()?;
+    gpu.concat_rows(&parts.iter().collect::<Vec<_>>())
 }
 
 impl Trainer<'_> {
@@ -140,11 +215,20 @@ impl Trainer<'_> {
         })
     }
 
-    /// The tensors every rank must hold bit for bit: student, teacher, AdamW's moments and
-    /// both banks.
+    /// The tensors every rank must hold bit for bit: student, teacher, AdamW's moments, both
+    /// banks and iBOT's centres.
     fn replicated(&self) -> Vec<&Tensor> {
         let [m, v] = self.opt.moments_flat();
-        vec![&self.model.student.flat, &self.model.teacher.flat, m, v, &self.cls_bank.vectors, &self.patch_bank.vectors]
+        let mut all = vec![
+            &self.model.student.flat,
+            &self.model.teacher.flat,
+            m,
+            v,
+            &self.cls_bank.vectors,
+            &self.patch_bank.vectors,
+        ];
+        all.extend(self.centers.iter().flat_map(|c| [&c.cls, &c.patch]));
+        all
     }
 
     /// Rank 0's parameters, optimiser state and banks on every rank (at the start and on
@@ -159,7 +243,7 @@ impl Trainer<'_> {
             eprintln!(
                 "data parallel: {n} gradient values ({:.1} MB in f32) averaged per step, in {} buckets",
                 4.0 * n as f64 / 1e6,
-                n.div_ceil(device::BUCKET)
+                n.div_ceil(device::bucket_elements()?)
             );
         }
         device::broadcast_tensors(self.gpu, d, &self.replicated())?;

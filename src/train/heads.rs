@@ -1,6 +1,6 @@
 //! What the `ibot` objective changes in a training step, beside SOP's: the head's output
 //! passes through the prototype layer (`Trainer::head`, `Trainer::teacher_head`), and the prototype layer's gradient
-//! is dropped during its frozen first epochs (`Trainer::freeze_prototypes`). The objective
+//! is dropped during its frozen first epochs (`Trainer::prototypes_frozen`). The objective
 //! itself is `sop::ibot`.
 
 use crate::error::Result;
@@ -38,15 +38,9 @@ impl Trainer<'_> {
 
     /// iBOT's `cancel_gradients_last_layer`: no gradient (so no AdamW update, no decay) for
     /// the prototype directions during the first `ibot.freeze_last_layer_epochs` epochs.
-    pub(super) fn freeze_prototypes(&self, step: usize, grads: &mut [Option<Tensor>]) {
+    /// Whether parameter `i` takes no gradient at `step` for this reason.
+    pub(super) fn prototypes_frozen(&self, step: usize, i: usize) -> bool {
         let frozen = self.cfg.ibot.freeze_last_layer_epochs * self.steps_per_epoch;
-        if self.cfg.objective != Objective::Ibot || step >= frozen {
-            return;
-        }
-        for (g, name) in grads.iter_mut().zip(&self.model.student.names) {
-            if name == ibot::WEIGHT_V {
-                *g = None;
-            }
-        }
+        self.cfg.objective == Objective::Ibot && step < frozen && self.model.student.names[i] == ibot::WEIGHT_V
     }
 }

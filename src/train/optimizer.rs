@@ -106,27 +106,37 @@ impl AdamW {
         if grads.len() != self.layout.len() {
             return Err(SopError::Invalid(format!("{} gradients for {} parameters", grads.len(), self.layout.len())));
         }
-        let has_grad: Vec<bool> = grads.iter().map(Option::is_some).collect();
+        self.note_has_grad(gpu, grads.iter().map(Option::is_some).collect())?;
+        for (i, g) in grads.iter().enumerate() {
+            self.copy_grad(gpu, i, g.as_ref())?;
+        }
+        Ok(&self.grads.flat)
+    }
+
+    /// Parameter `i`'s gradient copied into its slot of the flat gradient buffer (None: the
+    /// slot zeroed); data-parallel training does this as the backward finishes each one.
+    pub fn copy_grad(&self, gpu: &Gpu, i: usize, g: Option<&Tensor>) -> Result<()> {
+        let slot = &self.grads.views[i];
+        match g {
+            Some(g) if g.shape == slot.shape => gpu.copy(g, slot),
+            Some(g) => Err(SopError::shape("adamw", format!("gradient {:?} for parameter {:?}", g.shape, slot.shape))),
+            None => gpu
+                .with_encoder(|enc| enc.clear_buffer(slot.buffer(), slot.offset(), Some(slot.bytes().div_ceil(4) * 4))),
+        }
+    }
+
+    /// Which parameters have a gradient this step (the others are left alone by `apply`).
+    pub fn note_has_grad(&mut self, gpu: &Gpu, has_grad: Vec<bool>) -> Result<()> {
         if has_grad != self.has_grad {
             gpu.write_u32(&self.table, &multi_table(&self.layout, &self.decay, &has_grad)?)?;
             self.has_grad = has_grad;
         }
-        for (i, g) in grads.iter().enumerate() {
-            let slot = &self.grads.views[i];
-            match g {
-                Some(g) if g.shape == slot.shape => gpu.copy(g, slot)?,
-                Some(g) => {
-                    return Err(SopError::shape(
-                        "adamw",
-                        format!("gradient {:?} for parameter {:?}", g.shape, slot.shape),
-                    ))
-                }
-                None => gpu.with_encoder(|enc| {
-                    enc.clear_buffer(slot.buffer(), slot.offset(), Some(slot.bytes().div_ceil(4) * 4))
-                })?,
-            }
-        }
-        Ok(&self.grads.flat)
+        Ok(())
+    }
+
+    /// The flat gradient buffer (`copy_grad` writes it).
+    pub fn grads_flat(&self) -> &Tensor {
+        &self.grads.flat
     }
 
     /// The second half of `gather_grads`: the flat gradients' sums of squares, the (T)

@@ -257,7 +257,10 @@ pub fn load_all(dir: &Path, specs: &[crate::model::params::ParamSpec]) -> Result
             seed: meta_num(&paths[0], &state.metadata, "seed")?,
             ranks: match state.metadata.get("ranks") {
                 None => 1,
-                Some(_) => meta_num(&paths[0], &state.metadata, "ranks")?,
+                Some(_) => match meta_num(&paths[0], &state.metadata, "ranks")? {
+                    0 => return Err(SopError::file(&paths[0], "metadata ranks is 0 (a run has at least one rank)")),
+                    r => r,
+                },
             },
         },
         config_toml,

@@ -2,6 +2,9 @@
 //! tape, the objective and the backward (`micro_step` and its named parts), then AdamW, the
 //! EMA teacher and the bank writes, all on the device; the step's scalars go back
 //! asynchronously (`scalars`, `inflight`), so nothing in a step waits for the device.
+//! With several data-parallel ranks, each gradient goes to the flat buffer as the last
+//! backward finishes it and its bucket's exchange starts then (`distributed`); the step
+//! waits for the exchanges before AdamW.
 //!
 //! Over 400 lines because the step's parts share one `Trainer` and the one list of scalars
 //! (losses, finiteness, gradient norms, diagnostics) that the device checks and the host
@@ -86,13 +89,15 @@ fn drop_path_scales(
     Ok(Some(out))
 }
 
-/// x − mean of x's rows, for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
+/// x − mean of x's rows (every rank's), for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
 /// centred on the batch before the soft assignment (a departure from SOP.md: it removes
 /// the part c every row shares, whose first-order term c·d would otherwise decide the
 /// targets once the bank crowds; docs/RECIPE.md). The banks keep the uncentred rows.
 fn center_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
     use crate::ops::{elementwise, reduce};
     let neg_mean = elementwise::scale(gpu, &reduce::sum_rows(gpu, x)?, -1.0 / x.shape[0] as f32)?;
+    // With several ranks, the global batch's mean (each rank's mean over the same count).
+    distributed::mean_now(gpu, &[&neg_mean])?;
     elementwise::add_broadcast(gpu, x, &neg_mean)
 }
 
@@ -152,10 +157,14 @@ pub(super) struct BankRows {
 }
 
 /// What one micro-batch leaves for the step: its objective, its embeddings' finiteness
-/// word, its diagnostics (where metrics are written), its bank rows (SOP only), its KoLeo
-/// loss (1) when `sop.koleo_weight` > 0, and its parameter gradients.
-type MicroStep =
-    (ObjectiveTensors, Tensor, Option<DiagnosticTensors>, Option<BankRows>, Option<Tensor>, Vec<Option<Tensor>>);
+/// word, its diagnostics (where metrics are written), its bank rows (SOP only) and its
+/// KoLeo loss (1) when `sop.koleo_weight` > 0. Its parameter gradients go to the step's
+/// `GradSink` as the backward finishes each.
+type MicroStep = (ObjectiveTensors, Tensor, Option<DiagnosticTensors>, Option<BankRows>, Option<Tensor>);
+
+/// Parameter `i`'s gradient of a micro-batch (None: it got none), handed over by the
+/// backward as soon as it is whole (`Tape::backward_watching`).
+type GradSink<'s> = dyn FnMut(usize, Option<Tensor>) -> Result<()> + 's;
 
 /// One micro-batch's diagnostics (`sop::diagnostics`) and the prototypes its teacher rows
 /// pick, logged with the step's scalars.
@@ -184,7 +193,7 @@ struct StudentOut {
 impl StudentOut {
     /// The tape's backward from the objective's embedding gradients (scaled by 1/n_micro),
     /// plus `koleo`'s gradient of the global [CLS] rows (2B, W; already scaled) if any: the
-    /// gradient of every student parameter.
+    /// gradient of every student parameter, each handed to `sink` once whole.
     #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
@@ -195,7 +204,8 @@ impl StudentOut {
         koleo: Option<&Tensor>,
         b: usize,
         n_micro: usize,
-    ) -> Result<Vec<Option<Tensor>>> {
+        sink: &mut GradSink,
+    ) -> Result<()> {
         let inv = 1.0 / n_micro as f32;
         // Scaling by 1 (no accumulation) is the identity: no dispatch.
         let scale = |t: &Tensor| match n_micro {
@@ -211,8 +221,8 @@ impl StudentOut {
             let l = sl.value.shape[0];
             seeds.push((sl, scale(&gpu.slice_rows(&out.dstudent_cls, 2 * b, l)?)?));
         }
-        let mut g = tape.backward(seeds)?;
-        Ok(p.vars.iter().map(|v| g.take(v)).collect())
+        tape.backward_watching(seeds, &p.vars, sink)?;
+        Ok(())
     }
 }
 
@@ -277,14 +287,28 @@ impl Trainer<'_> {
         let mut bank_rows = Vec::with_capacity(micro.len());
         let mut scalars = StepScalars::default();
         let mut checks = Vec::with_capacity(micro.len());
+        // With several ranks, the gradients' exchange starts during the last backward.
+        let mut overlapped = distributed::overlapped_mean(self.opt.grads_flat(), &self.model.student.layout)?;
         for (mi, batch) in micro.iter().enumerate() {
-            let (obj, embed_check, diag, rows, koleo, g) = self.micro_step(step, mi, batch, &obj_cfg, micro.len())?;
-            for (acc, g) in grads.iter_mut().zip(g) {
-                *acc = match (acc.take(), g) {
+            let last = mi + 1 == micro.len();
+            // Each gradient as the backward finishes it: added to the earlier micro-batches',
+            // and after the last one copied into the flat buffer (its exchange may start).
+            let mut sink = |i: usize, g: Option<Tensor>| -> Result<()> {
+                grads[i] = match (grads[i].take(), g) {
                     (Some(a), Some(g)) => Some(crate::ops::elementwise::add(gpu, &a, &g)?),
                     (a, g) => a.or(g),
                 };
-            }
+                if last {
+                    if self.prototypes_frozen(step, i) {
+                        grads[i] = None;
+                    }
+                    self.opt.copy_grad(gpu, i, grads[i].as_ref())?;
+                    distributed::slot_written(gpu, overlapped.as_mut(), i)?;
+                }
+                Ok(())
+            };
+            let (obj, embed_check, diag, rows, koleo) =
+                self.micro_step(step, mi, batch, &obj_cfg, micro.len(), &mut sink)?;
             // The words the device checks before AdamW: the task losses, then the
             // embeddings' finiteness word.
             let mut parts: Vec<&Tensor> = obj.cls_losses.iter().chain(&obj.mim_losses).collect();
@@ -305,7 +329,7 @@ impl Trainer<'_> {
             }
             bank_rows.extend(rows);
         }
-        self.freeze_prototypes(step, &mut grads);
+        self.opt.note_has_grad(gpu, grads.iter().map(Option::is_some).collect())?;
         // Diagnostics of the banks this step read (before its writes); `ibot` uses none.
         if self.centers.is_none() {
             let (cn, pn) = (self.cls_bank.len(), self.patch_bank.len());
@@ -315,8 +339,7 @@ impl Trainer<'_> {
         }
 
         // Every rank's gradients and loss words averaged (data parallel; nothing with one rank).
-        let flat = self.opt.copy_grads(gpu, &grads)?.clone();
-        distributed::mean_over_ranks(gpu, &flat, &checks)?;
+        distributed::mean_over_ranks(gpu, self.opt.grads_flat(), overlapped, &checks)?;
         let checks = gpu.concat_rows(&checks.iter().collect::<Vec<_>>())?;
         let sq = self.opt.sum_squares(gpu)?.clone();
         drop(grads);
@@ -348,7 +371,7 @@ impl Trainer<'_> {
     /// Forward, objective and backward of one micro-batch: its objective (losses still on
     /// the device), its embeddings' finiteness check (`finite_check`), the rows it
     /// leaves for the banks, and the gradient of every student parameter (scaled by
-    /// 1/n_micro).
+    /// 1/n_micro) handed to `sink` as the backward finishes it.
     fn micro_step(
         &self,
         step: usize,
@@ -356,6 +379,7 @@ impl Trainer<'_> {
         batch: &Batch,
         obj_cfg: &ObjectiveConfig,
         n_micro: usize,
+        sink: &mut GradSink,
     ) -> Result<MicroStep> {
         let gpu = self.gpu;
         let (b, n) = (batch.batch_size, batch.grid.0 * batch.grid.1);
@@ -386,7 +410,7 @@ impl Trainer<'_> {
         let embed_check = finite_check(gpu, &[&student.cls, &student.patch.value, &t_cls, &t_patch])?;
         let koleo = self.koleo(&student.cls_global.value, b, n_micro)?;
         let (koleo_loss, koleo_grad) = koleo.map_or((None, None), |(l, g)| (Some(l), Some(g)));
-        let grads = student.backward(gpu, &mut tape, &p, &out, koleo_grad.as_ref(), b, n_micro)?;
+        student.backward(gpu, &mut tape, &p, &out, koleo_grad.as_ref(), b, n_micro, sink)?;
         let diag = match &self.diagnostics {
             Some(c) => Some(c.diagnostics(gpu, &gpu.slice_rows(&z_cls, 0, b)?, &out.targets_cls)?),
             None => None,
@@ -395,21 +419,27 @@ impl Trainer<'_> {
             None => Some(self.bank_rows(step, mi, batch, &t_cls, &t_patch)?),
             Some(_) => None,
         };
-        Ok((out, embed_check, diag, rows, koleo_loss, grads))
+        Ok((out, embed_check, diag, rows, koleo_loss))
     }
 
     /// SOP.md's w·KoLeo on the student [CLS] rows of each global view (2B, W; one group of B
     /// per view, the two views' terms summed as DINOv2 does): its loss (1, unweighted, logged
     /// as `loss_koleo`) and its gradient w/n_micro · ∂KoLeo/∂rows. None when w is 0.
+    /// With R ranks the nearest neighbours are over the global batch: every rank's rows are
+    /// gathered (R·2B, one group of R·B per view), and this rank keeps its rows' gradient,
+    /// scaled by R since the ranks' gradients are averaged, not summed.
     fn koleo(&self, cls_global: &Tensor, b: usize, n_micro: usize) -> Result<Option<(Tensor, Tensor)>> {
         use crate::ops::koleo::{koleo_backward, koleo_forward, KOLEO_EPS};
         let w = self.cfg.sop.koleo_weight;
         if w == 0.0 {
             return Ok(None);
         }
-        let (loss, saved) = koleo_forward(self.gpu, cls_global, b, KOLEO_EPS)?;
-        let grad = koleo_backward(self.gpu, cls_global, &saved, b, KOLEO_EPS, w / n_micro as f32)?;
-        Ok(Some((loss, grad)))
+        let ranks = distributed::shard(b).ranks;
+        let all = distributed::gather_views(self.gpu, cls_global, 2)?;
+        let (loss, saved) = koleo_forward(self.gpu, &all, ranks * b, KOLEO_EPS)?;
+        let scale = w * ranks as f32 / n_micro as f32;
+        let grad = koleo_backward(self.gpu, &all, &saved, ranks * b, KOLEO_EPS, scale)?;
+        Ok(Some((loss, distributed::own_views(self.gpu, &grad, 2)?)))
     }
 
     /// Step 1, the teacher (no grad) on the unmasked global crops: [CLS] (2B, W), patches
@@ -474,7 +504,8 @@ impl Trainer<'_> {
     ) -> Result<ObjectiveTensors> {
         if let Some(centers) = &self.centers {
             let hp = self.cfg.ibot_step(step, self.steps_per_epoch);
-            return crate::sop::ibot::ibot_objective_tensors(self.gpu, &hp, emb, centers);
+            let over_ranks = |means: &[&Tensor]| distributed::mean_now(self.gpu, means);
+            return crate::sop::ibot::ibot_objective_tensors_over(self.gpu, &hp, emb, centers, &over_ranks);
         }
         let (gpu, seed) = (self.gpu, self.cfg.run.seed);
         let mut rng = step_rng(seed, step, mi, STEP_DRAWS);
