@@ -19,7 +19,8 @@
 // its columns, 8 (or 16) shuffles, 8·TC (or 16·TC) FMAs. Per column j of the product with V
 // (or dO, K, Q): EC (or 2·EC) loads, 8 (or 16) shuffles, 8·EC (or 16·EC) FMAs.
 // Rows and columns past T (and channels past DH) are clamped to the last one for the loads,
-// get weight 0 in the softmax sums and are never stored; groups past the last head are
+// get weight 0 in the softmax sums and are never stored (the products with V, dO, K, Q stop
+// at column T − 1: a uniform branch); groups past the last head are
 // clamped to it and store nothing. Every control-flow decision before a shuffle is uniform
 // over the dispatch (loop bounds are override constants), so every lane of a group takes
 // part in every shuffle.
@@ -114,6 +115,7 @@ fn attention_subgroup_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(nu
     var o: array<array<f32, MAX_EC>, 8>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
+            if (8u * c + src >= p.T) { break; }  // uniform: columns past T have weight 0
             let vj = qkv_row(gr, 8u * c + src) + 2u * p.D;
             var vv: array<f32, MAX_EC>;
             for (var e = 0u; e < EC; e++) { vv[e] = qkv[vj + chan(lane, e)]; }
@@ -182,6 +184,7 @@ fn attention_subgroup_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builti
     var dq: array<array<f32, MAX_EC>, 8>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
+            if (8u * c + src >= p.T) { break; }
             let kk = qkv_row(gr, 8u * c + src) + p.D;
             var kv: array<f32, MAX_EC>;
             for (var e = 0u; e < EC; e++) { kv[e] = qkv[kk + chan(lane, e)]; }
@@ -254,6 +257,7 @@ fn attention_subgroup_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @built
     var dv: array<array<f32, MAX_EC>, 8>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
+            if (8u * c + src >= p.T) { break; }
             let qq = qkv_row(gr, 8u * c + src);
             let oo = o_row(gr, 8u * c + src);
             var qv: array<f32, MAX_EC>;

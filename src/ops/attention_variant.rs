@@ -88,11 +88,10 @@ impl AttentionVariant {
                 )));
             }
             if dm.t > SUBGROUP_MAX_TOKENS {
-                return Err(SopError::Limit {
-                    op: "attention (subgroup)",
-                    detail: format!("T = {} tokens", dm.t),
-                    limit: SUBGROUP_MAX_TOKENS as u64,
-                });
+                return Err(SopError::Invalid(format!(
+                    "attention (subgroup) holds at most {SUBGROUP_MAX_TOKENS} tokens in registers, T = {}",
+                    dm.t
+                )));
             }
             return Ok(());
         }
