@@ -242,6 +242,20 @@ fn unfused_that_does_not_fit_is_refused() {
     }
 }
 
+/// `subgroup` holds at most 64 tokens and needs subgroups: longer sequences are refused with
+/// the reason, and the rule never picks it there.
+#[test]
+fn subgroup_refuses_long_sequences() {
+    let gpu = gpu();
+    let dims = |t| sop::ops::attention::Dims { b: 1, t, h: 2, d: 64, dh: 32 };
+    let e = AttentionVariant::Subgroup.check_fits(&gpu, &dims(65)).unwrap_err().to_string();
+    assert!(e.contains("64 tokens") || e.contains("subgroup operations"), "{e}");
+    assert_eq!(AttentionVariant::Subgroup.check_fits(&gpu, &dims(64)).is_ok(), gpu.subgroups);
+    if std::env::var_os("SOP_ATTENTION").is_none() {
+        assert_ne!(AttentionVariant::for_shape(&gpu, &dims(65)).unwrap(), AttentionVariant::Subgroup);
+    }
+}
+
 #[test]
 fn attention_backward_reference_matches_finite_differences() {
     let mut rng = rng();
