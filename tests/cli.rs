@@ -221,7 +221,7 @@ fn preview_objective_and_bench_run() {
     ]);
     for kernel in [
         "matmul",
-        "attention.wgsl:attention_forward",
+        "attention",   // the adapter's variant: attention_subgroup.wgsl on lavapipe, attention.wgsl elsewhere
         "soft_assign", // the adapter's variant: soft_assign.wgsl or soft_assign_flash.wgsl
         "adamw.wgsl:adamw_multi",
         "all kernels",

@@ -1,7 +1,8 @@
-//! Attention benchmark cases, every variant (fused, flash2, unfused) forward and backward, at
+//! Attention benchmark cases, every variant (fused, flash2, unfused, subgroup where it fits)
+//! forward and backward, at
 //! the ViT-S (H = 6) and ViT-Ti (H = 3) shapes (T = 197 tokens, head width Dh = 64; B = 64
 //! images, 8 on CPU adapters where one ViT-S backward at B = 64 takes tens of seconds) and
-//! at the default model's (B 64, T 17, H 2, Dh 32), where the rule keeps `fused` on CPUs.
+//! at the default model's (B 64, T 17, H 2, Dh 32), where the rule takes `subgroup` on CPUs.
 //! Work: the forward's two matmuls are 4·B·H·T²·Dh flops; the backward counts 2.5× that
 //! (five matmuls' worth, the usual flash-attention accounting; the P recomputation is not
 //! counted). Validation compares two whole images (b = 0 and b = B − 1, every head and row)

@@ -7,7 +7,10 @@
 //!   rows per workgroup, key/value (or query) tiles through workgroup memory, a dQ pass and a
 //!   dK/dV pass without atomics;
 //! - `unfused` (src/ops/attention_unfused.rs): the batched matmul plus row-softmax kernels,
-//!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel).
+//!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel);
+//! - `subgroup` (shaders/attention_subgroup.wgsl): short sequences (T ≤ 64) on adapters with
+//!   subgroups, 8 query (or key) rows per group of 8 lanes, values shared by subgroup
+//!   shuffles, a whole score row in registers (the default model's T = 17 on CPU adapters).
 //!
 //! Every variant saves the same lse, so any backward follows any forward.
 //!
@@ -28,6 +31,10 @@ pub use crate::ops::attention_variant::AttentionVariant;
 // with DH checked here, tile slots < BK·MAX_DH); kernels-tests compares both builds.
 pub static ATTENTION: Shader = shader!(trusted "attention_common.wgsl" + "attention.wgsl");
 pub static ATTENTION_FLASH: Shader = shader!(trusted "attention_common.wgsl" + "attention_flash.wgsl");
+// Trusted: every load clamps its row (t ≤ T − 1, head ≤ B·H − 1) and channel (≤ DH − 1), every
+// store is guarded, and the private arrays are indexed below TC ≤ 8 and EC ≤ 8 (T ≤ 64 and
+// DH ≤ 64 checked here). Needs subgroups (a separate module, built only where they exist).
+pub static ATTENTION_SUBGROUP: Shader = shader!(trusted "attention_common.wgsl" + "attention_subgroup.wgsl");
 
 const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
 const ATTENTION_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION, entry: "attention_backward_dq", wg: WG };
@@ -36,6 +43,14 @@ const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attenti
 const FLASH_FORWARD: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_forward", wg: WG };
 const FLASH_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dq", wg: WG };
 const FLASH_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dkv", wg: WG };
+const SUBGROUP_FORWARD: Kernel = Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_forward", wg: WG };
+const SUBGROUP_BACKWARD_DQ: Kernel =
+    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dq", wg: WG };
+const SUBGROUP_BACKWARD_DKV: Kernel =
+    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dkv", wg: WG };
+
+/// Longest sequence the `subgroup` variant holds in its registers (`8·MAX_TC` in the shader).
+pub const SUBGROUP_MAX_TOKENS: usize = 64;
 
 /// Widest head the kernels hold in their private arrays (`MAX_DH` in the shader).
 pub const MAX_HEAD_DIM: usize = 64;
@@ -105,6 +120,9 @@ enum Layout {
     Rows,
     /// One invocation per head bh: workgroups grid of ceil(B·H / WG).
     Heads,
+    /// One group of 8 lanes per block of 8 rows of every head (shaders/attention_subgroup.wgsl):
+    /// B·H·ceil(T / 8) groups, workgroups grid of ceil(groups / (WG / 8)).
+    Groups,
 }
 
 fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
@@ -120,8 +138,17 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
             [t.div_ceil(WG), y, z]
         }
         Layout::Heads => gpu.grid(heads.div_ceil(WG)),
+        Layout::Groups => {
+            let blocks = heads.checked_mul(t.div_ceil(8)).ok_or_else(too_big)?;
+            gpu.grid(blocks.div_ceil(WG / 8))
+        }
     };
     let constants = [("WG", WG as f64), ("DH", dm.dh as f64)];
+    if let Layout::Groups = layout {
+        let blocks = [("TC", dm.t.div_ceil(8) as f64), ("EC", dm.dh.div_ceil(8) as f64)];
+        let all = [constants[0], constants[1], blocks[0], blocks[1]];
+        return launch_with(gpu, kernel, &all, &params, binds, Grid::Groups(groups));
+    }
     launch_with(gpu, kernel, &constants, &params, binds, Grid::Groups(groups))
 }
 
@@ -146,9 +173,10 @@ pub fn attention_forward_with(
 }
 
 fn forward_with(gpu: &Gpu, qkv: &Tensor, dm: Dims, variant: AttentionVariant) -> Result<(Tensor, Tensor)> {
-    let kernel = match variant {
-        AttentionVariant::Fused => &ATTENTION_FORWARD,
-        AttentionVariant::Flash2 => &FLASH_FORWARD,
+    let (kernel, layout) = match variant {
+        AttentionVariant::Fused => (&ATTENTION_FORWARD, Layout::Rows),
+        AttentionVariant::Flash2 => (&FLASH_FORWARD, Layout::Rows),
+        AttentionVariant::Subgroup => (&SUBGROUP_FORWARD, Layout::Groups),
         AttentionVariant::Unfused => return crate::ops::attention_unfused::forward(gpu, qkv, dm),
     };
     let out = gpu.empty(&[dm.b, dm.t, dm.d], DType::F32)?;
@@ -157,7 +185,7 @@ fn forward_with(gpu: &Gpu, qkv: &Tensor, dm: Dims, variant: AttentionVariant) ->
         return Ok((out, lse)); // nothing to attend (the kernels assume T ≥ 1)
     }
     let binds = [Bind::Read(qkv), Bind::Write(&out), Bind::Write(&lse)];
-    dispatch(gpu, kernel, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, kernel, dm, layout, &binds)?;
     Ok((out, lse))
 }
 
@@ -210,9 +238,10 @@ fn backward_with(
     dm: Dims,
     variant: AttentionVariant,
 ) -> Result<Tensor> {
-    let (dq, dkv) = match variant {
-        AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV),
-        AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV),
+    let (dq, dkv, layout) = match variant {
+        AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV, Layout::Rows),
+        AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV, Layout::Rows),
+        AttentionVariant::Subgroup => (&SUBGROUP_BACKWARD_DQ, &SUBGROUP_BACKWARD_DKV, Layout::Groups),
         AttentionVariant::Unfused => return crate::ops::attention_unfused::backward(gpu, qkv, lse, dout, dm),
     };
     let delta = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;
@@ -230,8 +259,8 @@ fn backward_with(
         Bind::Write(&delta),
         Bind::Write(&dqkv),
     ];
-    dispatch(gpu, dq, dm, Layout::Rows, &binds)?;
-    dispatch(gpu, dkv, dm, Layout::Rows, &binds)?;
+    dispatch(gpu, dq, dm, layout, &binds)?;
+    dispatch(gpu, dkv, dm, layout, &binds)?;
     Ok(dqkv)
 }
 
@@ -253,5 +282,6 @@ pub fn params_layouts() -> Vec<ParamsLayout> {
     vec![
         params_layout!(ATTENTION, Params, [b, t, h, d, bh, scale]),
         params_layout!(ATTENTION_FLASH, Params, [b, t, h, d, bh, scale]),
+        params_layout!(ATTENTION_SUBGROUP, Params, [b, t, h, d, bh, scale]),
     ]
 }

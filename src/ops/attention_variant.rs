@@ -2,14 +2,14 @@
 //! CPU adapters a rule (no timing: it would cost seconds there); on other adapters the
 //! fastest variant, timed once at first use on a ViT-S-like shape and kept in the on-disk
 //! autotune cache (src/ops/autotune_cache.rs) per adapter and driver. The `unfused` variant
-//! stores B·H·T² floats; where that does not fit one storage binding it falls back to
-//! `fused`, with a warning that names the reason (once per process).
+//! stores B·H·T² floats and `subgroup` needs subgroups and T ≤ 64; where the chosen one does
+//! not fit it falls back to `fused`, with a warning that names the reason (once per process).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Result, SopError};
 use crate::gpu::Gpu;
-use crate::ops::attention::{attention_backward_with, attention_forward_with, Dims};
+use crate::ops::attention::{attention_backward_with, attention_forward_with, Dims, SUBGROUP_MAX_TOKENS};
 use crate::ops::variant::{self, Variant};
 
 /// The op family name under which the device keeps its (GPU) attention choice and the
@@ -25,11 +25,13 @@ pub enum AttentionVariant {
     Flash2,
     /// src/ops/attention_unfused.rs: batched matmuls and row softmaxes, B·H·T² floats stored.
     Unfused,
+    /// shaders/attention_subgroup.wgsl: T ≤ 64, 8 rows per group of 8 subgroup lanes.
+    Subgroup,
 }
 
 /// On CPU adapters with subgroups (where the matmul is `subgroup_16x4`) the rule takes
 /// `unfused` from this many tokens on: below it the 64 × 64 matmul tiles are mostly padding
-/// (benches/RESULTS.md, issue 14: the default model's T = 17 runs faster fused).
+/// (benches/RESULTS.md, issue 14); below it they take `subgroup` (T ≤ 64 fits its registers).
 pub const UNFUSED_MIN_TOKENS: usize = 64;
 
 /// The shape the GPU autotune times: (B, T, H, Dh), ViT-S at batch 16.
@@ -38,14 +40,15 @@ pub const AUTOTUNE_SHAPE: (usize, usize, usize, usize) = (16, 197, 6, 64);
 static WARNED_FALLBACK: AtomicBool = AtomicBool::new(false);
 
 impl AttentionVariant {
-    pub const ALL: [AttentionVariant; 3] =
-        [AttentionVariant::Fused, AttentionVariant::Flash2, AttentionVariant::Unfused];
+    pub const ALL: [AttentionVariant; 4] =
+        [AttentionVariant::Fused, AttentionVariant::Flash2, AttentionVariant::Unfused, AttentionVariant::Subgroup];
 
     pub fn name(self) -> &'static str {
         match self {
             AttentionVariant::Fused => "fused",
             AttentionVariant::Flash2 => "flash2",
             AttentionVariant::Unfused => "unfused",
+            AttentionVariant::Subgroup => "subgroup",
         }
     }
 
@@ -64,9 +67,25 @@ impl AttentionVariant {
         (dm.b * dm.h) as u64 * (dm.t * dm.t) as u64 * 4
     }
 
-    /// Whether this variant can run `dm` on `gpu`: Err names why not (only `unfused` can
-    /// fail: its score matrix must fit one storage binding and one buffer).
+    /// Whether this variant can run `dm` on `gpu`: Err names why not (`unfused`: its score
+    /// matrix must fit one storage binding and one buffer; `subgroup`: the adapter must have
+    /// subgroups of at least 8 lanes, queried at device creation, and T ≤ 64).
     pub fn check_fits(self, gpu: &Gpu, dm: &Dims) -> Result<()> {
+        if self == AttentionVariant::Subgroup {
+            if !gpu.subgroups {
+                return Err(SopError::Invalid(format!(
+                    "attention (subgroup) needs subgroup operations with at least 8 lanes, which {} lacks",
+                    gpu.adapter_name()
+                )));
+            }
+            if dm.t > SUBGROUP_MAX_TOKENS {
+                return Err(SopError::Invalid(format!(
+                    "attention (subgroup) holds at most {SUBGROUP_MAX_TOKENS} tokens in registers, T = {}",
+                    dm.t
+                )));
+            }
+            return Ok(());
+        }
         if self != AttentionVariant::Unfused {
             return Ok(());
         }
@@ -83,7 +102,8 @@ impl AttentionVariant {
     }
 
     /// The variant for this shape: the override, the CPU rule or the GPU's timed choice, then
-    /// `fused` instead of an `unfused` that does not fit (warned once, with the reason).
+    /// `fused` instead of an `unfused` or `subgroup` that does not fit (warned once, with the
+    /// reason).
     pub fn for_shape(gpu: &Gpu, dm: &Dims) -> Result<AttentionVariant> {
         let v = match AttentionVariant::from_env()? {
             Some(v) => v,
@@ -92,20 +112,20 @@ impl AttentionVariant {
         };
         if let Err(e) = v.check_fits(gpu, dm) {
             if !WARNED_FALLBACK.swap(true, Ordering::Relaxed) {
-                log::warn!("attention: using fused instead of unfused: {e}");
+                log::warn!("attention: using fused instead of {}: {e}", v.name());
             }
             return Ok(AttentionVariant::Fused);
         }
         Ok(v)
     }
 
-    /// CPU adapters: `unfused` for T ≥ `UNFUSED_MIN_TOKENS` where subgroups exist (the
-    /// matmul is then `subgroup_16x4`), else `fused`.
+    /// CPU adapters where subgroups exist (the matmul is then `subgroup_16x4`): `unfused` for
+    /// T ≥ `UNFUSED_MIN_TOKENS`, `subgroup` below; `fused` without subgroups.
     pub fn cpu_rule(gpu: &Gpu, dm: &Dims) -> AttentionVariant {
-        if gpu.subgroups && dm.t >= UNFUSED_MIN_TOKENS {
-            AttentionVariant::Unfused
-        } else {
-            AttentionVariant::Fused
+        match (gpu.subgroups, dm.t) {
+            (false, _) => AttentionVariant::Fused,
+            (true, t) if t >= UNFUSED_MIN_TOKENS => AttentionVariant::Unfused,
+            (true, _) => AttentionVariant::Subgroup,
         }
     }
 
