@@ -363,6 +363,7 @@ impl TrainConfig {
             smoothing: self.sop.smoothing,
             student_temp: self.sop.student_temp,
             teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
+            center_teacher_cls: self.sop.center_teacher_cls,
         }
     }
 

@@ -86,16 +86,6 @@ fn drop_path_scales(
     Ok(Some(out))
 }
 
-/// x − mean of x's rows, for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
-/// centred on the batch before the soft assignment (a departure from SOP.md: it removes
-/// the part c every row shares, whose first-order term c·d would otherwise decide the
-/// targets once the bank crowds; docs/RECIPE.md). The banks keep the uncentred rows.
-fn center_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    use crate::ops::{elementwise, reduce};
-    let neg_mean = elementwise::scale(gpu, &reduce::sum_rows(gpu, x)?, -1.0 / x.shape[0] as f32)?;
-    elementwise::add_broadcast(gpu, x, &neg_mean)
-}
-
 fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
     use rand::seq::SliceRandom;
     let mut p: Vec<u32> = (0..n as u32).collect();
@@ -360,13 +350,9 @@ impl Trainer<'_> {
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
         let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
-        let t_cls_assign = match self.cfg.sop.center_teacher_cls && self.centers.is_none() {
-            true => center_rows(gpu, &t_cls)?,
-            false => t_cls.clone(),
-        };
         let emb = Embeddings {
             student_cls: &student.cls,
-            teacher_cls: &t_cls_assign,
+            teacher_cls: &t_cls,
             student_patch: &student.patch.value,
             teacher_patch: &t_patch,
             masks: &masks_host,
