@@ -101,7 +101,8 @@ fn centred_teacher_targets_match_the_centred_cosine_reference() {
     let bank = Bank { vectors: gpu.upload_f32(&[n, w], &bank_rows).unwrap(), ptr: 0, sources: vec![-1; n] };
     let patch_bank = Bank::random(&gpu, n, w, 3).unwrap();
     let perm: Vec<u32> = (0..n as u32).rev().collect();
-    let (t_cls, s_cls) = (gpu.upload_f32(&[2 * b, w], &teacher_rows).unwrap(), gpu.upload_f32(&[2 * b, w], &student_rows).unwrap());
+    let (t_cls, s_cls) =
+        (gpu.upload_f32(&[2 * b, w], &teacher_rows).unwrap(), gpu.upload_f32(&[2 * b, w], &student_rows).unwrap());
     let s_patch = gpu.upload_f32(&[2 * b, t, w], &patches).unwrap();
     let masks = vec![1u8; 2 * b * t];
     let e = Embeddings {
@@ -117,7 +118,8 @@ fn centred_teacher_targets_match_the_centred_cosine_reference() {
     // Y[r, r] = 1 − s, Y[r, q ≠ r] = s/(p − 1).
     let reference = |centre: bool| -> Vec<f64> {
         let row = |v: &[f32], i: usize| v[i * w..(i + 1) * w].iter().map(|&x| x as f64).collect::<Vec<f64>>();
-        let c: Vec<f64> = (0..w).map(|k| (0..2 * b).map(|i| teacher_rows[i * w + k] as f64).sum::<f64>() / (2 * b) as f64).collect();
+        let c: Vec<f64> =
+            (0..w).map(|k| (0..2 * b).map(|i| teacher_rows[i * w + k] as f64).sum::<f64>() / (2 * b) as f64).collect();
         let prep = |mut x: Vec<f64>| {
             if centre {
                 x.iter_mut().zip(&c).for_each(|(x, c)| *x -= c);
@@ -130,11 +132,15 @@ fn centred_teacher_targets_match_the_centred_cosine_reference() {
         let mut q = Vec::new();
         for i in 0..2 * b {
             let u = prep(row(&teacher_rows, i));
-            let logits: Vec<f64> = d.iter().map(|d| d.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>() / tau as f64).collect();
+            let logits: Vec<f64> =
+                d.iter().map(|d| d.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>() / tau as f64).collect();
             let max = logits.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
             let a: Vec<f64> = logits.iter().map(|l| (l - max).exp() / z).collect();
-            q.extend((0..p).map(|col| (0..p).map(|r| a[r] * if r == col { 1.0 - s } else { s / (p - 1) as f64 }).sum::<f64>()));
+            q.extend(
+                (0..p)
+                    .map(|col| (0..p).map(|r| a[r] * if r == col { 1.0 - s } else { s / (p - 1) as f64 }).sum::<f64>()),
+            );
         }
         q
     };
