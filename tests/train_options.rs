@@ -1,7 +1,8 @@
 //! The training options off SOP.md's default path, end to end on tiny settings: KoLeo
 //! (`sop.koleo_weight`) reaches the gradient and is logged, the teacher [CLS] centring
 //! (`sop.center_teacher_cls`) and a warm-up in steps (`optim.warmup_steps`) change the run,
-//! and settings that cannot work are refused by name.
+//! settings that cannot work are refused by name, and the centred teacher targets match a
+//! host reference.
 
 mod support;
 
