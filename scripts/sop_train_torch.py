@@ -13,9 +13,9 @@ contrast jitter in random order, blur, solarize), vectorised over the batch.
 `--set objective=ibot` swaps the SOP objective for the parametric baseline (DINO/iBOT: a
 weight-normalised prototype layer, teacher centering and sharpening; docs/RECIPE.md).
 `--set koleo=W` adds W·KoLeo on the student [CLS] head rows of each global view (summed over
-the two views, as the engine's `sop.koleo_weight`); `--set sop_center=1` centres the
-teacher [CLS] rows on their batch mean before the soft assignment (a departure from SOP.md,
-docs/RECIPE.md); `--set warmup_steps=N` states the lr warm-up in steps (-1: warmup_epochs).
+the two views, as the engine's `sop.koleo_weight`); `--set sop_center=1` gives the
+teacher's [CLS] targets from cos(u - c, d - c), c the batch mean of the teacher [CLS] rows
+(a departure from SOP.md, docs/RECIPE.md); `--set warmup_steps=N` states the lr warm-up in steps (-1: warmup_epochs).
 Diagnostics (bank cosines, teacher [CLS] batch cosine and effective rank, teacher target
 entropy, prototypes receiving mass) are printed every --log-every steps and appended to
 --jsonl. One torch thread by default: on a shared 2-core machine two threads ran far slower.
@@ -342,10 +342,14 @@ class SopObjective:
             D, Y = prototypes(self.cls_bank, c["cls_P"], c["cls_E"], c["smoothing"], g)
             ps = assign(s_cls, D, Y, c["tau_s"]).chunk(n_views)
             with torch.no_grad():
-                # sop_center 1: the teacher [CLS] rows centred on their batch mean before the
-                # assignment (a departure from SOP.md; removes the shared part c of the logits).
-                tc = t_cls - t_cls.mean(0, keepdim=True) if c["sop_center"] else t_cls
-                pt = assign(tc, D, Y, tau_t)
+                # sop_center 1: the teacher's logits are cos(u - c, d - c)/tau_t, c the batch
+                # mean of the teacher [CLS] rows (a departure from SOP.md; removes the shared
+                # part c and keeps the logits' range), as the engine's `Centring`.
+                if c["sop_center"]:
+                    mu = t_cls.mean(0, keepdim=True)
+                    pt = assign(F.normalize(t_cls - mu, dim=-1, eps=1e-6), F.normalize(D - mu, dim=-1, eps=1e-6), Y, tau_t)
+                else:
+                    pt = assign(t_cls, D, Y, tau_t)
             if diag:
                 e, u = target_stats(pt)
                 ent.append(e), used.append(u)

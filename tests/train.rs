@@ -284,6 +284,7 @@ fn the_loss_is_finite_and_falls_on_a_fixed_batch() {
         smoothing: 0.1,
         student_temp: 0.1,
         teacher_temp: 0.04,
+        center_teacher_cls: false,
     };
     let cls_bank = Bank::random(&gpu, 32, w, 2).unwrap();
     let patch_bank = Bank::random(&gpu, 32, w, 3).unwrap();

@@ -1,7 +1,8 @@
 //! The training options off SOP.md's default path, end to end on tiny settings: KoLeo
 //! (`sop.koleo_weight`) reaches the gradient and is logged, the teacher [CLS] centring
 //! (`sop.center_teacher_cls`) and a warm-up in steps (`optim.warmup_steps`) change the run,
-//! and settings that cannot work are refused by name.
+//! settings that cannot work are refused by name, and the centred teacher targets match a
+//! host reference.
 
 mod support;
 
@@ -69,4 +70,99 @@ fn koleo_settings_that_cannot_work_are_refused() {
     c.data.batch_size = 1;
     c.sop.cls_bank_size = 64;
     assert!(c.validate().unwrap_err().to_string().contains("koleo"));
+}
+
+/// `sop.center_teacher_cls`: the teacher's [CLS] targets are softmax(cos(u − c, d − c)/τ)·Y,
+/// c the batch mean of the teacher [CLS] rows, d the members (a host f64 reference on a
+/// crowded bank: every row shares one direction, as in the crowded phase); without the
+/// option they are softmax(u·d/τ)·Y, which the same check tells apart.
+#[test]
+fn centred_teacher_targets_match_the_centred_cosine_reference() {
+    use rand::{Rng, SeedableRng};
+    use sop::sop::bank::Bank;
+    use sop::sop::objective::{sop_objective_tensors, Embeddings, ObjectiveConfig, TaskDraw, TaskSet};
+    use sop::sop::prototypes::PrototypeConfig;
+    let gpu = gpu();
+    let (b, t, w, n, p, tau, s) = (5usize, 3usize, 6usize, 19usize, 7usize, 0.04f32, 0.1f64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let shared: Vec<f64> = (0..w).map(|_| rng.random_range(-1.0..1.0)).collect();
+    // Unit rows shared + 0.3·noise: mean cosine ≈ 0.9.
+    let mut crowded = |rows: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(rows * w);
+        for _ in 0..rows {
+            let r: Vec<f64> = shared.iter().map(|c| c + 0.3 * rng.random_range(-1.0..1.0)).collect();
+            let norm = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+            out.extend(r.iter().map(|x| (x / norm) as f32));
+        }
+        out
+    };
+    let (bank_rows, teacher_rows) = (crowded(n), crowded(2 * b));
+    let student_rows = crowded(2 * b);
+    let patches = crowded(2 * b * t);
+    let bank = Bank { vectors: gpu.upload_f32(&[n, w], &bank_rows).unwrap(), ptr: 0, sources: vec![-1; n] };
+    let patch_bank = Bank::random(&gpu, n, w, 3).unwrap();
+    let perm: Vec<u32> = (0..n as u32).rev().collect();
+    let (t_cls, s_cls) =
+        (gpu.upload_f32(&[2 * b, w], &teacher_rows).unwrap(), gpu.upload_f32(&[2 * b, w], &student_rows).unwrap());
+    let s_patch = gpu.upload_f32(&[2 * b, t, w], &patches).unwrap();
+    let masks = vec![1u8; 2 * b * t];
+    let e = Embeddings {
+        student_cls: &s_cls,
+        teacher_cls: &t_cls,
+        student_patch: &s_patch,
+        teacher_patch: &s_patch,
+        masks: &masks,
+        batch: b,
+        local_views: 0,
+    };
+    // One expert per prototype: the members are the anchors perm[..p], all kept, and
+    // Y[r, r] = 1 − s, Y[r, q ≠ r] = s/(p − 1).
+    let reference = |centre: bool| -> Vec<f64> {
+        let row = |v: &[f32], i: usize| v[i * w..(i + 1) * w].iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let c: Vec<f64> =
+            (0..w).map(|k| (0..2 * b).map(|i| teacher_rows[i * w + k] as f64).sum::<f64>() / (2 * b) as f64).collect();
+        let prep = |mut x: Vec<f64>| {
+            if centre {
+                x.iter_mut().zip(&c).for_each(|(x, c)| *x -= c);
+                let norm = x.iter().map(|x| x * x).sum::<f64>().sqrt();
+                x.iter_mut().for_each(|x| *x /= norm);
+            }
+            x
+        };
+        let d: Vec<Vec<f64>> = (0..p).map(|r| prep(row(&bank_rows, perm[r] as usize))).collect();
+        let mut q = Vec::new();
+        for i in 0..2 * b {
+            let u = prep(row(&teacher_rows, i));
+            let logits: Vec<f64> =
+                d.iter().map(|d| d.iter().zip(&u).map(|(a, b)| a * b).sum::<f64>() / tau as f64).collect();
+            let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+            let a: Vec<f64> = logits.iter().map(|l| (l - max).exp() / z).collect();
+            q.extend(
+                (0..p)
+                    .map(|col| (0..p).map(|r| a[r] * if r == col { 1.0 - s } else { s / (p - 1) as f64 }).sum::<f64>()),
+            );
+        }
+        q
+    };
+    for centre in [true, false] {
+        let cfg = ObjectiveConfig {
+            cls: PrototypeConfig { anchors: p, experts: 1, tasks: 1 },
+            patch: PrototypeConfig { anchors: 4, experts: 1, tasks: 1 },
+            smoothing: s as f32,
+            student_temp: 0.1,
+            teacher_temp: tau,
+            center_teacher_cls: centre,
+        };
+        let draws = [TaskDraw { perm: perm.clone(), keep: None }];
+        let pdraws = [TaskDraw { perm: (0..n as u32).collect(), keep: None }];
+        let (cls, patch) = (TaskSet { bank: &bank, draws: &draws }, TaskSet { bank: &patch_bank, draws: &pdraws });
+        let out = sop_objective_tensors(&gpu, &cfg, &e, cls, patch, |_, _, _| unreachable!()).unwrap();
+        let got = gpu.read_f32(&out.targets_cls).unwrap();
+        let (want, other) = (reference(centre), reference(!centre));
+        let err = |r: &[f64]| got.iter().zip(r).map(|(g, r)| (*g as f64 - r).abs()).fold(0.0, f64::max);
+        // f32 dot products of unit rows over 1/τ = 25: |logit error| ~ 1e-5, so targets ~1e-5.
+        assert!(err(&want) < 1e-4, "centre {centre}: max error {} against the reference", err(&want));
+        assert!(err(&other) > 1e-2, "centre {centre}: the two references must differ ({})", err(&other));
+    }
 }

@@ -32,6 +32,10 @@ pub struct ObjectiveConfig {
     pub smoothing: f32,
     pub student_temp: f32,
     pub teacher_temp: f32,
+    /// `sop.center_teacher_cls`: the teacher's [CLS] targets from the cosine of the
+    /// batch-centred rows (`centred_teacher`; a departure from SOP.md).
+    #[serde(default)]
+    pub center_teacher_cls: bool,
 }
 
 impl Default for ObjectiveConfig {
@@ -42,6 +46,7 @@ impl Default for ObjectiveConfig {
             smoothing: 0.1,
             student_temp: 0.1,
             teacher_temp: 0.04,
+            center_teacher_cls: false,
         }
     }
 }
@@ -166,10 +171,35 @@ fn owned_votes(proto: &Prototypes) -> Votes<'_> {
     Votes::Owned { y: &proto.votes, experts: proto.members.shape[0] / proto.kept.max(1) }
 }
 
-/// The distribution P(u) (R, P′) = softmax(u·Dᵀ/τ)·Y, by the adapter's soft-assign variant.
-fn assign(gpu: &Gpu, u: &Tensor, proto: &Prototypes, tau: f32) -> Result<Tensor> {
+/// The distribution P(u) (R, P′) = softmax(u·Dᵀ/τ)·Y, by the adapter's soft-assign variant;
+/// D = `members` (M, W), the prototypes' member rows or a transform of them.
+fn assign(gpu: &Gpu, u: &Tensor, members: &Tensor, proto: &Prototypes, tau: f32) -> Result<Tensor> {
     let v = SoftAssignVariant::for_adapter(gpu)?;
-    Ok(assign_forward(gpu, v, u, &proto.members, owned_votes(proto), tau)?.0)
+    Ok(assign_forward(gpu, v, u, members, owned_votes(proto), tau)?.0)
+}
+
+/// `sop.center_teacher_cls` (a departure from SOP.md; docs/RECIPE.md): x ↦ (x − c)/‖x − c‖
+/// per row, c (W) the mean of the teacher [CLS] rows of the batch. Applied to the teacher
+/// rows and to the members D, the teacher's logits become cos(u − c, d − c)/τ_t: the part c
+/// every embedding shares (whose term c·d decides uncentred targets once the bank crowds)
+/// is gone, and the logits keep their [−1, 1]/τ_t range however crowded the bank is.
+struct Centring {
+    neg_mean: Tensor,
+}
+
+impl Centring {
+    /// c = the mean of x's rows, averaged over the ranks by `over_ranks`.
+    fn of_rows(gpu: &Gpu, x: &Tensor, over_ranks: &dyn Fn(&[&Tensor]) -> Result<()>) -> Result<Centring> {
+        let sum = crate::ops::reduce::sum_rows(gpu, x)?;
+        let neg_mean = crate::ops::elementwise::scale(gpu, &sum, -1.0 / x.shape[0] as f32)?;
+        over_ranks(&[&neg_mean])?;
+        Ok(Centring { neg_mean })
+    }
+
+    fn apply(&self, gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
+        let centred = crate::ops::elementwise::add_broadcast(gpu, x, &self.neg_mean)?;
+        Ok(crate::ops::l2norm::l2norm_forward(gpu, &centred, 1e-6)?.0)
+    }
 }
 
 /// One cross-entropy term: loss (a (1) tensor), and du (R, W) of the student rows.
@@ -341,7 +371,23 @@ pub fn sop_objective_tensors(
     e: &Embeddings,
     cls: TaskSet,
     patch: TaskSet,
+    choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Keep>,
+) -> Result<ObjectiveTensors> {
+    sop_objective_tensors_over(gpu, cfg, e, cls, patch, choose_keep, &|_| Ok(()))
+}
+
+/// `sop_objective_tensors` where `over_ranks` replaces the batch mean of the teacher [CLS]
+/// rows that `sop.center_teacher_cls` centres on by its mean over data-parallel ranks (each
+/// rank's mean is over the same count), so the centring follows the global batch; the
+/// identity on one rank.
+pub fn sop_objective_tensors_over(
+    gpu: &Gpu,
+    cfg: &ObjectiveConfig,
+    e: &Embeddings,
+    cls: TaskSet,
+    patch: TaskSet,
     mut choose_keep: impl FnMut(&crate::sop::prototypes::Neighbours, TaskKind, usize) -> Result<Keep>,
+    over_ranks: &dyn Fn(&[&Tensor]) -> Result<()>,
 ) -> Result<ObjectiveTensors> {
     let t = check("sop_objective", e)?;
     if cls.draws.len() != cfg.cls.tasks
@@ -358,6 +404,10 @@ pub fn sop_objective_tensors(
         )));
     }
     let kinds = [cls_terms(gpu, cfg, e, cls)?, patch_terms(gpu, cfg, e, patch, t)?];
+    let centring = match cfg.center_teacher_cls {
+        true => Some(Centring::of_rows(gpu, e.teacher_cls, over_ranks)?),
+        false => None,
+    };
     // Per kind: the tasks' losses and the summed gradient of the student rows.
     let mut losses: [Vec<Tensor>; 2] = [Vec::new(), Vec::new()];
     let mut grads: [Option<Tensor>; 2] = [None, None];
@@ -369,7 +419,13 @@ pub fn sop_objective_tensors(
                 Some(keep) => Ok(Keep::Listed(keep.clone())),
                 None => choose_keep(nb, terms.kind, task),
             })?;
-            let q = assign(gpu, &terms.teacher, &proto, cfg.teacher_temp)?;
+            let q = match (&centring, terms.kind) {
+                (Some(c), TaskKind::Cls) => {
+                    let (u, d) = (c.apply(gpu, &terms.teacher)?, c.apply(gpu, &proto.members)?);
+                    assign(gpu, &u, &d, &proto, cfg.teacher_temp)?
+                }
+                _ => assign(gpu, &terms.teacher, &proto.members, &proto, cfg.teacher_temp)?,
+            };
             let target = match &terms.select {
                 Some(sel) => Matmul::new(sel, &q).run(gpu)?,
                 None => q.clone(),

@@ -39,6 +39,7 @@ pub fn replay(gpu: &Gpu, inp: &ObjectiveInputs) -> Result<Replayed> {
         smoothing: inp.smoothing as f32,
         student_temp: inp.student_temp as f32,
         teacher_temp: inp.teacher_temp as f32,
+        center_teacher_cls: false,
     };
     let student_cls = gpu.upload_f32(&[(2 + l) * b, WIDTH], &inp.student_cls)?;
     let teacher_cls = gpu.upload_f32(&[2 * b, WIDTH], &inp.teacher_cls)?;

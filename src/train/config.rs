@@ -95,8 +95,9 @@ pub struct SopConfig {
     /// w of SOP.md's w·KoLeo on the student [CLS] of each global view (0 = off, the
     /// authors' default; `ops::koleo`). SOP objective only.
     pub koleo_weight: f32,
-    /// Centre the teacher [CLS] rows on their batch mean before the soft assignment (the
-    /// banks keep them uncentred). Off by default: a departure from SOP.md (docs/RECIPE.md).
+    /// The teacher's [CLS] targets from cos(u − c, d − c), c the batch mean of the teacher
+    /// [CLS] rows (`sop::objective`; the banks keep the uncentred rows). Off by default: a
+    /// departure from SOP.md (docs/METHOD.md, docs/RECIPE.md).
     pub center_teacher_cls: bool,
 }
 
@@ -363,6 +364,7 @@ impl TrainConfig {
             smoothing: self.sop.smoothing,
             student_temp: self.sop.student_temp,
             teacher_temp: self.teacher_temp_at(step, steps_per_epoch, self.sop.teacher_temp),
+            center_teacher_cls: self.sop.center_teacher_cls,
         }
     }
 

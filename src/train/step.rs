@@ -29,7 +29,8 @@ use crate::sop::bank::Bank;
 use crate::sop::diagnostics::{DiagnosticConstants, DiagnosticTensors, Diagnostics};
 use crate::sop::ibot::Centers;
 use crate::sop::objective::{
-    prototypes_used, sop_objective_tensors, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind, TaskSet,
+    prototypes_used, sop_objective_tensors_over, Embeddings, ObjectiveConfig, ObjectiveTensors, TaskDraw, TaskKind,
+    TaskSet,
 };
 use crate::sop::prototypes::sample_keep;
 use crate::tape::{Tape, Var};
@@ -87,18 +88,6 @@ fn drop_path_scales(
         out.push([a, b]);
     }
     Ok(Some(out))
-}
-
-/// x − mean of x's rows (every rank's), for x (R, W): `sop.center_teacher_cls`, the teacher [CLS] rows
-/// centred on the batch before the soft assignment (a departure from SOP.md: it removes
-/// the part c every row shares, whose first-order term c·d would otherwise decide the
-/// targets once the bank crowds; docs/RECIPE.md). The banks keep the uncentred rows.
-fn center_rows(gpu: &Gpu, x: &Tensor) -> Result<Tensor> {
-    use crate::ops::{elementwise, reduce};
-    let neg_mean = elementwise::scale(gpu, &reduce::sum_rows(gpu, x)?, -1.0 / x.shape[0] as f32)?;
-    // With several ranks, the global batch's mean (each rank's mean over the same count).
-    distributed::mean_now(gpu, &[&neg_mean])?;
-    elementwise::add_broadcast(gpu, x, &neg_mean)
 }
 
 fn permutation(n: usize, rng: &mut impl Rng) -> Vec<u32> {
@@ -391,13 +380,9 @@ impl Trainer<'_> {
         let p = self.model.student.leaves(&mut tape, true);
         let student = self.student_forward(&mut tape, &p, step, mi, batch, globals, &masks)?;
         let masks_host: Vec<u8> = batch.masks.iter().map(|&m| (m != 0) as u8).collect();
-        let t_cls_assign = match self.cfg.sop.center_teacher_cls && self.centers.is_none() {
-            true => center_rows(gpu, &t_cls)?,
-            false => t_cls.clone(),
-        };
         let emb = Embeddings {
             student_cls: &student.cls,
-            teacher_cls: &t_cls_assign,
+            teacher_cls: &t_cls,
             student_patch: &student.patch.value,
             teacher_patch: &t_patch,
             masks: &masks_host,
@@ -519,13 +504,16 @@ impl Trainer<'_> {
         let mut keep_rng = step_rng(seed, step, mi, STEP_KEEP);
         let cls = TaskSet { bank: &self.cls_bank, draws: &cls_draws };
         let patch = TaskSet { bank: &self.patch_bank, draws: &patch_draws };
-        sop_objective_tensors(gpu, obj_cfg, emb, cls, patch, |nb, kind, _| {
+        let choose_keep = |nb: &_, kind, _| {
             let (pc, bank) = match kind {
                 TaskKind::Cls => (&obj_cfg.cls, &self.cls_bank),
                 TaskKind::Patch => (&obj_cfg.patch, &self.patch_bank),
             };
             sample_keep(gpu, nb, pc.anchors, bank.len() - pc.anchors, sampling, &mut keep_rng)
-        })
+        };
+        // With several ranks, `sop.center_teacher_cls` centres on the global batch's mean.
+        let over_ranks = |means: &[&Tensor]| distributed::mean_now(gpu, means);
+        sop_objective_tensors_over(gpu, obj_cfg, emb, cls, patch, choose_keep, &over_ranks)
     }
 
     /// Step 4, what the banks take after the step: the second view's teacher [CLS] rows and one
