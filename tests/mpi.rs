@@ -360,3 +360,25 @@ fn a_failing_rank_stops_every_rank_with_its_error() {
     assert!(stderr.contains("no-such-data"), "{stderr}");
     assert!(t0.elapsed() < Duration::from_secs(60), "took {:?}", t0.elapsed());
 }
+
+/// The gradient buckets' staging buffers are kept across steps whatever their size: a step
+/// after the first creates no buffer, with buckets of 1.5 MiB (over the pool's usual 1 MiB
+/// limit for staging, which used to make every step allocate and drop them).
+#[test]
+fn large_gradient_buckets_create_no_buffers_after_the_first_steps() {
+    let dir = tmp("mpi-buckets");
+    // A head of 640 hidden units: about 0.5 M gradient values, so buckets of 393,216 (1.5 MiB).
+    let cfg = config_file_with(&dir, |c| c.model.head_hidden = 640);
+    let out = dir.join("run");
+    let env = ["SOP_BUCKET_ELEMENTS=393216"];
+    let args = ["--steps", "5", "--batch-size", "2", "--out", out.to_str().unwrap()];
+    run_ok(sop_cmd_env(
+        2,
+        &env,
+        &[&["train", "--config", cfg.to_str().unwrap(), "--quiet", "--no-eval"][..], &args].concat(),
+    ));
+    let created: Vec<u64> = metric_lines(&out).iter().map(|l| l["buffers_created"].as_u64().unwrap()).collect();
+    println!("buffers created per step: {created:?}");
+    assert_eq!(created.len(), 5, "{created:?}");
+    assert!(created[3..].iter().all(|&n| n == 0), "steps 4 and 5 created buffers: {created:?}");
+}

@@ -175,6 +175,13 @@ fn bucket(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
+    /// Keep an unmapped staging buffer for reuse whatever its size: for reads that recur
+    /// every step at the same sizes (the data-parallel gradient buckets, `DetachedRead`), so
+    /// later steps create no buffer for them.
+    pub(crate) fn keep_staging(&mut self, staging: wgpu::Buffer, bucket_size: u64) {
+        self.staging.entry(bucket_size).or_default().push(staging);
+    }
+
     /// Keep an unmapped staging buffer for reuse (large ones are dropped).
     pub(crate) fn return_staging(&mut self, staging: wgpu::Buffer, bucket_size: u64) {
         if bucket_size <= MAX_POOLED_STAGING {

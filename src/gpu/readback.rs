@@ -110,7 +110,8 @@ impl AsyncRead {
 }
 
 /// A read in flight that another thread finishes (`AsyncRead::detach`): it polls the
-/// device itself and gives the staging buffer back to the pool.
+/// device itself and gives the staging buffer back to the pool, which keeps it whatever its
+/// size (detached reads are the gradient buckets every data-parallel step reads again).
 pub struct DetachedRead {
     device: wgpu::Device,
     pool: Arc<Mutex<BufferPool>>,
@@ -137,7 +138,7 @@ impl DetachedRead {
             }
         }
         let (bytes, staging) = r.take_bytes()?;
-        self.pool.lock().unwrap().return_staging(staging, r.bucket);
+        self.pool.lock().unwrap().keep_staging(staging, r.bucket);
         Ok(bytes)
     }
 }
