@@ -124,10 +124,20 @@ pub const OVERLAP_ENV: &str = "SOP_GRAD_OVERLAP";
 /// The gradients' mean over ranks started during the last micro-batch's backward, bucket by
 /// bucket (`device::OverlappedMean`); None with one rank or `SOP_GRAD_OVERLAP=0`.
 pub(super) fn overlapped_mean(grads: &Tensor, layout: &FlatLayout) -> Result<Option<OverlappedMean>> {
-    if !dist::world().is_distributed() || std::env::var(OVERLAP_ENV).is_ok_and(|v| v.trim() == "0") {
+    if !dist::world().is_distributed() || !overlap_wanted(std::env::var(OVERLAP_ENV).ok().as_deref())? {
         return Ok(None);
     }
     Ok(Some(OverlappedMean::new(grads, layout, device::bucket_elements()?)?))
+}
+
+/// `SOP_GRAD_OVERLAP`: unset or "1" overlaps, "0" does not; any other value is refused
+/// rather than read as either.
+fn overlap_wanted(value: Option<&str>) -> Result<bool> {
+    match value.map(str::trim) {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => Err(SopError::Invalid(format!("{OVERLAP_ENV}={v:?}: expected 0 or 1"))),
+    }
 }
 
 /// Parameter `i`'s gradient slot is recorded: the buckets it completes start their exchange.
@@ -277,5 +287,19 @@ impl Trainer<'_> {
             None => "parameters, optimiser state or banks at the start".to_string(),
         };
         d.check_same(&what, &words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap_wanted;
+
+    #[test]
+    fn grad_overlap_takes_0_or_1_and_refuses_anything_else() {
+        assert!(overlap_wanted(None).unwrap());
+        assert!(overlap_wanted(Some("1")).unwrap());
+        assert!(!overlap_wanted(Some(" 0 ")).unwrap());
+        let e = overlap_wanted(Some("off")).unwrap_err().to_string();
+        assert!(e.contains("SOP_GRAD_OVERLAP=\"off\"") && e.contains("0 or 1"), "{e}");
     }
 }
