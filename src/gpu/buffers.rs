@@ -27,6 +27,8 @@ pub(crate) struct BufferPool {
     free: HashMap<u64, Vec<wgpu::Buffer>>,
     /// Unmapped MAP_READ staging buffers for readbacks, by bucket size.
     staging: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// How many staging buffers of each bucket size exist, free or in a read.
+    staging_made: HashMap<u64, usize>,
     pub created: usize,
     pub memory: MemoryStats,
 }
@@ -188,6 +190,7 @@ impl BufferPool {
             self.staging.entry(bucket_size).or_default().push(staging);
         } else {
             self.memory.pool_bytes -= bucket_size;
+            *self.staging_made.entry(bucket_size).or_default() -= 1;
         }
     }
 }
@@ -195,16 +198,27 @@ impl BufferPool {
 impl Gpu {
     /// A free buffer of this kind and bucket size from the pool, or a new one (counted).
     fn pooled_buffer(&self, kind: Kind, size: u64) -> wgpu::Buffer {
-        let mut pool = self.pool.lock().unwrap();
-        let free = match kind {
-            Kind::Storage => &mut pool.free,
-            Kind::Staging => &mut pool.staging,
+        let free = {
+            let mut pool = self.pool.lock().unwrap();
+            let free = match kind {
+                Kind::Storage => &mut pool.free,
+                Kind::Staging => &mut pool.staging,
+            };
+            free.get_mut(&size).and_then(|v| v.pop())
         };
-        if let Some(b) = free.get_mut(&size).and_then(|v| v.pop()) {
-            return b;
+        free.unwrap_or_else(|| self.pooled_buffer_new(kind, size))
+    }
+
+    /// A new buffer of this kind and bucket size, counted as the pool's.
+    fn pooled_buffer_new(&self, kind: Kind, size: u64) -> wgpu::Buffer {
+        {
+            let mut pool = self.pool.lock().unwrap();
+            pool.created += 1;
+            pool.memory.grow(size, 0);
+            if let Kind::Staging = kind {
+                *pool.staging_made.entry(size).or_default() += 1;
+            }
         }
-        pool.created += 1;
-        pool.memory.grow(size, 0);
         let (label, usage) = match kind {
             Kind::Storage => (
                 "sop tensor",
@@ -400,6 +414,20 @@ impl Gpu {
     pub(crate) fn staging_buffer(&self, size: u64) -> (wgpu::Buffer, u64) {
         let bucket_size = bucket(size);
         (self.pooled_buffer(Kind::Staging, bucket_size), bucket_size)
+    }
+
+    /// At least `count` staging buffers for reads of `size` bytes (at most 1 MiB, which the
+    /// pool keeps), created now if fewer exist: for reads that recur with up to `count` in
+    /// flight at once, so how many happen to be in flight (which depends on the device's
+    /// and the other threads' timing) never makes a later step create one.
+    pub(crate) fn reserve_staging(&self, size: u64, count: usize) {
+        let bucket_size = bucket(size);
+        debug_assert!(bucket_size <= MAX_POOLED_STAGING, "only pooled sizes can be reserved");
+        let made = self.pool.lock().unwrap().staging_made.get(&bucket_size).copied().unwrap_or(0);
+        for _ in made..count {
+            let b = self.pooled_buffer_new(Kind::Staging, bucket_size);
+            self.return_staging(b, bucket_size);
+        }
     }
 
     /// Give an unmapped staging buffer back to the pool (large ones are dropped).

@@ -142,3 +142,32 @@ impl DetachedRead {
         Ok(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::gpu::readback::Wait;
+    use crate::gpu::Gpu;
+
+    /// Reads in flight take the reserved staging buffers before any new one: with 3
+    /// reserved, 3 reads at once create none, a fourth creates one, and reserving again
+    /// counts the buffers in reads (4 exist) rather than only the free ones.
+    #[test]
+    fn reserved_staging_buffers_serve_reads_in_flight() {
+        let gpu = Gpu::new(None).expect("a GPU adapter");
+        let t = gpu.upload_f32(&[37], &(0..37).map(|i| i as f32).collect::<Vec<_>>()).unwrap();
+        gpu.reserve_staging(t.bytes(), 3);
+        let before = gpu.buffers_created();
+        let reads: Vec<_> = (0..3).map(|_| gpu.read_async(&t).unwrap()).collect();
+        assert_eq!(gpu.buffers_created(), before, "3 reads in flight used the 3 reserved buffers");
+        let fourth = gpu.read_async(&t).unwrap();
+        assert_eq!(gpu.buffers_created(), before + 1, "a fourth read needed a new buffer");
+        gpu.reserve_staging(t.bytes(), 4);
+        assert_eq!(gpu.buffers_created(), before + 1, "4 exist, in reads: none to make");
+        for r in reads.into_iter().chain([fourth]) {
+            let words = r.wait(&gpu, Wait::Drain).unwrap();
+            assert_eq!(f32::from_bits(words[36]), 36.0);
+        }
+        gpu.reserve_staging(t.bytes(), 6);
+        assert_eq!(gpu.buffers_created(), before + 3, "6 reserved: 2 more made");
+    }
+}

@@ -37,7 +37,7 @@ use crate::tape::{Tape, Var};
 
 use super::config::TrainConfig;
 use super::distributed;
-use super::inflight::{InFlight, Recorded};
+use super::inflight::{InFlight, Recorded, MAX_IN_FLIGHT};
 use super::optimizer::AdamW;
 use super::scalars::StepScalars;
 use super::schedule;
@@ -353,7 +353,12 @@ impl Trainer<'_> {
             self.cls_bank.push_unless(gpu, &rows.cls, &rows.sources, Some(&self.flag))?;
             self.patch_bank.push_unless(gpu, &rows.patch, &rows.sources, Some(&self.flag))?;
         }
-        let read = gpu.read_async(&scalars.gather(gpu)?)?;
+        let gathered = scalars.gather(gpu)?;
+        // Up to MAX_IN_FLIGHT steps' reads wait in `InFlight` when this one starts, and a
+        // blocking read may take one more: made now, so whether an earlier read happens to
+        // be back yet (the device's and the MPI thread's timing) never creates a buffer later.
+        gpu.reserve_staging(gathered.bytes().max(4), MAX_IN_FLIGHT + 2);
+        let read = gpu.read_async(&gathered)?;
         Ok(Recorded { step, lr, weight_decay: wd, teacher_temp: obj_cfg.teacher_temp as f64, momentum, scalars, read })
     }
 
