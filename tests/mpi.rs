@@ -286,6 +286,20 @@ fn a_global_batch_larger_than_the_banks_is_refused_at_the_start() {
     assert!(!run.join(state::STATE).exists(), "a refused run left a checkpoint");
 }
 
+/// `--batch-size auto` on several ranks caps the batch at the banks over the ranks (every
+/// rank's rows go into the banks) instead of picking one rank's cap and being refused.
+#[test]
+fn an_automatic_batch_on_two_ranks_fits_the_banks() {
+    let dir = tmp("mpi-auto-batch");
+    let cfg = config_file(&dir);
+    // The tiny banks hold 64 and 48 rows: 24 per rank on two ranks (48 alone).
+    let run = dir.join("run");
+    let out = run_ok(train_cmd(2, &cfg, &["--steps", "1", "--batch-size", "auto", "--out", run.to_str().unwrap()]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--batch-size auto: 24,"), "{stderr}");
+    assert!(run.join(state::STATE).exists(), "no checkpoint");
+}
+
 /// The pids of the `sop` processes whose parent is `parent`.
 fn children(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();

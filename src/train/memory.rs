@@ -237,18 +237,39 @@ pub fn check(gpu: &Gpu, cfg: &TrainConfig) -> Result<MemoryPlan> {
 }
 
 /// `cfg.data.batch_size` set to the largest batch whose plan fits `gpu` (never above the
-/// smaller bank, which each step writes a batch into).
+/// smaller bank, which each step writes a batch into). With several ranks (data parallel)
+/// every rank's rows go into the banks, so the cap is the bank over the ranks, and every
+/// rank takes the smallest batch any rank's memory allows (they must train the same one).
 pub fn auto_batch(gpu: &Gpu, cfg: &mut TrainConfig) -> Result<usize> {
+    let d = crate::dist::world();
+    let lo = auto_batch_here(gpu, cfg, d.size())?;
+    if !d.is_distributed() {
+        return Ok(lo);
+    }
+    let all = crate::dist::device::all_gather_i64(d, &[lo as i64])?;
+    let least = all.iter().copied().min().expect("one value per rank") as usize;
+    if d.is_root() && least < lo {
+        eprintln!("--batch-size auto: {least} on every rank (the smallest rank's choice; per rank: {all:?})");
+    }
+    cfg.data.batch_size = least;
+    Ok(least)
+}
+
+/// `auto_batch` on this rank alone, for `ranks` ranks writing into the banks.
+fn auto_batch_here(gpu: &Gpu, cfg: &mut TrainConfig, ranks: usize) -> Result<usize> {
     let Some((_, source)) = budget(gpu) else {
         return Err(SopError::Config(format!(
             "--batch-size auto: the memory of {} cannot be queried; set SOP_DEVICE_MEMORY (e.g. 8GiB) or give a number",
             gpu.adapter_name()
         )));
     };
-    let cap = cfg.sop.cls_bank_size.min(cfg.sop.patch_bank_size) / cfg.optim.accumulate.max(1);
+    let cap = cfg.sop.cls_bank_size.min(cfg.sop.patch_bank_size) / (cfg.optim.accumulate.max(1) * ranks);
     let fits = |b: usize| refusal(gpu, &plan(cfg, b)).is_none();
     if cap == 0 || !fits(1) {
-        let why = refusal(gpu, &plan(cfg, 1)).unwrap_or_else(|| "the banks are smaller than one batch".into());
+        let why = refusal(gpu, &plan(cfg, 1)).unwrap_or_else(|| {
+            let rows = cfg.sop.cls_bank_size.min(cfg.sop.patch_bank_size);
+            format!("the banks' {rows} rows are fewer than one image per rank and micro-batch")
+        });
         return Err(SopError::Config(format!("--batch-size auto: not even one image fits: {why}")));
     }
     // The plan grows with the batch: bisect for the last batch that fits.
