@@ -7,21 +7,27 @@
 // validate on a device without them (src/ops/attention.rs checks `gpu.subgroups`: subgroups
 // of at least 8 lanes, queried from the adapter).
 //
-// Work split: a group = 8 consecutive invocations with consecutive subgroup lanes (the same
-// assumption as matmul_subgroup.wgsl; lane = subgroup_invocation_id % 8). Group gid of the
-// dispatch (gpu.grid(ceil(G / 8)) workgroups of 64, G = B·H·ceil(T / 8) groups) takes head
-// bh = gid / ceil(T/8) and the block of 8 rows r0 = 8·(gid % ceil(T/8)) .. r0 + 7 (query
-// rows, or key rows in attention_subgroup_backward_dkv). Lane l owns
-//   - one row of the block (row r0 + l) for the loads that are shared by shuffles,
-//   - the columns c·8 + l, c < TC = ceil(T / 8), of the block's 8 score rows (s[r][c]),
-//   - the head channels l + 8e, e < EC = ceil(DH / 8), of the block's 8 output rows.
-// Per channel d of a score product: 1 (or 2) loads of the lane's row, TC (or 2·TC) loads of
-// its columns, 8 (or 16) shuffles, 8·TC (or 16·TC) FMAs. Per column j of the product with V
-// (or dO, K, Q): EC (or 2·EC) loads, 8 (or 16) shuffles, 8·EC (or 16·EC) FMAs.
+// Work split: a workgroup is one group of 8 invocations (on a CPU adapter one SIMD vector;
+// the same lane assumption as matmul_subgroup.wgsl: lane = subgroup_invocation_id % 8).
+// Workgroup gid (gpu.grid(B·H·NB)) takes head bh = gid / NB and the block of RB rows
+// r0 = RB·(gid % NB) .. r0 + RB − 1 (query rows, or key rows in
+// attention_subgroup_backward_dkv); src/ops/attention.rs (`row_blocks`) splits the head's T
+// rows into as few even blocks as keep RB·TC ≤ 64 score accumulators per lane (8 ≤ RB ≤ 24:
+// T = 17 is one block of 17 rows). Lane l owns
+//   - the block's rows r0 + l + 8m, m < RM = ceil(RB / 8), for the loads that are shared by
+//     shuffles,
+//   - the columns c·8 + l, c < TC = ceil(T / 8), of the block's RB score rows (s[r][c]),
+//   - the head channels l + 8e, e < EC = ceil(DH / 8), of the block's RB output rows.
+// Per channel d of a score product: RM (or 2·RM) loads of the lane's rows, TC (or 2·TC)
+// loads of its columns, RB (or 2·RB) shuffles, RB·TC (or 2·RB·TC) FMAs. Per column j of the
+// product with V (or dO, K, Q): EC (or 2·EC) loads, RB (or 2·RB) shuffles, RB·EC (or
+// 2·RB·EC) FMAs. On lavapipe the loads are what costs (a storage load is a gather; a
+// shuffle a register permute): one block of 17 rows loads a head's Q and K once per d where
+// three blocks of 8 loaded K three times, and computes 17 rows instead of 24.
 // Rows and columns past T (and channels past DH) are clamped to the last one for the loads,
 // get weight 0 in the softmax sums and are never stored (the products with V, dO, K, Q stop
-// at column T − 1: a uniform branch); groups past the last head are
-// clamped to it and store nothing. Every control-flow decision before a shuffle is uniform
+// at column T − 1: a uniform branch); workgroups past the last head are clamped to it and
+// store nothing. Every control-flow decision before a shuffle is uniform
 // over the dispatch (loop bounds are override constants), so every lane of a group takes
 // part in every shuffle.
 // Numerics: f32; row max subtracted before exp (every exponent ≤ 0); sums in a fixed order

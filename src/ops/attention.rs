@@ -9,8 +9,9 @@
 //! - `unfused` (src/ops/attention_unfused.rs): the batched matmul plus row-softmax kernels,
 //!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel);
 //! - `subgroup` (shaders/attention_subgroup.wgsl): short sequences (T ≤ 64) on adapters with
-//!   subgroups, 8 query (or key) rows per group of 8 lanes, values shared by subgroup
-//!   shuffles, a whole score row in registers (the default model's T = 17 on CPU adapters).
+//!   subgroups, a block of up to 24 query (or key) rows per group of 8 lanes (T = 17: the
+//!   whole head), values shared by subgroup shuffles, whole score rows in registers (the
+//!   default model's T = 17 on CPU adapters).
 //!
 //! Every variant saves the same lse, so any backward follows any forward.
 //!
@@ -33,7 +34,8 @@ pub static ATTENTION: Shader = shader!(trusted "attention_common.wgsl" + "attent
 pub static ATTENTION_FLASH: Shader = shader!(trusted "attention_common.wgsl" + "attention_flash.wgsl");
 // Trusted: every load clamps its row (t ≤ T − 1, head ≤ B·H − 1) and channel (≤ DH − 1), every
 // store is guarded, and the private arrays are indexed below TC ≤ 8, EC ≤ 8, RB ≤ 24 and
-// RM ≤ 3 (T ≤ 64 and DH ≤ 64 checked here, RB from `row_blocks`). Needs subgroups (a separate module, built only where they exist).
+// RM ≤ 3 (T ≤ 64 and DH ≤ 64 checked here, RB from `row_blocks`). Needs subgroups (a
+// separate module, built only where they exist).
 pub static ATTENTION_SUBGROUP: Shader = shader!(trusted "attention_common.wgsl" + "attention_subgroup.wgsl");
 
 const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
