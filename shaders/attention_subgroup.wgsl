@@ -12,8 +12,8 @@
 // Workgroup gid (gpu.grid(B·H·NB)) takes head bh = gid / NB and the block of RB rows
 // r0 = RB·(gid % NB) .. r0 + RB − 1 (query rows, or key rows in
 // attention_subgroup_backward_dkv); src/ops/attention.rs (`row_blocks`) splits the head's T
-// rows into as few even blocks as keep RB·TC ≤ 64 score accumulators per lane (8 ≤ RB ≤ 24:
-// T = 17 is one block of 17 rows). Lane l owns
+// rows into as few even blocks as keep RB·TC ≤ 64 (forward: 32) score accumulators per lane
+// (8 ≤ RB ≤ 24; T = 17: the backward one block of 17 rows, the forward two of 9). Lane l owns
 //   - the block's rows r0 + l + 8m, m < RM = ceil(RB / 8), for the loads that are shared by
 //     shuffles,
 //   - the columns c·8 + l, c < TC = ceil(T / 8), of the block's RB score rows (s[r][c]),

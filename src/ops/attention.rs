@@ -10,7 +10,7 @@
 //!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel);
 //! - `subgroup` (shaders/attention_subgroup.wgsl): short sequences (T ≤ 64) on adapters with
 //!   subgroups, a block of up to 24 query (or key) rows per group of 8 lanes (T = 17: the
-//!   whole head), values shared by subgroup shuffles, whole score rows in registers (the
+//!   backward's whole head), values shared by subgroup shuffles, whole score rows in registers (the
 //!   default model's T = 17 on CPU adapters).
 //!
 //! Every variant saves the same lse, so any backward follows any forward.
@@ -126,26 +126,28 @@ enum Layout {
     /// One invocation per head bh: workgroups grid of ceil(B·H / WG).
     Heads,
     /// One workgroup of 8 lanes per block of rows of every head (shaders/attention_subgroup.wgsl,
-    /// `row_blocks`): workgroups grid of B·H·blocks.
-    Groups,
+    /// `row_blocks` with this many accumulators): workgroups grid of B·H·blocks.
+    Groups(usize),
 }
 
-/// The `subgroup` variant's row blocks of a head of T ≥ 1 rows: (rows per block RB, blocks
-/// NB). A block holds RB·ceil(T / 8) accumulators per score matrix per lane, at most
-/// `SUBGROUP_ACCUMULATORS` (RB at least 8, at most 24: 3 rows per lane); the T rows are split
-/// into as few blocks as that allows, evenly (T = 17: one block of 17 rows, not 3 of 8 with
-/// 7 rows of padding; T = 64: 8 blocks of 8).
-fn row_blocks(t: usize) -> (usize, usize) {
-    let max_rb = (SUBGROUP_ACCUMULATORS / t.div_ceil(8).max(1)).clamp(8, 24);
+/// The `subgroup` variant's row blocks of a head of T ≥ 1 rows for a kernel that may hold
+/// `accumulators` score accumulators per lane and score matrix: (rows per block RB, blocks
+/// NB). A block holds RB·ceil(T / 8) of them (RB at least 8, at most 24: 3 rows per lane);
+/// the T rows are split into as few blocks as that allows, evenly (T = 17, backward: one
+/// block of 17 rows, not 3 of 8 with 7 rows of padding; T = 64: 8 blocks of 8).
+fn row_blocks(t: usize, accumulators: usize) -> (usize, usize) {
+    let max_rb = (accumulators / t.div_ceil(8).max(1)).clamp(8, 24);
     let nb = t.div_ceil(max_rb).max(1);
     (t.div_ceil(nb).max(1), nb)
 }
 
-/// Score accumulators per lane and score matrix of a `subgroup` block (see `row_blocks`):
-/// on lavapipe (benches/RESULTS.md, 2026-12-01) one block of 17 rows (51 accumulators, two
-/// matrices in the backward) beat blocks of 9 and of 8 rows: a lane's loads per channel d
-/// grow with blocks × (rows / 8 + columns / 8), and the loads are what costs there.
-const SUBGROUP_ACCUMULATORS: usize = 64;
+/// `row_blocks`' accumulators for the backward passes: on lavapipe (benches/RESULTS.md,
+/// 2026-12-01, T = 17) one block of 17 rows beat 2 blocks of 9 and 3 of 8: a lane's loads
+/// per channel d grow with blocks × (rows / 8 + columns / 8), and the loads are what costs.
+const SUBGROUP_BACKWARD_ACCUMULATORS: usize = 64;
+/// The forward's (it also holds RB·ceil(Dh / 8) output accumulators per lane): at T = 17,
+/// 2 blocks of 9 rows ran about 6% faster than one of 17 and 13% faster than 3 of 6.
+const SUBGROUP_FORWARD_ACCUMULATORS: usize = 32;
 
 fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
     let too_big =
@@ -160,14 +162,14 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
             [t.div_ceil(WG), y, z]
         }
         Layout::Heads => gpu.grid(heads.div_ceil(WG)),
-        Layout::Groups => {
-            let (_, nb) = row_blocks(dm.t);
+        Layout::Groups(accumulators) => {
+            let (_, nb) = row_blocks(dm.t, accumulators);
             gpu.grid(heads.checked_mul(nb as u32).ok_or_else(too_big)?)
         }
     };
     let constants = [("WG", WG as f64), ("DH", dm.dh as f64)];
-    if let Layout::Groups = layout {
-        let (rb, nb) = row_blocks(dm.t);
+    if let Layout::Groups(accumulators) = layout {
+        let (rb, nb) = row_blocks(dm.t, accumulators);
         let all = [
             ("WG", f64::from(SUBGROUP_WG)),
             constants[1],
@@ -206,7 +208,7 @@ fn forward_with(gpu: &Gpu, qkv: &Tensor, dm: Dims, variant: AttentionVariant) ->
     let (kernel, layout) = match variant {
         AttentionVariant::Fused => (&ATTENTION_FORWARD, Layout::Rows),
         AttentionVariant::Flash2 => (&FLASH_FORWARD, Layout::Rows),
-        AttentionVariant::Subgroup => (&SUBGROUP_FORWARD, Layout::Groups),
+        AttentionVariant::Subgroup => (&SUBGROUP_FORWARD, Layout::Groups(SUBGROUP_FORWARD_ACCUMULATORS)),
         AttentionVariant::Unfused => return crate::ops::attention_unfused::forward(gpu, qkv, dm),
     };
     let out = gpu.empty(&[dm.b, dm.t, dm.d], DType::F32)?;
@@ -271,7 +273,9 @@ fn backward_with(
     let (dq, dkv, layout) = match variant {
         AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV, Layout::Rows),
         AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV, Layout::Rows),
-        AttentionVariant::Subgroup => (&SUBGROUP_BACKWARD_DQ, &SUBGROUP_BACKWARD_DKV, Layout::Groups),
+        AttentionVariant::Subgroup => {
+            (&SUBGROUP_BACKWARD_DQ, &SUBGROUP_BACKWARD_DKV, Layout::Groups(SUBGROUP_BACKWARD_ACCUMULATORS))
+        }
         AttentionVariant::Unfused => return crate::ops::attention_unfused::backward(gpu, qkv, lse, dout, dm),
     };
     let delta = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;
