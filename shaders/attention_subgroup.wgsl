@@ -7,42 +7,58 @@
 // validate on a device without them (src/ops/attention.rs checks `gpu.subgroups`: subgroups
 // of at least 8 lanes, queried from the adapter).
 //
-// Work split: a group = 8 consecutive invocations with consecutive subgroup lanes (the same
-// assumption as matmul_subgroup.wgsl; lane = subgroup_invocation_id % 8). Group gid of the
-// dispatch (gpu.grid(ceil(G / 8)) workgroups of 64, G = B·H·ceil(T / 8) groups) takes head
-// bh = gid / ceil(T/8) and the block of 8 rows r0 = 8·(gid % ceil(T/8)) .. r0 + 7 (query
-// rows, or key rows in attention_subgroup_backward_dkv). Lane l owns
-//   - one row of the block (row r0 + l) for the loads that are shared by shuffles,
-//   - the columns c·8 + l, c < TC = ceil(T / 8), of the block's 8 score rows (s[r][c]),
-//   - the head channels l + 8e, e < EC = ceil(DH / 8), of the block's 8 output rows.
-// Per channel d of a score product: 1 (or 2) loads of the lane's row, TC (or 2·TC) loads of
-// its columns, 8 (or 16) shuffles, 8·TC (or 16·TC) FMAs. Per column j of the product with V
-// (or dO, K, Q): EC (or 2·EC) loads, 8 (or 16) shuffles, 8·EC (or 16·EC) FMAs.
+// Work split: a workgroup is one group of 8 invocations (on a CPU adapter one SIMD vector;
+// the same lane assumption as matmul_subgroup.wgsl: lane = subgroup_invocation_id % 8).
+// Workgroup gid (gpu.grid(B·H·NB)) takes head bh = gid / NB and the block of RB rows
+// r0 = RB·(gid % NB) .. r0 + RB − 1 (query rows, or key rows in
+// attention_subgroup_backward_dkv); src/ops/attention.rs (`row_blocks`) splits the head's T
+// rows into as few even blocks as keep RB·TC ≤ 64 (forward: 32) score accumulators per lane
+// (8 ≤ RB ≤ 24; T = 17: the backward one block of 17 rows, the forward two of 9). Lane l owns
+//   - the block's rows r0 + l + 8m, m < RM = ceil(RB / 8), for the loads that are shared by
+//     shuffles,
+//   - the columns c·8 + l, c < TC = ceil(T / 8), of the block's RB score rows (s[r][c]),
+//   - the head channels l + 8e, e < EC = ceil(DH / 8), of the block's RB output rows.
+// Per channel d of a score product: RM (or 2·RM) loads of the lane's rows, TC (or 2·TC)
+// loads of its columns, RB (or 2·RB) shuffles, RB·TC (or 2·RB·TC) FMAs. Per column j of the
+// product with V (or dO, K, Q): EC (or 2·EC) loads, RB (or 2·RB) shuffles, RB·EC (or
+// 2·RB·EC) FMAs. On lavapipe the loads are what costs (a storage load is a gather; a
+// shuffle a register permute): one block of 17 rows loads a head's Q and K once per d where
+// three blocks of 8 loaded K three times, and computes 17 rows instead of 24.
 // Rows and columns past T (and channels past DH) are clamped to the last one for the loads,
 // get weight 0 in the softmax sums and are never stored (the products with V, dO, K, Q stop
-// at column T − 1: a uniform branch); groups past the last head are
-// clamped to it and store nothing. Every control-flow decision before a shuffle is uniform
+// at column T − 1: a uniform branch); workgroups past the last head are clamped to it and
+// store nothing. Every control-flow decision before a shuffle is uniform
 // over the dispatch (loop bounds are override constants), so every lane of a group takes
 // part in every shuffle.
 // Numerics: f32; row max subtracted before exp (every exponent ≤ 0); sums in a fixed order
 // (per lane in column order, then an xor butterfly over the 8 lanes): deterministic.
 
-override WG: u32 = 64u;
+override WG: u32 = 8u;  // one group of 8 lanes per workgroup (never overridden)
 override TC: u32 = 3u;  // ceil(T / 8): column blocks of a score row
 override EC: u32 = 4u;  // ceil(DH / 8): channels per lane
+override RB: u32 = 17u; // rows per block (≤ MAX_RB), the head's T rows split evenly
+override RM: u32 = 3u;  // ceil(RB / 8): rows each lane loads (rows r0 + l + 8m, m < RM)
+override NB: u32 = 1u;  // row blocks per head: ceil(T / RB)
 const MAX_TC: u32 = 8u; // T ≤ 64
 const MAX_EC: u32 = 8u; // DH ≤ 64
+const MAX_RB: u32 = 24u;
+const MAX_RM: u32 = 3u;
 
 // Where a group works: its head's token-0 index b·T, channel offset h·DH and bh, the first
-// row of its block, and whether it is a real group (false for the padding past B·H·ceil(T/8)).
+// row of its block, and whether it is a real group (false for the padding past B·H·NB).
 struct Group { tok0: u32, head: u32, bh: u32, r0: u32, live: bool }
 
-fn group_of(wid: vec3<u32>, nwg: vec3<u32>, li: u32) -> Group {
-    let gid = (wid.x + wid.y * nwg.x) * (WG / 8u) + li / 8u;
-    let live = gid < p.BH * TC;
-    let g = min(gid, p.BH * TC - 1u);
-    let bh = g / TC;
-    return Group((bh / p.H) * p.T, (bh % p.H) * DH, bh, (g % TC) * 8u, live);
+fn group_of(wid: vec3<u32>, nwg: vec3<u32>) -> Group {
+    let gid = wid.x + wid.y * nwg.x;
+    let live = gid < p.BH * NB;
+    let g = min(gid, p.BH * NB - 1u);
+    let bh = g / NB;
+    return Group((bh / p.H) * p.T, (bh % p.H) * DH, bh, (g % NB) * RB, live);
+}
+
+// Whether row r0 + r of the block is a row of the head this lane loads (r = 8m + lane, m < RM).
+fn own_row(gr: Group, lane: u32, m: u32) -> bool {
+    return 8u * m + lane < RB && gr.r0 + 8u * m + lane < p.T;
 }
 
 // qkv offset of token t's channel 0 of this head (q; k at + D, v at + 2D), t clamped to T − 1.
@@ -77,132 +93,145 @@ fn group_max(x: f32) -> f32 {
 // sum by butterfly); O_{r0+r} channel l+8e = Σ_j P_rj v_j; lse_r = m_r + log l_r.
 @compute @workgroup_size(WG)
 fn attention_subgroup_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                              @builtin(local_invocation_index) li: u32,
                               @builtin(subgroup_invocation_id) sid: u32) {
-    let gr = group_of(wid, nwg, li);
+    let gr = group_of(wid, nwg);
     let lane = sid % 8u;
     let base = sid - lane;
-    let qi = qkv_row(gr, gr.r0 + lane);
+    var qi: array<u32, MAX_RM>;
+    for (var m = 0u; m < RM; m++) { qi[m] = qkv_row(gr, gr.r0 + 8u * m + lane); }
     var kj: array<u32, MAX_TC>;
     for (var c = 0u; c < TC; c++) { kj[c] = qkv_row(gr, 8u * c + lane) + p.D; }
-    var s: array<array<f32, MAX_TC>, 8>;
+    var s: array<array<f32, MAX_TC>, MAX_RB>;
     for (var d = 0u; d < DH; d++) {
-        let qd = p.scale * qkv[qi + d];
+        var qd: array<f32, MAX_RM>;
+        for (var m = 0u; m < RM; m++) { qd[m] = p.scale * qkv[qi[m] + d]; }
         var kd: array<f32, MAX_TC>;
         for (var c = 0u; c < TC; c++) { kd[c] = qkv[kj[c] + d]; }
-        for (var r = 0u; r < 8u; r++) {
-            let qr = subgroupShuffle(qd, base + r);
+        for (var r = 0u; r < RB; r++) {
+            let qr = subgroupShuffle(qd[r / 8u], base + r % 8u);
             for (var c = 0u; c < TC; c++) { s[r][c] += qr * kd[c]; }
         }
     }
-    var my_lse = 0.0;  // lse of row r0 + lane
-    for (var r = 0u; r < 8u; r++) {
-        var m = -1e30;  // finite sentinel; column 0 is always real (T ≥ 1)
+    var my_lse: array<f32, MAX_RM>;  // lse of row r0 + 8m + lane
+    for (var r = 0u; r < RB; r++) {
+        var mx = -1e30;  // finite sentinel; column 0 is always real (T ≥ 1)
         for (var c = 0u; c < TC; c++) {
-            if (8u * c + lane < p.T) { m = max(m, s[r][c]); }
+            if (8u * c + lane < p.T) { mx = max(mx, s[r][c]); }
         }
-        m = group_max(m);
+        mx = group_max(mx);
         var l = 0.0;
         for (var c = 0u; c < TC; c++) {
-            s[r][c] = select(0.0, exp(s[r][c] - m), 8u * c + lane < p.T);
+            s[r][c] = select(0.0, exp(s[r][c] - mx), 8u * c + lane < p.T);
             l += s[r][c];
         }
         l = group_sum(l);
         let inv = 1.0 / l;
         for (var c = 0u; c < TC; c++) { s[r][c] *= inv; }  // now P
-        if (r == lane) { my_lse = m + log(l); }
+        if (r % 8u == lane) { my_lse[r / 8u] = mx + log(l); }
     }
-    var o: array<array<f32, MAX_EC>, 8>;
+    var o: array<array<f32, MAX_EC>, MAX_RB>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
             if (8u * c + src >= p.T) { break; }  // uniform: columns past T have weight 0
             let vj = qkv_row(gr, 8u * c + src) + 2u * p.D;
             var vv: array<f32, MAX_EC>;
             for (var e = 0u; e < EC; e++) { vv[e] = qkv[vj + chan(lane, e)]; }
-            for (var r = 0u; r < 8u; r++) {
+            for (var r = 0u; r < RB; r++) {
                 let pr = subgroupShuffle(s[r][c], base + src);
                 for (var e = 0u; e < EC; e++) { o[r][e] += pr * vv[e]; }
             }
         }
     }
     if (!gr.live) { return; }
-    for (var r = 0u; r < 8u; r++) {
+    for (var r = 0u; r < RB; r++) {
         if (gr.r0 + r >= p.T) { break; }
         let orow = o_row(gr, gr.r0 + r);
         for (var e = 0u; e < EC; e++) {
             if (lane + 8u * e < DH) { out[orow + lane + 8u * e] = o[r][e]; }
         }
     }
-    if (gr.r0 + lane < p.T) { lse[gr.bh * p.T + gr.r0 + lane] = my_lse; }
+    for (var m = 0u; m < RM; m++) {
+        if (own_row(gr, lane, m)) { lse[gr.bh * p.T + gr.r0 + 8u * m + lane] = my_lse[m]; }
+    }
 }
 
 // Backward, dQ pass (derivation in attention.wgsl): rows are queries i, columns keys j.
 // s_ij = scale·q_i·k_j and dP_ij = dO_i·v_j from one loop over d (which also gives lane l
-// its D_i = dO_i·O_i), dS_ij = exp(s_ij − lse_i)(dP_ij − D_i), dQ_i = scale Σ_j dS_ij k_j.
-// Writes D (for the dK/dV pass) and the q part of dqkv.
+// the D_i = dO_i·O_i of its rows), dS_ij = exp(s_ij − lse_i)(dP_ij − D_i),
+// dQ_i = scale Σ_j dS_ij k_j. Writes D (for the dK/dV pass) and the q part of dqkv.
 @compute @workgroup_size(WG)
 fn attention_subgroup_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                                  @builtin(local_invocation_index) li: u32,
                                   @builtin(subgroup_invocation_id) sid: u32) {
-    let gr = group_of(wid, nwg, li);
+    let gr = group_of(wid, nwg);
     let lane = sid % 8u;
     let base = sid - lane;
-    let qi = qkv_row(gr, gr.r0 + lane);
-    let oi = o_row(gr, gr.r0 + lane);
+    var qi: array<u32, MAX_RM>;
+    var oi: array<u32, MAX_RM>;
+    for (var m = 0u; m < RM; m++) {
+        qi[m] = qkv_row(gr, gr.r0 + 8u * m + lane);
+        oi[m] = o_row(gr, gr.r0 + 8u * m + lane);
+    }
     var kj: array<u32, MAX_TC>;
     for (var c = 0u; c < TC; c++) { kj[c] = qkv_row(gr, 8u * c + lane) + p.D; }
-    var s: array<array<f32, MAX_TC>, 8>;
-    var dp: array<array<f32, MAX_TC>, 8>;
-    var my_delta = 0.0;  // D of row r0 + lane
+    var s: array<array<f32, MAX_TC>, MAX_RB>;
+    var dp: array<array<f32, MAX_TC>, MAX_RB>;
+    var my_delta: array<f32, MAX_RM>;  // D of row r0 + 8m + lane
     for (var d = 0u; d < DH; d++) {
-        let qd = p.scale * qkv[qi + d];
-        let gd = dout[oi + d];
-        my_delta += gd * out[oi + d];
+        var qd: array<f32, MAX_RM>;
+        var gd: array<f32, MAX_RM>;
+        for (var m = 0u; m < RM; m++) {
+            qd[m] = p.scale * qkv[qi[m] + d];
+            gd[m] = dout[oi[m] + d];
+            my_delta[m] += gd[m] * out[oi[m] + d];
+        }
         var kd: array<f32, MAX_TC>;
         var vd: array<f32, MAX_TC>;
         for (var c = 0u; c < TC; c++) {
             kd[c] = qkv[kj[c] + d];
             vd[c] = qkv[kj[c] + p.D + d];
         }
-        for (var r = 0u; r < 8u; r++) {
-            let qr = subgroupShuffle(qd, base + r);
-            let gr_ = subgroupShuffle(gd, base + r);
+        for (var r = 0u; r < RB; r++) {
+            let qr = subgroupShuffle(qd[r / 8u], base + r % 8u);
+            let gr_ = subgroupShuffle(gd[r / 8u], base + r % 8u);
             for (var c = 0u; c < TC; c++) {
                 s[r][c] += qr * kd[c];
                 dp[r][c] += gr_ * vd[c];
             }
         }
     }
-    let my_lse = lse[gr.bh * p.T + min(gr.r0 + lane, p.T - 1u)];
-    for (var r = 0u; r < 8u; r++) {
-        let lse_r = subgroupShuffle(my_lse, base + r);
-        let delta_r = subgroupShuffle(my_delta, base + r);
+    var my_lse: array<f32, MAX_RM>;
+    for (var m = 0u; m < RM; m++) { my_lse[m] = lse[gr.bh * p.T + min(gr.r0 + 8u * m + lane, p.T - 1u)]; }
+    for (var r = 0u; r < RB; r++) {
+        let lse_r = subgroupShuffle(my_lse[r / 8u], base + r % 8u);
+        let delta_r = subgroupShuffle(my_delta[r / 8u], base + r % 8u);
         for (var c = 0u; c < TC; c++) {
             s[r][c] = select(0.0, exp(s[r][c] - lse_r) * (dp[r][c] - delta_r), 8u * c + lane < p.T);  // dS
         }
     }
-    var dq: array<array<f32, MAX_EC>, 8>;
+    var dq: array<array<f32, MAX_EC>, MAX_RB>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
             if (8u * c + src >= p.T) { break; }
             let kk = qkv_row(gr, 8u * c + src) + p.D;
             var kv: array<f32, MAX_EC>;
             for (var e = 0u; e < EC; e++) { kv[e] = qkv[kk + chan(lane, e)]; }
-            for (var r = 0u; r < 8u; r++) {
+            for (var r = 0u; r < RB; r++) {
                 let ds = subgroupShuffle(s[r][c], base + src);
                 for (var e = 0u; e < EC; e++) { dq[r][e] += ds * kv[e]; }
             }
         }
     }
     if (!gr.live) { return; }
-    for (var r = 0u; r < 8u; r++) {
+    for (var r = 0u; r < RB; r++) {
         if (gr.r0 + r >= p.T) { break; }
         let qrow = qkv_row(gr, gr.r0 + r);
         for (var e = 0u; e < EC; e++) {
             if (lane + 8u * e < DH) { dqkv[qrow + lane + 8u * e] = p.scale * dq[r][e]; }
         }
     }
-    if (gr.r0 + lane < p.T) { delta[gr.bh * p.T + gr.r0 + lane] = my_delta; }
+    for (var m = 0u; m < RM; m++) {
+        if (own_row(gr, lane, m)) { delta[gr.bh * p.T + gr.r0 + 8u * m + lane] = my_delta[m]; }
+    }
 }
 
 // Backward, dK/dV pass: rows are keys j, columns queries i. s_ji = scale·k_j·q_i and
@@ -210,34 +239,38 @@ fn attention_subgroup_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builti
 // lane), dV_j = Σ_i P dO_i and dK_j = scale Σ_i dS q_i. Writes the k and v parts of dqkv.
 @compute @workgroup_size(WG)
 fn attention_subgroup_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                                   @builtin(local_invocation_index) li: u32,
                                    @builtin(subgroup_invocation_id) sid: u32) {
-    let gr = group_of(wid, nwg, li);
+    let gr = group_of(wid, nwg);
     let lane = sid % 8u;
     let base = sid - lane;
-    let kj = qkv_row(gr, gr.r0 + lane) + p.D;
+    var kr: array<u32, MAX_RM>;
+    for (var m = 0u; m < RM; m++) { kr[m] = qkv_row(gr, gr.r0 + 8u * m + lane) + p.D; }
     var qi: array<u32, MAX_TC>;
     var oi: array<u32, MAX_TC>;
     for (var c = 0u; c < TC; c++) {
         qi[c] = qkv_row(gr, 8u * c + lane);
         oi[c] = o_row(gr, 8u * c + lane);
     }
-    var s: array<array<f32, MAX_TC>, 8>;
-    var dp: array<array<f32, MAX_TC>, 8>;
+    var s: array<array<f32, MAX_TC>, MAX_RB>;
+    var dp: array<array<f32, MAX_TC>, MAX_RB>;
     for (var d = 0u; d < DH; d++) {
-        let kd = p.scale * qkv[kj + d];
-        let vd = qkv[kj + p.D + d];
+        var kd: array<f32, MAX_RM>;
+        var vd: array<f32, MAX_RM>;
+        for (var m = 0u; m < RM; m++) {
+            kd[m] = p.scale * qkv[kr[m] + d];
+            vd[m] = qkv[kr[m] + p.D + d];
+        }
         var qd: array<f32, MAX_TC>;
         var gd: array<f32, MAX_TC>;
         for (var c = 0u; c < TC; c++) {
             qd[c] = qkv[qi[c] + d];
             gd[c] = dout[oi[c] + d];
         }
-        for (var r = 0u; r < 8u; r++) {
-            let kr = subgroupShuffle(kd, base + r);
-            let vr = subgroupShuffle(vd, base + r);
+        for (var r = 0u; r < RB; r++) {
+            let kr_ = subgroupShuffle(kd[r / 8u], base + r % 8u);
+            let vr = subgroupShuffle(vd[r / 8u], base + r % 8u);
             for (var c = 0u; c < TC; c++) {
-                s[r][c] += kr * qd[c];
+                s[r][c] += kr_ * qd[c];
                 dp[r][c] += vr * gd[c];
             }
         }
@@ -247,14 +280,14 @@ fn attention_subgroup_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @built
         let lse_i = lse[gr.bh * p.T + i];
         let delta_i = delta[gr.bh * p.T + i];
         let real = 8u * c + lane < p.T;
-        for (var r = 0u; r < 8u; r++) {
+        for (var r = 0u; r < RB; r++) {
             let pr = select(0.0, exp(s[r][c] - lse_i), real);
             s[r][c] = pr;                           // P
             dp[r][c] = pr * (dp[r][c] - delta_i);   // dS
         }
     }
-    var dk: array<array<f32, MAX_EC>, 8>;
-    var dv: array<array<f32, MAX_EC>, 8>;
+    var dk: array<array<f32, MAX_EC>, MAX_RB>;
+    var dv: array<array<f32, MAX_EC>, MAX_RB>;
     for (var c = 0u; c < TC; c++) {
         for (var src = 0u; src < 8u; src++) {
             if (8u * c + src >= p.T) { break; }
@@ -266,7 +299,7 @@ fn attention_subgroup_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @built
                 qv[e] = qkv[qq + chan(lane, e)];
                 gv[e] = dout[oo + chan(lane, e)];
             }
-            for (var r = 0u; r < 8u; r++) {
+            for (var r = 0u; r < RB; r++) {
                 let pr = subgroupShuffle(s[r][c], base + src);
                 let ds = subgroupShuffle(dp[r][c], base + src);
                 for (var e = 0u; e < EC; e++) {
@@ -277,7 +310,7 @@ fn attention_subgroup_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @built
         }
     }
     if (!gr.live) { return; }
-    for (var r = 0u; r < 8u; r++) {
+    for (var r = 0u; r < RB; r++) {
         if (gr.r0 + r >= p.T) { break; }
         let krow = qkv_row(gr, gr.r0 + r) + p.D;
         for (var e = 0u; e < EC; e++) {

@@ -169,7 +169,9 @@ fn attention_autotune_table(gpu: &crate::gpu::Gpu) -> anyhow::Result<()> {
     if gpu.is_cpu() {
         match gpu.subgroups {
             true => {
-                println!("attention on this CPU adapter: unfused from T = {UNFUSED_MIN_TOKENS} tokens on, fused below")
+                println!(
+                    "attention on this CPU adapter: unfused from T = {UNFUSED_MIN_TOKENS} tokens on, subgroup below"
+                )
             }
             false => println!("attention on this CPU adapter: fused (no subgroups for the fast matmul)"),
         }

@@ -9,8 +9,9 @@
 //! - `unfused` (src/ops/attention_unfused.rs): the batched matmul plus row-softmax kernels,
 //!   storing B·H·T² floats (fast on CPU adapters, where the matmul is the tuned kernel);
 //! - `subgroup` (shaders/attention_subgroup.wgsl): short sequences (T ≤ 64) on adapters with
-//!   subgroups, 8 query (or key) rows per group of 8 lanes, values shared by subgroup
-//!   shuffles, a whole score row in registers (the default model's T = 17 on CPU adapters).
+//!   subgroups, a block of up to 24 query (or key) rows per group of 8 lanes (T = 17: the
+//!   backward's whole head), values shared by subgroup shuffles, whole score rows in registers (the
+//!   default model's T = 17 on CPU adapters).
 //!
 //! Every variant saves the same lse, so any backward follows any forward.
 //!
@@ -32,8 +33,9 @@ pub use crate::ops::attention_variant::AttentionVariant;
 pub static ATTENTION: Shader = shader!(trusted "attention_common.wgsl" + "attention.wgsl");
 pub static ATTENTION_FLASH: Shader = shader!(trusted "attention_common.wgsl" + "attention_flash.wgsl");
 // Trusted: every load clamps its row (t ≤ T − 1, head ≤ B·H − 1) and channel (≤ DH − 1), every
-// store is guarded, and the private arrays are indexed below TC ≤ 8 and EC ≤ 8 (T ≤ 64 and
-// DH ≤ 64 checked here). Needs subgroups (a separate module, built only where they exist).
+// store is guarded, and the private arrays are indexed below TC ≤ 8, EC ≤ 8, RB ≤ 24 and
+// RM ≤ 3 (T ≤ 64 and DH ≤ 64 checked here, RB from `row_blocks`). Needs subgroups (a
+// separate module, built only where they exist).
 pub static ATTENTION_SUBGROUP: Shader = shader!(trusted "attention_common.wgsl" + "attention_subgroup.wgsl");
 
 const ATTENTION_FORWARD: Kernel = Kernel { shader: &ATTENTION, entry: "attention_forward", wg: WG };
@@ -43,11 +45,14 @@ const ATTENTION_CLS_PROBS: Kernel = Kernel { shader: &ATTENTION, entry: "attenti
 const FLASH_FORWARD: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_forward", wg: WG };
 const FLASH_BACKWARD_DQ: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dq", wg: WG };
 const FLASH_BACKWARD_DKV: Kernel = Kernel { shader: &ATTENTION_FLASH, entry: "attention_flash_backward_dkv", wg: WG };
-const SUBGROUP_FORWARD: Kernel = Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_forward", wg: WG };
+/// The `subgroup` kernels' workgroup: one group of 8 lanes.
+const SUBGROUP_WG: u32 = 8;
+const SUBGROUP_FORWARD: Kernel =
+    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_forward", wg: SUBGROUP_WG };
 const SUBGROUP_BACKWARD_DQ: Kernel =
-    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dq", wg: WG };
+    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dq", wg: SUBGROUP_WG };
 const SUBGROUP_BACKWARD_DKV: Kernel =
-    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dkv", wg: WG };
+    Kernel { shader: &ATTENTION_SUBGROUP, entry: "attention_subgroup_backward_dkv", wg: SUBGROUP_WG };
 
 /// Longest sequence the `subgroup` variant holds in its registers (`8·MAX_TC` in the shader).
 pub const SUBGROUP_MAX_TOKENS: usize = 64;
@@ -120,10 +125,29 @@ enum Layout {
     Rows,
     /// One invocation per head bh: workgroups grid of ceil(B·H / WG).
     Heads,
-    /// One group of 8 lanes per block of 8 rows of every head (shaders/attention_subgroup.wgsl):
-    /// B·H·ceil(T / 8) groups, workgroups grid of ceil(groups / (WG / 8)).
-    Groups,
+    /// One workgroup of 8 lanes per block of rows of every head (shaders/attention_subgroup.wgsl,
+    /// `row_blocks` with this many accumulators): workgroups grid of B·H·blocks.
+    Groups(usize),
 }
+
+/// The `subgroup` variant's row blocks of a head of T ≥ 1 rows for a kernel that may hold
+/// `accumulators` score accumulators per lane and score matrix: (rows per block RB, blocks
+/// NB). A block holds RB·ceil(T / 8) of them (RB at least 8, at most 24: 3 rows per lane);
+/// the T rows are split into as few blocks as that allows, evenly (T = 17, backward: one
+/// block of 17 rows, not 3 of 8 with 7 rows of padding; T = 64: 8 blocks of 8).
+fn row_blocks(t: usize, accumulators: usize) -> (usize, usize) {
+    let max_rb = (accumulators / t.div_ceil(8).max(1)).clamp(8, 24);
+    let nb = t.div_ceil(max_rb).max(1);
+    (t.div_ceil(nb).max(1), nb)
+}
+
+/// `row_blocks`' accumulators for the backward passes: on lavapipe (benches/RESULTS.md,
+/// 2026-12-01, T = 17) one block of 17 rows beat 2 blocks of 9 and 3 of 8: a lane's loads
+/// per channel d grow with blocks × (rows / 8 + columns / 8), and the loads are what costs.
+const SUBGROUP_BACKWARD_ACCUMULATORS: usize = 64;
+/// The forward's (it also holds RB·ceil(Dh / 8) output accumulators per lane): at T = 17,
+/// 2 blocks of 9 rows ran about 6% faster than one of 17 and 13% faster than 3 of 6.
+const SUBGROUP_FORWARD_ACCUMULATORS: usize = 32;
 
 fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]) -> Result<()> {
     let too_big =
@@ -138,15 +162,23 @@ fn dispatch(gpu: &Gpu, kernel: &Kernel, dm: Dims, layout: Layout, binds: &[Bind]
             [t.div_ceil(WG), y, z]
         }
         Layout::Heads => gpu.grid(heads.div_ceil(WG)),
-        Layout::Groups => {
-            let blocks = heads.checked_mul(t.div_ceil(8)).ok_or_else(too_big)?;
-            gpu.grid(blocks.div_ceil(WG / 8))
+        Layout::Groups(accumulators) => {
+            let (_, nb) = row_blocks(dm.t, accumulators);
+            gpu.grid(heads.checked_mul(nb as u32).ok_or_else(too_big)?)
         }
     };
     let constants = [("WG", WG as f64), ("DH", dm.dh as f64)];
-    if let Layout::Groups = layout {
-        let blocks = [("TC", dm.t.div_ceil(8) as f64), ("EC", dm.dh.div_ceil(8) as f64)];
-        let all = [constants[0], constants[1], blocks[0], blocks[1]];
+    if let Layout::Groups(accumulators) = layout {
+        let (rb, nb) = row_blocks(dm.t, accumulators);
+        let all = [
+            ("WG", f64::from(SUBGROUP_WG)),
+            constants[1],
+            ("TC", dm.t.div_ceil(8) as f64),
+            ("EC", dm.dh.div_ceil(8) as f64),
+            ("RB", rb as f64),
+            ("RM", rb.div_ceil(8) as f64),
+            ("NB", nb as f64),
+        ];
         return launch_with(gpu, kernel, &all, &params, binds, Grid::Groups(groups));
     }
     launch_with(gpu, kernel, &constants, &params, binds, Grid::Groups(groups))
@@ -176,7 +208,7 @@ fn forward_with(gpu: &Gpu, qkv: &Tensor, dm: Dims, variant: AttentionVariant) ->
     let (kernel, layout) = match variant {
         AttentionVariant::Fused => (&ATTENTION_FORWARD, Layout::Rows),
         AttentionVariant::Flash2 => (&FLASH_FORWARD, Layout::Rows),
-        AttentionVariant::Subgroup => (&SUBGROUP_FORWARD, Layout::Groups),
+        AttentionVariant::Subgroup => (&SUBGROUP_FORWARD, Layout::Groups(SUBGROUP_FORWARD_ACCUMULATORS)),
         AttentionVariant::Unfused => return crate::ops::attention_unfused::forward(gpu, qkv, dm),
     };
     let out = gpu.empty(&[dm.b, dm.t, dm.d], DType::F32)?;
@@ -241,7 +273,9 @@ fn backward_with(
     let (dq, dkv, layout) = match variant {
         AttentionVariant::Fused => (&ATTENTION_BACKWARD_DQ, &ATTENTION_BACKWARD_DKV, Layout::Rows),
         AttentionVariant::Flash2 => (&FLASH_BACKWARD_DQ, &FLASH_BACKWARD_DKV, Layout::Rows),
-        AttentionVariant::Subgroup => (&SUBGROUP_BACKWARD_DQ, &SUBGROUP_BACKWARD_DKV, Layout::Groups),
+        AttentionVariant::Subgroup => {
+            (&SUBGROUP_BACKWARD_DQ, &SUBGROUP_BACKWARD_DKV, Layout::Groups(SUBGROUP_BACKWARD_ACCUMULATORS))
+        }
         AttentionVariant::Unfused => return crate::ops::attention_unfused::backward(gpu, qkv, lse, dout, dm),
     };
     let delta = gpu.empty(&[dm.b, dm.h, dm.t], DType::F32)?;

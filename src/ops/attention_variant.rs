@@ -25,7 +25,7 @@ pub enum AttentionVariant {
     Flash2,
     /// src/ops/attention_unfused.rs: batched matmuls and row softmaxes, B·H·T² floats stored.
     Unfused,
-    /// shaders/attention_subgroup.wgsl: T ≤ 64, 8 rows per group of 8 subgroup lanes.
+    /// shaders/attention_subgroup.wgsl: T ≤ 64, blocks of ≤ 24 rows per group of 8 subgroup lanes.
     Subgroup,
 }
 
