@@ -42,6 +42,12 @@ pub fn launched_by_mpi() -> bool {
         || std::env::var_os("SLURM_PROCID").is_some() && std::env::var_os("SLURM_STEP_NUM_TASKS").is_some()
 }
 
+/// `line` and a newline on stderr in one write: `eprintln!` writes its pieces one by one,
+/// and mpirun's merged stderr then interleaves other ranks' output inside them.
+pub fn eprint_line(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+}
+
 /// This process's `Dist`, made on first use (MPI is initialised then, on its thread).
 pub fn world() -> &'static Dist {
     WORLD.get_or_init(Dist::from_env)
@@ -195,7 +201,7 @@ impl Dist {
     pub fn abort(&self, message: &str) {
         #[cfg(feature = "mpi")]
         if let Some(c) = &self.comm {
-            eprintln!("error on rank {} of {}: {message}; stopping every rank", self.rank, self.size);
+            eprint_line(&format!("error on rank {} of {}: {message}; stopping every rank", self.rank, self.size));
             c.abort(1);
         }
         let _ = message;

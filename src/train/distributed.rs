@@ -74,10 +74,10 @@ pub(super) fn agree(cfg: &mut TrainConfig, saved_ranks: Option<usize>) -> Result
             )));
         }
         let b = global / (ranks * accum);
-        eprintln!(
+        dist::eprint_line(&format!(
             "resuming a run of {saved} ranks on {ranks}: batch {} per rank becomes {b}, the global batch stays {global}",
             cfg.data.batch_size
-        );
+        ));
         cfg.data.batch_size = b;
     }
     // `validate` checked one rank's rows per step; the banks take every rank's.

@@ -249,7 +249,9 @@ pub fn auto_batch(gpu: &Gpu, cfg: &mut TrainConfig) -> Result<usize> {
     let all = crate::dist::device::all_gather_i64(d, &[lo as i64])?;
     let least = all.iter().copied().min().expect("one value per rank") as usize;
     if d.is_root() && least < lo {
-        eprintln!("--batch-size auto: {least} on every rank (the smallest rank's choice; per rank: {all:?})");
+        crate::dist::eprint_line(&format!(
+            "--batch-size auto: {least} on every rank (the smallest rank's choice; per rank: {all:?})"
+        ));
     }
     cfg.data.batch_size = least;
     Ok(least)
@@ -288,11 +290,11 @@ fn auto_batch_here(gpu: &Gpu, cfg: &mut TrainConfig, ranks: usize) -> Result<usi
     } else {
         "its plan must fit the memory".into()
     };
-    eprintln!(
+    crate::dist::eprint_line(&format!(
         "--batch-size auto: {lo}, the largest batch whose plan fits {source} and whose tensors fit the adapter's \
          {} per buffer ({bound})",
         gib(max_tensor_bytes(gpu))
-    );
+    ));
     Ok(lo)
 }
 
