@@ -246,7 +246,7 @@ pub fn auto_batch(gpu: &Gpu, cfg: &mut TrainConfig) -> Result<usize> {
     if !d.is_distributed() {
         return Ok(lo);
     }
-    let all = crate::dist::device::all_gather_i64(d, &[lo as i64])?;
+    let all: Vec<u64> = d.all_gather_u64(&[lo as u64])?.iter().map(|v| v[0]).collect();
     let least = all.iter().copied().min().expect("one value per rank") as usize;
     if d.is_root() && least < lo {
         crate::dist::eprint_line(&format!(
