@@ -29,7 +29,14 @@ fn matmul_subgroup_16x4(
     let base = sid - lane;
     let g = li / 8u;                       // group 0..7: rows (g % 4) * 16, columns (g / 4) * 32
     let i0 = wid.y * 64u + (g % 4u) * 16u;
-    let j0 = wid.x * 64u + (g / 4u) * 32u + lane;
+    let jg = wid.x * 64u + (g / 4u) * 32u;
+    // A group whose rows or columns all fall outside C has nothing to write: it leaves
+    // (the whole group at once, so the shuffles below stay among live lanes). In an edge
+    // tile this saves up to half the work, e.g. N = 80: 3 column groups run instead of 4.
+    if (i0 >= p.M || jg >= p.N) {
+        return;
+    }
+    let j0 = jg + lane;
     let arow0 = bi * p.a_bs + min(i0 + lane, p.M - 1u) * p.a_rs;
     let arow1 = bi * p.a_bs + min(i0 + 8u + lane, p.M - 1u) * p.a_rs;
     var cols: array<u32, 4>;

@@ -1,7 +1,8 @@
 //! The training options off SOP.md's default path, end to end on tiny settings: KoLeo
 //! (`sop.koleo_weight`) reaches the gradient and is logged, the teacher [CLS] centring
 //! (`sop.center_teacher_cls`) and a warm-up in steps (`optim.warmup_steps`) change the run,
-//! settings that cannot work are refused by name, and the centred teacher targets match a
+//! a step budget (`optim.max_steps`) compresses the schedules, settings that cannot work
+//! are refused by name, and the centred teacher targets match a
 //! host reference.
 
 mod support;
@@ -56,6 +57,35 @@ fn koleo_centring_and_warmup_steps_change_the_run_and_are_logged() {
     let lr = |m: &[serde_json::Value], i: usize| m[i]["lr"].as_f64().unwrap();
     assert_eq!(lr(&mw, 0), 0.0, "step 0 of a warm-up has lr 0");
     assert!(lr(&mw, 1) > 0.0 && lr(&mw, 1) < lr(&m0, 1), "{} vs {}", lr(&mw, 1), lr(&m0, 1));
+}
+
+/// `optim.max_steps` shorter than the epochs: every schedule is compressed into the budget
+/// and the run ends there; fewer steps than epochs are refused.
+#[test]
+fn max_steps_compresses_the_schedules_into_its_budget() {
+    let gpu = gpu();
+    let dir = tmp("opt-max-steps");
+    let mut c = tiny(&dir);
+    // 2,000 images in batches of 8: the data's epoch is 250 steps. The schedules' epoch is
+    // 5 / 2 = 2 steps: a warm-up of 2 steps, then the cosine over steps 2..3.
+    (c.optim.epochs, c.optim.warmup_epochs, c.optim.max_steps) = (2, 1, Some(5));
+    let summary = train(&gpu, c.clone(), None, false).unwrap();
+    assert_eq!(summary.steps, 4);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let lr: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|l| l.get("lr").and_then(|v| v.as_f64()))
+        .collect();
+    assert_eq!(lr.len(), 4, "{lr:?}");
+    let peak = c.optim.lr * 8.0 / 256.0;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-9);
+    assert!(lr[0] == 0.0 && close(lr[1], peak / 2.0) && close(lr[2], peak), "{lr:?}");
+    // min_lr is not scaled by the batch.
+    assert!(close(lr[3], c.optim.min_lr), "the cosine ends at the budget: {lr:?}");
+
+    c.optim.max_steps = Some(1);
+    assert!(c.validate().unwrap_err().to_string().contains("optim.max_steps"));
 }
 
 #[test]

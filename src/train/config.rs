@@ -107,6 +107,12 @@ pub struct OptimConfig {
     pub epochs: usize,
     /// Stop after this many optimiser steps instead (schedules still span `epochs`).
     pub steps: Option<usize>,
+    /// A budget in optimiser steps: where `epochs` of the data would take longer, every
+    /// schedule (lr and its warm-up, weight decay, teacher momentum and temperature) is
+    /// compressed to fit it, each of its epochs `max_steps / epochs` steps long, and the run
+    /// ends there. Shorter runs are unchanged. A run's length then stays within one budget
+    /// on a dataset of any size.
+    pub max_steps: Option<usize>,
     /// Peak learning rate for a batch of 256 (scaled by batch/256); the authors use 5e-4.
     pub lr: f64,
     pub min_lr: f64,
@@ -214,6 +220,7 @@ impl Default for OptimConfig {
         OptimConfig {
             epochs: 30,
             steps: None,
+            max_steps: None,
             lr: 1e-3,
             min_lr: 1e-6,
             warmup_epochs: 1,
@@ -226,6 +233,14 @@ impl Default for OptimConfig {
             momentum_teacher_end: 1.0,
             accumulate: 1,
         }
+    }
+}
+
+impl OptimConfig {
+    /// The schedules' epoch in optimiser steps: the data's `steps_per_epoch`, or
+    /// `max_steps / epochs` where that is fewer.
+    pub fn schedule_epoch(&self, steps_per_epoch: usize) -> usize {
+        self.max_steps.map_or(steps_per_epoch, |m| steps_per_epoch.min(m / self.epochs.max(1)))
     }
 }
 
@@ -426,6 +441,13 @@ impl TrainConfig {
             return bad("optim.epochs is 0: the schedules span the epochs, so at least 1 is needed \
                         (`--steps 0` writes the initial weights without training)"
                 .into());
+        }
+        if o.max_steps.is_some_and(|m| m < o.epochs) {
+            return bad(format!(
+                "optim.max_steps {} is fewer than optim.epochs {}: the schedules need at least one step per epoch",
+                o.max_steps.unwrap_or(0),
+                o.epochs
+            ));
         }
         if !(o.lr.is_finite() && o.lr > 0.0 && o.min_lr.is_finite() && o.min_lr >= 0.0) {
             return bad(format!("optim.lr {} and optim.min_lr {} must be finite, lr positive", o.lr, o.min_lr));

@@ -40,7 +40,7 @@ impl Trainer<'_> {
     /// the prototype directions during the first `ibot.freeze_last_layer_epochs` epochs.
     /// Whether parameter `i` takes no gradient at `step` for this reason.
     pub(super) fn prototypes_frozen(&self, step: usize, i: usize) -> bool {
-        let frozen = self.cfg.ibot.freeze_last_layer_epochs * self.steps_per_epoch;
+        let frozen = self.cfg.ibot.freeze_last_layer_epochs * self.schedule_epoch;
         self.cfg.objective == Objective::Ibot && step < frozen && self.model.student.names[i] == ibot::WEIGHT_V
     }
 }

@@ -136,7 +136,15 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         )));
     }
     let config_toml = if root { prepare_folder(&cfg, resumed.as_ref(), in_place)? } else { cfg.to_toml() };
-    let schedule_steps = cfg.optim.epochs * steps_per_epoch;
+    let schedule_epoch = cfg.optim.schedule_epoch(steps_per_epoch);
+    let schedule_steps = cfg.optim.epochs * schedule_epoch;
+    if schedule_epoch < steps_per_epoch && root {
+        eprintln!(
+            "schedules: {} epochs of {schedule_epoch} steps (optim.max_steps {}; an epoch of the data is {steps_per_epoch} steps)",
+            cfg.optim.epochs,
+            cfg.optim.max_steps.unwrap_or(0)
+        );
+    }
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);
     let (model, opt, cls_bank, patch_bank, centers, start_step) = restore_or_init(gpu, &cfg, resumed.as_ref())?;
     let knn = |vit: &Vit, w: &Weights| -> Result<Option<KnnResult>> {
@@ -168,7 +176,7 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
         cls_bank,
         patch_bank,
         centers,
-        steps_per_epoch,
+        schedule_epoch,
         schedule_steps,
         out: out.clone(),
         config_toml,

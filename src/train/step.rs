@@ -107,7 +107,9 @@ pub(super) struct Trainer<'a> {
     pub(super) patch_bank: Bank,
     /// The `ibot` objective's teacher centres (None for SOP, whose banks are used instead).
     pub(super) centers: Option<Centers>,
-    pub(super) steps_per_epoch: usize,
+    /// An epoch of the schedules in steps (shorter than the data's under `optim.max_steps`),
+    /// and their whole length.
+    pub(super) schedule_epoch: usize,
     pub(super) schedule_steps: usize,
     /// The run folder, its config as saved, and the step of the checkpoint it holds.
     pub(super) out: PathBuf,
@@ -264,12 +266,12 @@ impl Trainer<'_> {
         let o = &cfg.optim;
         // The global batch (every rank's) scales the learning rate.
         let scale_lr = (distributed::shard(cfg.data.batch_size).global_batch() * o.accumulate) as f64 / 256.0;
-        let warmup = o.warmup_steps.unwrap_or(o.warmup_epochs * self.steps_per_epoch);
+        let warmup = o.warmup_steps.unwrap_or(o.warmup_epochs * self.schedule_epoch);
         let total = self.schedule_steps;
         let lr = schedule::cosine(step, total, warmup, 0.0, o.lr * scale_lr, o.min_lr);
         let wd = schedule::cosine(step, total, 0, o.weight_decay, o.weight_decay, o.weight_decay_end);
         let momentum = schedule::cosine(step, total, 0, o.momentum_teacher, o.momentum_teacher, o.momentum_teacher_end);
-        let obj_cfg = cfg.objective(step, self.steps_per_epoch);
+        let obj_cfg = cfg.objective(step, self.schedule_epoch);
 
         let n_params = self.model.student.tensors.len();
         let mut grads: Vec<Option<Tensor>> = vec![None; n_params];
@@ -493,7 +495,7 @@ impl Trainer<'_> {
         emb: &Embeddings,
     ) -> Result<ObjectiveTensors> {
         if let Some(centers) = &self.centers {
-            let hp = self.cfg.ibot_step(step, self.steps_per_epoch);
+            let hp = self.cfg.ibot_step(step, self.schedule_epoch);
             let over_ranks = |means: &[&Tensor]| distributed::mean_now(self.gpu, means);
             return crate::sop::ibot::ibot_objective_tensors_over(self.gpu, &hp, emb, centers, &over_ranks);
         }

@@ -50,7 +50,7 @@ fn a_non_finite_step_changes_nothing_on_the_device() {
         cls_bank,
         patch_bank,
         centers,
-        steps_per_epoch: 100,
+        schedule_epoch: 100,
         schedule_steps: 100,
         out,
         config_toml: String::new(),
