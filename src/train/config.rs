@@ -442,10 +442,9 @@ impl TrainConfig {
                         (`--steps 0` writes the initial weights without training)"
                 .into());
         }
-        if o.max_steps.is_some_and(|m| m < o.epochs) {
+        if let Some(m) = o.max_steps.filter(|&m| m < o.epochs) {
             return bad(format!(
-                "optim.max_steps {} is fewer than optim.epochs {}: the schedules need at least one step per epoch",
-                o.max_steps.unwrap_or(0),
+                "optim.max_steps {m} is fewer than optim.epochs {}: the schedules need at least one step per epoch",
                 o.epochs
             ));
         }

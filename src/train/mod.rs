@@ -138,11 +138,10 @@ pub fn train(gpu: &Gpu, cfg: TrainConfig, resume: Option<&Path>, progress_bar: b
     let config_toml = if root { prepare_folder(&cfg, resumed.as_ref(), in_place)? } else { cfg.to_toml() };
     let schedule_epoch = cfg.optim.schedule_epoch(steps_per_epoch);
     let schedule_steps = cfg.optim.epochs * schedule_epoch;
-    if schedule_epoch < steps_per_epoch && root {
+    if let Some(m) = cfg.optim.max_steps.filter(|_| root && schedule_epoch < steps_per_epoch) {
         eprintln!(
-            "schedules: {} epochs of {schedule_epoch} steps (optim.max_steps {}; an epoch of the data is {steps_per_epoch} steps)",
-            cfg.optim.epochs,
-            cfg.optim.max_steps.unwrap_or(0)
+            "schedules: {} epochs of {schedule_epoch} steps (optim.max_steps {m}; an epoch of the data is {steps_per_epoch} steps)",
+            cfg.optim.epochs
         );
     }
     let total_steps = cfg.optim.steps.unwrap_or(schedule_steps);

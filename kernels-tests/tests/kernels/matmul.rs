@@ -88,7 +88,7 @@ fn tested_variants(gpu: &sop::Gpu) -> Vec<MatmulVariant> {
 fn matmul_forward_awkward_shapes() {
     let gpu = gpu();
     let mut rng = rng();
-    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (63, 65, 17), (65, 63, 64), (1, 257, 3), (130, 67, 257)] {
+    for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (63, 65, 17), (65, 63, 64), (1, 257, 3), (130, 67, 257), (100, 80, 33)] {
         check(&gpu, &mut rng, 1, m, n, k, false, false, false, false, false);
     }
 }
